@@ -1,0 +1,359 @@
+"""Typed configuration: dataclasses are the single source of defaults.
+
+A YAML file only overrides them, and dotted command-line overrides (``train.lr=5e-4``) override the
+YAML. Every key is checked: an unknown key is an error that lists the valid ones, and a value that
+cannot be converted to the field's type names the key and the value. The resolved config is saved
+inside every checkpoint (``asdict``), so a checkpoint rebuilds its model without any other file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Model presets: plain values, applied by ``ModelConfig.preset`` or by ``model.preset`` in YAML.
+PRESETS: dict[str, dict[str, Any]] = {
+    # For tests: runs in milliseconds.
+    "tiny": dict(d_model=32, n_heads=4, d_ff=64, n_encoder_layers=2, n_decoder_layers=2),
+    # For Multi30k-sized corpora (about 30k pairs).
+    "small": dict(d_model=256, n_heads=4, d_ff=1024, n_encoder_layers=3, n_decoder_layers=3),
+    # The paper's "base" and "big" models (Vaswani et al., 2017, Table 3).
+    "base": dict(d_model=512, n_heads=8, d_ff=2048, n_encoder_layers=6, n_decoder_layers=6),
+    "big": dict(d_model=1024, n_heads=16, d_ff=4096, n_encoder_layers=6, n_decoder_layers=6, dropout=0.3),
+}
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names the key at fault."""
+
+
+@dataclass
+class ModelConfig:
+    """Sizes and options of the encoder-decoder; names follow the paper."""
+
+    src_vocab_size: int = 8000
+    tgt_vocab_size: int = 8000
+    d_model: int = 512
+    n_heads: int = 8
+    d_ff: int = 2048
+    n_encoder_layers: int = 6
+    n_decoder_layers: int = 6
+    dropout: float = 0.1  # residual, embedding dropout
+    attention_dropout: float = 0.0  # on attention probabilities
+    activation_dropout: float = 0.0  # inside the feed-forward, after the activation
+    activation: str = "relu"  # "relu" or "gelu"
+    norm_first: bool = False  # False: the paper's post-LN; True: pre-LN with a final LayerNorm
+    positional: str = "sinusoidal"  # "sinusoidal" or "learned"
+    max_positions: int = 1024  # table size for learned positions (sinusoidal ones extend as needed)
+    share_embeddings: bool = False  # one embedding for source and target (needs a joint vocabulary)
+    tie_output: bool = True  # classifier weight = target embedding weight
+    layer_norm_eps: float = 1e-5
+    pad_id: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("src_vocab_size", "tgt_vocab_size", "d_model", "n_heads", "d_ff", "max_positions"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
+        for name in ("n_encoder_layers", "n_decoder_layers"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"model.{name} must be >= 0, got {getattr(self, name)}")
+        if self.d_model % self.n_heads != 0:
+            raise ConfigError(f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})")
+        for name in ("dropout", "attention_dropout", "activation_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
+        _check_choice("model.activation", self.activation, ("relu", "gelu"))
+        _check_choice("model.positional", self.positional, ("sinusoidal", "learned"))
+        if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
+            raise ConfigError(
+                "model.share_embeddings needs one joint vocabulary, but src_vocab_size="
+                f"{self.src_vocab_size} != tgt_vocab_size={self.tgt_vocab_size}"
+            )
+        if not 0 <= self.pad_id < min(self.src_vocab_size, self.tgt_vocab_size):
+            raise ConfigError(f"model.pad_id ({self.pad_id}) must be a valid id of both vocabularies")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> ModelConfig:
+        """A preset's sizes ("tiny", "small", "base", "big"), with ``overrides`` on top."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+
+@dataclass
+class DataConfig:
+    """Where the parallel text comes from, how it is tokenized and batched."""
+
+    # Source kind: "multi30k" (a folder of {split}.{lang}[.gz] files), "files" (explicit paths),
+    # "tsv" (one file per split, source<TAB>target) or "hub" (a Hugging Face `datasets` name).
+    source: str = "multi30k"
+    data_dir: str = ""  # folder for "multi30k"; empty: $MULTI30K_DIR, else ../shared/data/multi30k
+    src_lang: str = "en"
+    tgt_lang: str = "de"
+    # Split names of the corpus, mapped from the roles train/valid/test.
+    train_split: str = "train"
+    valid_split: str = "val"
+    test_split: str = "test_2016_flickr"
+    # For source="files": explicit paths per role (source and target file of each split).
+    train_src: str = ""
+    train_tgt: str = ""
+    valid_src: str = ""
+    valid_tgt: str = ""
+    test_src: str = ""
+    test_tgt: str = ""
+    # For source="tsv": one file per role.
+    train_tsv: str = ""
+    valid_tsv: str = ""
+    test_tsv: str = ""
+    # For source="hub": datasets.load_dataset(hub_name, hub_config) or a local format ("json", "csv", ...)
+    # with hub_data_files mapping split -> path.
+    hub_name: str = ""
+    hub_config: str = ""
+    hub_data_files: dict[str, str] = field(default_factory=dict)
+    # Vocabulary (SentencePiece).
+    vocab_size: int = 8000
+    spm_model_type: str = "bpe"  # "bpe" or "unigram"
+    joint_vocab: bool = True  # one model for both languages (needed for shared embeddings)
+    spm_character_coverage: float = 1.0
+    # Filtering and batching.
+    max_src_tokens: int = 256
+    max_tgt_tokens: int = 256
+    max_length_ratio: float = 3.0
+    max_tokens: int = 4096  # token budget of one batch, padding included
+    pad_to_multiple: int = 8  # pad lengths to a multiple of this (few distinct shapes; tensor-core friendly)
+    lowercase: bool = False
+
+    def __post_init__(self) -> None:
+        _check_choice("data.source", self.source, ("multi30k", "files", "tsv", "hub"))
+        _check_choice("data.spm_model_type", self.spm_model_type, ("bpe", "unigram"))
+        for name in ("vocab_size", "max_src_tokens", "max_tgt_tokens", "max_tokens", "pad_to_multiple"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"data.{name} must be positive, got {getattr(self, name)}")
+        if self.src_lang == self.tgt_lang:
+            raise ConfigError(f"data.src_lang and data.tgt_lang are both {self.src_lang!r}")
+
+
+@dataclass
+class DecodeConfig:
+    """Greedy (beam_size=1) or beam search; max length = max_len_a * src_len + max_len_b."""
+
+    beam_size: int = 5
+    length_penalty: float = 0.6  # GNMT alpha; 0 disables length normalisation
+    max_len_a: float = 1.2
+    max_len_b: int = 10
+    min_len: int = 1
+    n_best: int = 1
+    no_repeat_ngram_size: int = 0
+    batch_size: int = 128  # sentences per decoding batch
+
+    def __post_init__(self) -> None:
+        for name in ("beam_size", "n_best", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"decode.{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_best > self.beam_size:
+            raise ConfigError(f"decode.n_best ({self.n_best}) cannot exceed decode.beam_size ({self.beam_size})")
+        if self.max_len_a < 0 or self.max_len_b < 0 or self.min_len < 0 or self.no_repeat_ngram_size < 0:
+            raise ConfigError("decode.max_len_a, max_len_b, min_len and no_repeat_ngram_size must be >= 0")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, schedule, precision, evaluation and checkpointing."""
+
+    run_dir: str = "runs/default"
+    seed: int = 1
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
+    precision: str = "fp32"  # "fp32", "bf16" (autocast) or "fp16" (autocast + gradient scaler, CUDA only)
+    optimizer: str = "adam"  # "adam" or "adamw"
+    lr: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-9
+    weight_decay: float = 0.0
+    schedule: str = "inverse_sqrt"  # "noam" (the paper's), "inverse_sqrt" (fairseq's), "cosine", "constant"
+    warmup_steps: int = 4000
+    max_steps: int = 0  # 0: limited by max_epochs only
+    max_epochs: int = 10
+    min_lr: float = 0.0  # floor of the cosine schedule
+    label_smoothing: float = 0.1
+    grad_accum_steps: int = 1
+    clip_grad_norm: float = 0.0  # 0 disables clipping
+    log_every: int = 50  # steps between metric logs (the only host-device sync of the loop)
+    eval_every: int = 0  # steps between validations; 0: once per epoch
+    eval_bleu: bool = True
+    eval_max_sentences: int = 0  # 0: the whole validation split
+    best_metric: str = "bleu"  # "bleu" (higher is better) or "loss" (lower is better)
+    patience: int = 0  # validations without improvement before stopping; 0 disables early stopping
+    keep_last: int = 5  # step checkpoints kept besides last.pt and best.pt
+    save_every: int = 0  # steps between step checkpoints; 0: at each validation
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        _check_choice("train.precision", self.precision, ("fp32", "bf16", "fp16"))
+        _check_choice("train.optimizer", self.optimizer, ("adam", "adamw"))
+        _check_choice("train.schedule", self.schedule, ("noam", "inverse_sqrt", "cosine", "constant"))
+        _check_choice("train.best_metric", self.best_metric, ("bleu", "loss"))
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be positive, got {self.lr}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        for name in ("grad_accum_steps", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_steps <= 0 and self.max_epochs <= 0:
+            raise ConfigError("set train.max_steps or train.max_epochs to a positive number")
+
+
+@dataclass
+class Config:
+    """Everything a run needs; saved as a plain dict in every checkpoint."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, where: str = "config") -> Config:
+        """Build from nested plain values (YAML or a checkpoint); unknown keys are errors."""
+        return _build(cls, values, where)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the YAML file at ``path``, then ``section.key=value`` overrides.
+
+    Raises:
+        ConfigError: the file is missing or malformed, a key is unknown, or a value has the wrong type.
+    """
+    values: dict[str, Any] = {}
+    where = "defaults"
+    if path is not None:
+        path = Path(path)
+        where = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections (model, data, train, decode)")
+        values = loaded or {}
+    for item in overrides:
+        _apply_override(values, item)
+    return Config.from_dict(values, where=where)
+
+
+def _apply_override(values: dict[str, Any], item: str) -> None:
+    """``section.key=value`` (a leading ``--`` is accepted); the value is parsed as YAML."""
+    text = item[2:] if item.startswith("--") else item
+    if "=" not in text:
+        raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.lr=5e-4")
+    dotted, raw = text.split("=", 1)
+    keys = dotted.strip().split(".")
+    if len(keys) != 2 or not all(keys):
+        raise ConfigError(f"override {item!r}: the key must be section.key, e.g. train.lr")
+    section = values.setdefault(keys[0], {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"override {item!r}: {keys[0]} is not a section")
+    try:
+        section[keys[1]] = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {item!r}: cannot parse the value: {err}") from None
+
+
+def _build(cls: type, values: Any, where: str) -> Any:
+    """Instantiate dataclass ``cls`` from ``values``, converting and checking each field."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping for {cls.__name__}, got {type(values).__name__}")
+    values = dict(values)
+    if cls is ModelConfig and "preset" in values:
+        preset = values.pop("preset")
+        if preset not in PRESETS:
+            raise ConfigError(f"{where}: unknown model.preset {preset!r}; choose one of {sorted(PRESETS)}")
+        values = {**PRESETS[preset], **values}
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        valid = sorted(fields) + (["preset"] if cls is ModelConfig else [])
+        raise ConfigError(f"{where}: unknown key(s) {unknown} in {cls.__name__}; valid keys: {valid}")
+    kwargs = {}
+    for name, value in values.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, where)
+        else:
+            kwargs[name] = _convert(value, hint, f"{where}: {_section(cls)}{name}")
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def _section(cls: type) -> str:
+    names = {ModelConfig: "model.", DataConfig: "data.", TrainConfig: "train.", DecodeConfig: "decode."}
+    return names.get(cls, "")
+
+
+def _convert(value: Any, hint: Any, key: str) -> Any:
+    """Convert a YAML value to the annotated type; ints are accepted where floats are expected."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            if option is type(None) and value is None:
+                return None
+        options = [o for o in typing.get_args(hint) if o is not type(None)]
+        return _convert(value, options[0], key)
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_convert(v, a, key) for v, a in zip(value, args))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {str(k): str(v) for k, v in value.items()}
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML reads "5e-4" (no dot) as a string
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {list(choices)}, got {value!r}")
