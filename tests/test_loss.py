@@ -1,0 +1,63 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from transformer.loss import label_smoothed_nll_loss
+
+PAD = 0
+
+
+def test_matches_torch_cross_entropy_with_label_smoothing():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 11)
+    target = torch.randint(1, 11, (3, 5))
+    target[0, 3:] = PAD
+    target[2, 1:] = PAD
+    loss, nll = label_smoothed_nll_loss(logits, target, smoothing=0.1, ignore_index=PAD)
+    ref = F.cross_entropy(logits.view(-1, 11), target.view(-1), ignore_index=PAD, label_smoothing=0.1, reduction="sum")
+    ref_nll = F.cross_entropy(logits.view(-1, 11), target.view(-1), ignore_index=PAD, reduction="sum")
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert nll.item() == pytest.approx(ref_nll.item(), rel=1e-5)
+
+
+def test_padding_positions_do_not_count():
+    torch.manual_seed(0)
+    logits = torch.randn(1, 4, 7)
+    target = torch.tensor([[3, 4, PAD, PAD]])
+    loss, _ = label_smoothed_nll_loss(logits, target, smoothing=0.1, ignore_index=PAD)
+    changed = logits.clone()
+    changed[0, 2:] = torch.randn(2, 7) * 100  # pad positions: any logits
+    loss2, _ = label_smoothed_nll_loss(changed, target, smoothing=0.1, ignore_index=PAD)
+    assert loss.item() == pytest.approx(loss2.item())
+
+
+def test_all_pad_target_gives_zero_not_nan():
+    logits = torch.randn(2, 3, 5, requires_grad=True)
+    target = torch.full((2, 3), PAD)
+    loss, nll = label_smoothed_nll_loss(logits, target, smoothing=0.1, ignore_index=PAD)
+    loss.backward()
+    assert loss.item() == 0.0 and nll.item() == 0.0
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_confident_correct_prediction_beats_wrong_one_and_smoothing_penalises_overconfidence():
+    target = torch.tensor([[2]])
+    right = torch.full((1, 1, 5), -10.0)
+    right[0, 0, 2] = 10.0
+    wrong = torch.full((1, 1, 5), -10.0)
+    wrong[0, 0, 3] = 10.0
+    l_right, _ = label_smoothed_nll_loss(right, target, smoothing=0.1, ignore_index=PAD)
+    l_wrong, _ = label_smoothed_nll_loss(wrong, target, smoothing=0.1, ignore_index=PAD)
+    assert l_right < l_wrong
+    l_plain, _ = label_smoothed_nll_loss(right, target, smoothing=0.0, ignore_index=PAD)
+    assert l_right > l_plain  # with smoothing, a one-hot-confident output is penalised
+
+
+def test_bf16_logits_are_scored_in_float32():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 9)
+    target = torch.randint(1, 9, (2, 3))
+    loss32, _ = label_smoothed_nll_loss(logits, target, smoothing=0.1, ignore_index=PAD)
+    loss16, _ = label_smoothed_nll_loss(logits.bfloat16(), target, smoothing=0.1, ignore_index=PAD)
+    assert loss16.dtype == torch.float32
+    assert loss16.item() == pytest.approx(loss32.item(), rel=2e-2)

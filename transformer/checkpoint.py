@@ -1,0 +1,115 @@
+"""Checkpoints: plain tensors and Python values only, written atomically, loaded with ``weights_only=True``.
+
+A training checkpoint holds everything needed to continue exactly: model, optimizer, scheduler and scaler
+states, the step, the data iterator's position (epoch and batch), every RNG state, the resolved config and the
+vocabulary. It never holds pickled objects, so loading one can never run code.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from transformer.config import Config, ConfigError
+from transformer.model import Transformer
+from transformer.tokenizer import Tokenizer
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable, or does not match the model it is loaded into."""
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    """Write ``state`` to ``path`` atomically: a crash mid-write leaves the previous file intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format_version": FORMAT_VERSION, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True``.
+
+    Raises:
+        CheckpointError: the file is missing, truncated, not a checkpoint, or holds pickled objects.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises several types for truncated/foreign files
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from None
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise CheckpointError(f"{path} is not a checkpoint of this project (no 'model'/'config' entries)")
+    return state
+
+
+def load_model_state(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], *, where: str) -> None:
+    """``load_state_dict`` with an error that names every missing, unexpected or mis-shaped entry."""
+    own = model.state_dict()
+    problems = [f"missing: {k}" for k in own if k not in state_dict]
+    problems += [f"unexpected: {k}" for k in state_dict if k not in own]
+    problems += [
+        f"shape of {k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state_dict.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    if problems:
+        shown = "; ".join(problems[:8]) + (f"; ... ({len(problems)} in all)" if len(problems) > 8 else "")
+        raise CheckpointError(f"{where} does not match the model built from its config: {shown}")
+    model.load_state_dict(state_dict)
+
+
+def load_for_inference(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[Transformer, Tokenizer, Config]:
+    """Rebuild the model (in eval mode on ``device``), the tokenizer and the config from one checkpoint file."""
+    state = load_checkpoint(path)
+    try:
+        config = Config.from_dict(state["config"], where=f"config in {path}")
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from None
+    if "tokenizer" not in state:
+        raise CheckpointError(f"{path} carries no vocabulary ('tokenizer' entry); it cannot translate text")
+    tokenizer = Tokenizer.from_state(state["tokenizer"])
+    model = Transformer(config.model)
+    load_model_state(model, state["model"], where=str(path))
+    return model.to(device).eval(), tokenizer, config
+
+
+def rng_states() -> dict[str, Any]:
+    """Every RNG the training loop draws from (dropout, shuffling helpers)."""
+    states: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what ``rng_states`` saved."""
+    random.setstate(_as_python_state(states["python"]))
+    torch.set_rng_state(states["torch"].cpu())
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])
+
+
+def _as_python_state(state: Any) -> tuple:
+    # torch.save keeps tuples, but be lenient with lists (e.g. a state that went through JSON).
+    version, internal, gauss = state
+    return (version, tuple(internal), gauss)

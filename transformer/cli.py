@@ -1,0 +1,110 @@
+"""The ``train`` command: config + overrides -> data, vocabulary, model -> ``Trainer.fit()``.
+
+User mistakes (a bad config key, a missing file, a broken checkpoint) end with one clear line on stderr and
+exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import random
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+from transformer.checkpoint import CheckpointError
+from transformer.config import Config, ConfigError, load_config
+from transformer.data import BatchIterator, DataError, ParallelDataset, load_split
+from transformer.distributed import DistributedContext, setup, teardown
+from transformer.model import Transformer, count_parameters
+from transformer.tokenizer import PAD_ID, Tokenizer
+from transformer.trainer import Trainer, ValidationData
+
+logger = logging.getLogger("transformer")
+
+USER_ERRORS = (ConfigError, DataError, CheckpointError, FileNotFoundError)
+
+
+def build_trainer(config: Config, context: DistributedContext) -> Trainer:
+    """Read the corpus, train or reuse the vocabulary, build the model and the batch iterators."""
+    d = config.data
+    train_src, train_tgt = load_split(d, "train")
+    valid_src, valid_tgt = load_split(d, "valid")
+    tokenizer = Tokenizer.load_or_train(
+        Path(config.train.run_dir) / "tokenizer",
+        train_src,
+        train_tgt,
+        vocab_size=d.vocab_size,
+        model_type=d.spm_model_type,
+        joint=d.joint_vocab,
+        character_coverage=d.spm_character_coverage,
+    )
+    # The vocabulary decides the embedding sizes; the resolved sizes are what checkpoints record.
+    config.model = dataclasses.replace(
+        config.model, src_vocab_size=tokenizer.src_vocab_size, tgt_vocab_size=tokenizer.tgt_vocab_size, pad_id=PAD_ID
+    )
+    train_set = ParallelDataset.from_texts(train_src, train_tgt, tokenizer, d)
+    valid_set = ParallelDataset.from_texts(valid_src, valid_tgt, tokenizer, d)
+    train_batches = BatchIterator(
+        train_set,
+        d.max_tokens,
+        shuffle=True,
+        seed=config.train.seed,
+        rank=context.rank,
+        world_size=context.world_size,
+        pad_to_multiple=d.pad_to_multiple,
+    )
+    valid_batches = BatchIterator(valid_set, d.max_tokens, shuffle=False, pad_to_multiple=d.pad_to_multiple)
+    model = Transformer(config.model)
+    logger.info("model: %s parameters", f"{count_parameters(model):,}")
+    validation = ValidationData(valid_batches, valid_src, valid_tgt)
+    return Trainer(config, model, tokenizer, train_batches, validation, context=context)
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="train", description="Train an encoder-decoder Transformer for translation."
+    )
+    parser.add_argument("--config", "-c", type=Path, help="YAML config (see configs/)")
+    parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.lr=5e-4")
+    parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints/last.pt")
+    parser.add_argument("--data-dir", help="shortcut for data.data_dir=... (the Multi30k folder)")
+    parser.add_argument("--run-dir", help="shortcut for train.run_dir=...")
+    parser.add_argument("--device", help="shortcut for train.device=... (auto, cpu, cuda)")
+    args, extra = parser.parse_known_args(argv)
+    overrides = list(args.overrides) + extra  # lets `--train.lr=5e-4` work as well as `train.lr=5e-4`
+    for key, value in (("data.data_dir", args.data_dir), ("train.run_dir", args.run_dir), ("train.device", args.device)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    context = None
+    try:
+        config = load_config(args.config, overrides)
+        context = setup(config.train.device)
+        torch.manual_seed(config.train.seed + context.rank)
+        random.seed(config.train.seed + context.rank)
+        trainer = build_trainer(config, context)
+        if context.is_main:
+            print(yaml.safe_dump(config.to_dict(), sort_keys=False), flush=True)  # the resolved config
+        if args.resume:
+            trainer.resume()
+        metrics = trainer.fit()
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if context is not None:
+            teardown(context)
+    if context.is_main:
+        print(f"done at step {trainer.step}; last validation: {metrics}")
+        print(f"checkpoints: {trainer.checkpoint_dir}")
+    return 0
+

@@ -1,0 +1,149 @@
+"""The encoder-decoder Transformer (Vaswani et al., 2017), built from a ``ModelConfig``."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from transformer.config import ModelConfig
+from transformer.embeddings import LearnedPositionalEmbedding, SinusoidalPositionalEncoding, TokenEmbedding
+from transformer.kv_cache import DecoderCache, KVCache, LayerCache
+from transformer.layers import DecoderLayer, EncoderLayer
+from transformer.masks import causal_mask, padding_mask
+
+
+def _positional(config: ModelConfig) -> nn.Module:
+    if config.positional == "learned":
+        return LearnedPositionalEmbedding(config.d_model, max_positions=config.max_positions)
+    return SinusoidalPositionalEncoding(config.d_model, max_len=config.max_positions)
+
+
+class Encoder(nn.Module):
+    """Embedding + positions + N encoder layers (+ a final LayerNorm when pre-LN)."""
+
+    def __init__(self, config: ModelConfig, embedding: TokenEmbedding) -> None:
+        super().__init__()
+        self.embedding = embedding
+        self.positional = _positional(config)
+        self.dropout = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.n_encoder_layers))
+        self.final_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps) if config.norm_first else nn.Identity()
+
+    def forward(self, src: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, S) ids -> (B, S, D) memory."""
+        x = self.dropout(self.positional(self.embedding(src)))
+        for layer in self.layers:
+            x = layer(x, src_mask)
+        return self.final_norm(x)
+
+
+class Decoder(nn.Module):
+    """Embedding + positions + N decoder layers (+ a final LayerNorm when pre-LN); returns hidden states."""
+
+    def __init__(self, config: ModelConfig, embedding: TokenEmbedding) -> None:
+        super().__init__()
+        self.embedding = embedding
+        self.positional = _positional(config)
+        self.dropout = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.n_decoder_layers))
+        self.final_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps) if config.norm_first else nn.Identity()
+
+    def forward(
+        self,
+        tgt: torch.Tensor,
+        memory: torch.Tensor,
+        *,
+        src_mask: torch.Tensor | None = None,
+        tgt_mask: torch.Tensor | None = None,
+        cache: DecoderCache | None = None,
+    ) -> torch.Tensor:
+        """(B, T) ids -> (B, T, D) hidden states; with a cache, ``tgt`` holds only the new positions."""
+        offset = cache.length if cache is not None else 0
+        if cache is not None and tgt_mask is None and tgt.size(1) > 1:
+            tgt_mask = causal_mask(tgt.size(1), tgt.device, offset=offset)  # several new tokens at once
+        x = self.dropout(self.positional(self.embedding(tgt), offset=offset))
+        for i, layer in enumerate(self.layers):
+            layer_cache = cache.layers[i] if cache is not None else None
+            x = layer(x, memory, src_mask=src_mask, tgt_mask=tgt_mask, cache=layer_cache)
+        return self.final_norm(x)
+
+
+class Transformer(nn.Module):
+    """Encoder, decoder and the output classifier; the one place that turns a ``ModelConfig`` into layers.
+
+    Inference encodes once (``encode``) and then calls ``decode`` step by step with a ``DecoderCache``
+    from ``init_cache``. Training calls ``forward`` (teacher forcing).
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        src_embedding = TokenEmbedding(c.src_vocab_size, c.d_model, pad_id=c.pad_id)
+        tgt_embedding = src_embedding if c.share_embeddings else TokenEmbedding(c.tgt_vocab_size, c.d_model, pad_id=c.pad_id)
+        self.encoder = Encoder(c, src_embedding)
+        self.decoder = Decoder(c, tgt_embedding)
+        self.output = nn.Linear(c.d_model, c.tgt_vocab_size, bias=False)
+        self._init_weights()
+        if c.tie_output:
+            self.output.weight = tgt_embedding.weight
+
+    def _init_weights(self) -> None:
+        # Xavier-uniform matrices and zero biases, as in the reference implementations; embeddings keep
+        # their own N(0, d^-1/2) initialisation, LayerNorms their ones/zeros.
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    def src_mask(self, src: torch.Tensor) -> torch.Tensor:
+        """(B, S) -> (B, 1, 1, S), True at real source tokens."""
+        return padding_mask(src, self.config.pad_id)
+
+    def encode(self, src: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, S) source ids -> (B, S, D) memory."""
+        return self.encoder(src, src_mask)
+
+    def decode(
+        self,
+        tgt: torch.Tensor,
+        memory: torch.Tensor,
+        src_mask: torch.Tensor | None = None,
+        tgt_mask: torch.Tensor | None = None,
+        *,
+        cache: DecoderCache | None = None,
+    ) -> torch.Tensor:
+        """(B, T) target ids -> (B, T, V) logits (no softmax)."""
+        return self.output(self.decoder(tgt, memory, src_mask=src_mask, tgt_mask=tgt_mask, cache=cache))
+
+    def forward(self, src: torch.Tensor, tgt: torch.Tensor, *, return_hidden: bool = False) -> torch.Tensor:
+        """Teacher forcing: (B, S) source and (B, T) decoder input ids -> (B, T, V) logits.
+
+        With ``return_hidden`` the (B, T, D) decoder states are returned instead, so that a loss can apply
+        ``self.output`` chunk by chunk without materialising all logits at once.
+        """
+        src_mask = self.src_mask(src)
+        memory = self.encode(src, src_mask)
+        hidden = self.decoder(tgt, memory, src_mask=src_mask)
+        return hidden if return_hidden else self.output(hidden)
+
+    @torch.no_grad()
+    def init_cache(self, memory: torch.Tensor, max_len: int) -> DecoderCache:
+        """Caches for decoding up to ``max_len`` target positions against ``memory`` (B, S, D).
+
+        The cross-attention keys/values of every layer are computed here, once.
+        """
+        layers = []
+        for layer in self.decoder.layers:
+            k, v = layer.cross_attn.project_kv(memory)
+            self_cache = KVCache(
+                memory.size(0), self.config.n_heads, self.config.head_dim, max_len, device=memory.device, dtype=k.dtype
+            )
+            layers.append(LayerCache(self_attn=self_cache, cross_attn=KVCache.from_tensors(k, v)))
+        return DecoderCache(layers)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of distinct trainable parameters (tied weights counted once)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,371 @@
+"""The training loop: teacher forcing, mixed precision, gradient accumulation, validation, checkpoints.
+
+It reads top to bottom: for each update, forward each micro-batch under autocast, backward the loss normalised
+by the update's target-token count, unscale, clip, step, schedule; every ``log_every`` updates read the
+accumulated metrics back from the device (the loop's only host-device sync); validate and checkpoint on schedule.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from transformer.checkpoint import load_checkpoint, load_model_state, rng_states, save_checkpoint, set_rng_states
+from transformer.config import Config
+from transformer.data import Batch, BatchIterator
+from transformer.distributed import DistributedContext
+from transformer.evaluate import evaluate_model
+from transformer.loss import label_smoothed_nll_loss
+from transformer.schedule import build_scheduler
+from transformer.tokenizer import PAD_ID, Tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ValidationData:
+    """What validation needs: batches for the loss and raw text for BLEU."""
+
+    batches: BatchIterator
+    src_texts: list[str]
+    ref_texts: list[str]
+
+
+def build_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
+    """Adam or AdamW; weight decay on matrices only (biases and LayerNorm weights excluded)."""
+    t = config.train
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": t.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+    fused = next(model.parameters()).device.type == "cuda"  # one kernel for the whole update on GPU
+    return cls(groups, lr=t.lr, betas=t.betas, eps=t.eps, fused=fused)
+
+
+def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """One autocast context chosen at start-up."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("train.precision=fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class Trainer:
+    """Trains ``model`` on ``train_batches``; validates, logs and checkpoints into ``config.train.run_dir``."""
+
+    def __init__(
+        self,
+        config: Config,
+        model: nn.Module,
+        tokenizer: Tokenizer,
+        train_batches: BatchIterator,
+        validation: ValidationData | None = None,
+        *,
+        context: DistributedContext | None = None,
+    ) -> None:
+        self.config = config
+        self.context = context or DistributedContext()
+        self.device = self.context.device
+        self.model = model.to(self.device)  # the unwrapped module: what is saved and decoded with
+        self.tokenizer = tokenizer
+        self.train_batches = train_batches
+        self.validation = validation
+        t = config.train
+        self.run_dir = Path(t.run_dir)
+        self.checkpoint_dir = self.run_dir / "checkpoints"
+        self.optimizer = build_optimizer(self.model, config)
+        updates_per_epoch = max(1, math.ceil(len(train_batches) / t.grad_accum_steps))
+        self.total_steps = t.max_steps if t.max_steps > 0 else t.max_epochs * updates_per_epoch
+        self.scheduler = build_scheduler(self.optimizer, t, d_model=config.model.d_model, total_steps=self.total_steps)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
+        self.autocast = autocast_context(t.precision, self.device)
+        self.step = 0
+        self.best_score: float | None = None
+        self.bad_evals = 0  # validations in a row without improvement (early stopping)
+        self._stop_signal: int | None = None
+
+        wrapped: nn.Module = self.model
+        if t.compile:
+            wrapped = torch.compile(wrapped)
+        if self.context.enabled:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            wrapped = nn.parallel.DistributedDataParallel(wrapped, device_ids=device_ids)
+        self.train_model = wrapped  # what the forward/backward pass runs through
+
+    # ----------------------------------------------------------------------------------------------- loop
+    def fit(self) -> dict[str, Any]:
+        """Train until ``max_steps``/``max_epochs``, early stopping or a signal; returns the last metrics."""
+        t = self.config.train
+        if self.context.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
+        previous = self._install_signal_handlers()
+        progress = tqdm(
+            total=self.total_steps, initial=self.step, disable=not self.context.is_main, desc="train", unit="step"
+        )
+        window = _Window(self.device)
+        last_metrics: dict[str, Any] = {}
+        try:
+            self.train_model.train()
+            # Checked before the iterator is touched: a finished or resumed-at-the-end run consumes no batch.
+            groups = self._micro_batch_groups() if self.step < self.total_steps else iter(())
+            for group in groups:
+                loss_sum, nll_sum = self._update(group)
+                window.add(loss_sum, nll_sum, sum(b.n_tgt_tokens for b in group), sum(b.n_src_tokens for b in group))
+                self.step += 1
+                progress.update(1)
+                if self.step % t.log_every == 0:
+                    last_metrics = self._log(window.flush(), progress)
+                end_of_epoch = self.train_batches.state_dict()["position"] >= len(self.train_batches)
+                due = (t.eval_every > 0 and self.step % t.eval_every == 0) or (t.eval_every == 0 and end_of_epoch)
+                stop = self.step >= self.total_steps or self._stop_signal is not None
+                if due or self.step >= self.total_steps:
+                    last_metrics = self._validate_and_save()
+                    stop = stop or (t.patience > 0 and self.bad_evals >= t.patience)
+                elif t.save_every > 0 and self.step % t.save_every == 0:
+                    self._save_step_checkpoint()
+                if stop:
+                    break  # before the next group is drawn, so the saved data position is exact
+            if self._stop_signal is not None:
+                logger.warning("signal %d received: saving %s and stopping", self._stop_signal, self._last_path())
+                self._save(self._last_path())
+        finally:
+            progress.close()
+            self._restore_signal_handlers(previous)
+        return last_metrics
+
+    def _micro_batch_groups(self) -> Iterator[list[Batch]]:
+        """Groups of ``grad_accum_steps`` batches; an update never spans two epochs."""
+        accum = self.config.train.grad_accum_steps
+        while True:
+            group: list[Batch] = []
+            for batch in self.train_batches:
+                group.append(batch)
+                if len(group) == accum:
+                    yield group
+                    group = []
+            if group:
+                yield group
+            self.train_batches.set_epoch(self.train_batches.epoch + 1)
+
+    def _update(self, group: list[Batch]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer update over the micro-batches of ``group``; returns summed loss and NLL (on device)."""
+        t = self.config.train
+        n_tokens = max(1, sum(b.n_tgt_tokens for b in group))  # host ints: the whole update's target tokens
+        loss_total = torch.zeros((), device=self.device)
+        nll_total = torch.zeros((), device=self.device)
+        for i, batch in enumerate(group):
+            batch = batch.to(self.device, non_blocking=True)
+            last = i == len(group) - 1
+            # DDP: gradients are all-reduced on the last micro-batch only.
+            sync = contextlib.nullcontext() if last or not self.context.enabled else self.train_model.no_sync()
+            with sync:
+                with self.autocast:
+                    logits = self.train_model(batch.src, batch.tgt_in)
+                loss, nll = label_smoothed_nll_loss(
+                    logits, batch.tgt_out, smoothing=t.label_smoothing, ignore_index=PAD_ID
+                )
+                self.scaler.scale(loss / n_tokens).backward()
+            loss_total += loss.detach()
+            nll_total += nll.detach()
+        self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+        if t.clip_grad_norm > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_total, nll_total
+
+    # -------------------------------------------------------------------------------- logging, validation
+    def _log(self, stats: dict[str, float], progress: tqdm) -> dict[str, Any]:
+        metrics = {"step": self.step, "epoch": self.train_batches.epoch, "lr": self.scheduler.get_last_lr()[0], **stats}
+        progress.set_postfix(loss=f"{stats['loss']:.3f}", lr=f"{metrics['lr']:.2e}", tok_s=f"{stats['tgt_tokens_per_s']:.0f}")
+        self._write_metrics({"split": "train", **metrics})
+        return metrics
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, Any]:
+        """Validation loss (per target token) and, when enabled, greedy-decoding BLEU via ``evaluate_model``."""
+        if self.validation is None:
+            return {}
+        t = self.config.train
+        self.model.eval()
+        loss_sum = torch.zeros((), device=self.device)
+        nll_sum = torch.zeros((), device=self.device)
+        n_tokens = 0
+        for batch in self.validation.batches:
+            batch = batch.to(self.device, non_blocking=True)
+            with self.autocast:
+                logits = self.model(batch.src, batch.tgt_in)
+            loss, nll = label_smoothed_nll_loss(logits, batch.tgt_out, smoothing=t.label_smoothing, ignore_index=PAD_ID)
+            loss_sum += loss
+            nll_sum += nll
+            n_tokens += batch.n_tgt_tokens
+        n_tokens = max(1, n_tokens)
+        nll = nll_sum.item() / n_tokens
+        metrics: dict[str, Any] = {"loss": loss_sum.item() / n_tokens, "nll": nll, "ppl": math.exp(min(nll, 50.0))}
+        if t.eval_bleu:
+            # The very function `scripts/evaluate.py` uses, so validation BLEU equals offline BLEU.
+            greedy = replace(self.config.decode, beam_size=1, n_best=1)
+            with self.autocast:
+                scores, _ = evaluate_model(
+                    self.model,
+                    self.tokenizer,
+                    self.validation.src_texts,
+                    self.validation.ref_texts,
+                    greedy,
+                    device=self.device,
+                    max_sentences=t.eval_max_sentences,
+                )
+            metrics["bleu"] = scores["bleu"]
+        self.model.train()
+        return metrics
+
+    def _validate_and_save(self) -> dict[str, Any]:
+        metrics = self.validate()
+        t = self.config.train
+        improved = False
+        if metrics:
+            score = metrics["bleu"] if t.best_metric == "bleu" and "bleu" in metrics else -metrics["loss"]
+            improved = self.best_score is None or score > self.best_score
+            if improved:
+                self.best_score, self.bad_evals = score, 0
+            else:
+                self.bad_evals += 1
+            shown = {k: round(v, 4) for k, v in metrics.items()}
+            logger.info("step %d validation %s%s", self.step, shown, " (best)" if improved else "")
+            self._write_metrics({"split": "valid", "step": self.step, "epoch": self.train_batches.epoch, **metrics})
+        if self.context.is_main:
+            self._save_step_checkpoint()
+            if improved:
+                self._save(self.checkpoint_dir / "best.pt")
+        return metrics
+
+    def _write_metrics(self, record: dict[str, Any]) -> None:
+        if self.context.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    # ------------------------------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly where this update left off."""
+        return {
+            "config": self.config.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "data": self.train_batches.state_dict(),
+            "rng": rng_states(),
+            "tokenizer": self.tokenizer.to_state(),
+            "best_score": self.best_score,
+            "bad_evals": self.bad_evals,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], *, where: str = "checkpoint") -> None:
+        load_model_state(self.model, state["model"], where=where)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = state["step"]
+        self.train_batches.load_state_dict(state["data"])
+        self.best_score = state["best_score"]
+        self.bad_evals = state["bad_evals"]
+        set_rng_states(state["rng"])
+
+    def resume(self, path: str | Path | None = None) -> None:
+        """Continue from ``path`` (default: the run's ``checkpoints/last.pt``)."""
+        path = Path(path) if path is not None else self._last_path()
+        self.load_state_dict(load_checkpoint(path, map_location=self.device), where=str(path))
+        logger.info("resumed from %s at step %d", path, self.step)
+
+    def _last_path(self) -> Path:
+        return self.checkpoint_dir / "last.pt"
+
+    def _save(self, path: Path) -> None:
+        if self.context.is_main:
+            save_checkpoint(self.state_dict(), path)
+
+    def _save_step_checkpoint(self) -> None:
+        """``step_N.pt`` and ``last.pt``; only the newest ``keep_last`` step checkpoints are kept."""
+        if not self.context.is_main:
+            return
+        state = self.state_dict()
+        save_checkpoint(state, self._last_path())
+        keep = self.config.train.keep_last
+        if keep > 0:
+            save_checkpoint(state, self.checkpoint_dir / f"step_{self.step:08d}.pt")
+            for old in sorted(self.checkpoint_dir.glob("step_*.pt"))[:-keep]:
+                old.unlink()
+
+    # ------------------------------------------------------------------------------------------ signals
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        """SIGINT/SIGTERM finish the current update, save ``last.pt`` and stop cleanly."""
+
+        def handler(signum: int, frame: Any) -> None:
+            self._stop_signal = signum
+
+        previous = {}
+        with contextlib.suppress(ValueError):  # not in the main thread: leave signals alone
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, handler)
+        return previous
+
+    @staticmethod
+    def _restore_signal_handlers(previous: dict[int, Any]) -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+class _Window:
+    """Metrics accumulated on the device between two logs; ``flush`` is the one sync."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._reset()
+
+    def _reset(self) -> None:
+        self.loss = torch.zeros((), device=self.device)
+        self.nll = torch.zeros((), device=self.device)
+        self.tgt_tokens = 0
+        self.src_tokens = 0
+        self.start = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, nll: torch.Tensor, tgt_tokens: int, src_tokens: int) -> None:
+        self.loss += loss
+        self.nll += nll
+        self.tgt_tokens += tgt_tokens
+        self.src_tokens += src_tokens
+
+    def flush(self) -> dict[str, float]:
+        n = max(1, self.tgt_tokens)
+        nll = self.nll.item() / n
+        elapsed = max(1e-9, time.perf_counter() - self.start)
+        stats = {
+            "loss": self.loss.item() / n,
+            "nll": nll,
+            "ppl": math.exp(min(nll, 50.0)),
+            "tgt_tokens_per_s": self.tgt_tokens / elapsed,
+            "tokens_per_s": (self.tgt_tokens + self.src_tokens) / elapsed,
+        }
+        self._reset()
+        return stats
