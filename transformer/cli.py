@@ -18,10 +18,10 @@ import yaml
 
 from transformer.checkpoint import CheckpointError
 from transformer.config import Config, ConfigError, load_config
-from transformer.data import BatchIterator, DataError, ParallelDataset, load_split
+from transformer.data import BatchIterator, DataError, ParallelDataset, load_or_train_tokenizer, load_split
 from transformer.distributed import DistributedContext, setup, teardown
 from transformer.model import Transformer, count_parameters
-from transformer.tokenizer import PAD_ID, Tokenizer
+from transformer.tokenizer import PAD_ID
 from transformer.trainer import Trainer, ValidationData
 
 logger = logging.getLogger("transformer")
@@ -34,15 +34,7 @@ def build_trainer(config: Config, context: DistributedContext) -> Trainer:
     d = config.data
     train_src, train_tgt = load_split(d, "train")
     valid_src, valid_tgt = load_split(d, "valid")
-    tokenizer = Tokenizer.load_or_train(
-        Path(config.train.run_dir) / "tokenizer",
-        train_src,
-        train_tgt,
-        vocab_size=d.vocab_size,
-        model_type=d.spm_model_type,
-        joint=d.joint_vocab,
-        character_coverage=d.spm_character_coverage,
-    )
+    tokenizer = load_or_train_tokenizer(d, Path(config.train.run_dir) / "tokenizer", train_src, train_tgt)
     # The vocabulary decides the embedding sizes; the resolved sizes are what checkpoints record.
     config.model = dataclasses.replace(
         config.model, src_vocab_size=tokenizer.src_vocab_size, tgt_vocab_size=tokenizer.tgt_vocab_size, pad_id=PAD_ID

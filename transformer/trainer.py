@@ -117,7 +117,9 @@ class Trainer:
             (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
         previous = self._install_signal_handlers()
         progress = tqdm(
-            total=self.total_steps, initial=self.step, disable=not self.context.is_main, desc="train", unit="step"
+            # A bar on a terminal only (disable=None); logs and CI get one logged line per log_every.
+            total=self.total_steps, initial=self.step, disable=None if self.context.is_main else True,
+            desc="train", unit="step",
         )
         window = _Window(self.device)
         last_metrics: dict[str, Any] = {}
@@ -162,7 +164,7 @@ class Trainer:
                     group = []
             if group:
                 yield group
-            self.train_batches.set_epoch(self.train_batches.epoch + 1)
+            # The iterator moved itself to the next epoch when this one ran out.
 
     def _update(self, group: list[Batch]) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer update over the micro-batches of ``group``; returns summed loss and NLL (on device)."""
@@ -198,6 +200,11 @@ class Trainer:
         metrics = {"step": self.step, "epoch": self.train_batches.epoch, "lr": self.scheduler.get_last_lr()[0], **stats}
         progress.set_postfix(loss=f"{stats['loss']:.3f}", lr=f"{metrics['lr']:.2e}", tok_s=f"{stats['tgt_tokens_per_s']:.0f}")
         self._write_metrics({"split": "train", **metrics})
+        if progress.disable and self.context.is_main:
+            logger.info(
+                "step %d loss %.4f ppl %.2f lr %.3g tgt tok/s %.0f",
+                self.step, stats["loss"], stats["ppl"], metrics["lr"], stats["tgt_tokens_per_s"],
+            )
         return metrics
 
     @torch.no_grad()

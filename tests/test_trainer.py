@@ -1,0 +1,226 @@
+"""The training loop: learning, exact resume, signals, gradient accumulation, atomic checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from transformer.checkpoint import load_checkpoint
+from transformer.config import Config, DataConfig, ModelConfig, TrainConfig
+from transformer.data import BatchIterator, ParallelDataset, collate
+from transformer.decoding import greedy_decode
+from transformer.model import Transformer
+from transformer.tokenizer import Tokenizer
+from transformer.trainer import Trainer, ValidationData
+
+# 20 pairs: English number words -> German number words (a deterministic mapping a tiny model can learn).
+EN = "one two three four five six seven eight nine ten".split()
+DE = "eins zwei drei vier fünf sechs sieben acht neun zehn".split()
+PAIRS = [(f"{EN[i]} {EN[j]}", f"{DE[i]} {DE[j]}") for i, j in
+         [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9), (1, 0), (3, 2), (5, 4), (7, 6), (9, 8),
+          (0, 9), (2, 7), (4, 1), (6, 3), (8, 5), (1, 6), (3, 8), (5, 0), (7, 2), (9, 4)]]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory) -> Tokenizer:
+    src, tgt = zip(*PAIRS)
+    return Tokenizer.train(list(src), list(tgt), tmp_path_factory.mktemp("spm"), vocab_size=60, joint=True)
+
+
+def make_config(tmp_path: Path, tokenizer: Tokenizer, **train) -> Config:
+    model = ModelConfig.preset(
+        "tiny", src_vocab_size=tokenizer.src_vocab_size, tgt_vocab_size=tokenizer.tgt_vocab_size, dropout=0.1
+    )
+    defaults = dict(run_dir=str(tmp_path / "run"), lr=3e-3, warmup_steps=5, max_steps=6, log_every=2,
+                    eval_bleu=False, keep_last=10, schedule="inverse_sqrt")
+    return Config(model=model, data=DataConfig(max_tokens=48, pad_to_multiple=1), train=TrainConfig(**{**defaults, **train}))
+
+
+def make_trainer(config: Config, tokenizer: Tokenizer, *, validation: bool = False) -> Trainer:
+    torch.manual_seed(config.train.seed)
+    src, tgt = zip(*PAIRS)
+    dataset = ParallelDataset.from_texts(list(src), list(tgt), tokenizer, config.data)
+    batches = BatchIterator(dataset, config.data.max_tokens, shuffle=True, seed=config.train.seed, pad_to_multiple=1)
+    valid = None
+    if validation:
+        valid_batches = BatchIterator(dataset, 512, shuffle=False, pad_to_multiple=1)
+        valid = ValidationData(valid_batches, list(src), list(tgt))
+    return Trainer(config, Transformer(config.model), tokenizer, batches, valid)
+
+
+def params(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs"
+
+
+def test_a_tiny_corpus_is_learned_until_greedy_decoding_reproduces_it(tmp_path, tokenizer):
+    config = make_config(tmp_path, tokenizer, max_steps=150, lr=5e-3, warmup_steps=20, log_every=10, keep_last=0)
+    config.model = replace(config.model, dropout=0.0, d_model=64, d_ff=128)
+    config.data = replace(config.data, max_tokens=512)  # the whole corpus in one batch
+    trainer = make_trainer(config, tokenizer)
+    trainer.fit()
+    src, tgt = zip(*PAIRS)
+    ids = tokenizer.encode_src(list(src))
+    width = max(map(len, ids)) + 1
+    batch = torch.zeros(len(ids), width, dtype=torch.long)
+    for row, x in enumerate(ids):
+        batch[row, : len(x) + 1] = torch.tensor(x + [3])
+    out = greedy_decode(trainer.model.eval(), batch, max_len_a=1.0, max_len_b=5)
+    assert tokenizer.decode_tgt(out) == list(tgt)
+    lines = [json.loads(x) for x in (Path(config.train.run_dir) / "metrics.jsonl").read_text().splitlines()]
+    nll = [r["nll"] for r in lines if r["split"] == "train"]
+    assert nll[-1] < 0.2 and nll[0] > 10 * nll[-1]  # with smoothing 0.1 the NLL floor is about 0.1
+
+
+def test_resume_equals_an_uninterrupted_run_bitwise(tmp_path, tokenizer):
+    # Dropout on, several batches per epoch, the interruption mid-epoch and the run crossing an epoch end.
+    full = make_trainer(make_config(tmp_path / "a", tokenizer, max_steps=9), tokenizer)
+    assert len(full.train_batches) >= 3
+    full.fit()
+
+    first = make_trainer(make_config(tmp_path / "b", tokenizer, max_steps=4), tokenizer)
+    first.fit()
+    resumed = make_trainer(make_config(tmp_path / "b", tokenizer, max_steps=9), tokenizer)
+    assert not torch.equal(resumed.model.output.weight, first.model.output.weight)  # really rebuilt
+    resumed.resume()
+    assert resumed.step == 4
+    resumed.fit()
+    assert resumed.step == 9
+    assert_bitwise_equal(params(full), params(resumed))
+    assert full.optimizer.state_dict()["state"][0]["exp_avg"].equal(resumed.optimizer.state_dict()["state"][0]["exp_avg"])
+
+
+def test_sigterm_saves_last_checkpoint_and_resume_continues_exactly(tmp_path, tokenizer, monkeypatch):
+    full = make_trainer(make_config(tmp_path / "a", tokenizer, max_steps=7), tokenizer)
+    full.fit()
+
+    interrupted = make_trainer(make_config(tmp_path / "b", tokenizer, max_steps=7), tokenizer)
+    original_update = interrupted._update
+
+    def update_then_signal(group):
+        out = original_update(group)
+        if interrupted.step == 2:  # during the third update
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(interrupted, "_update", update_then_signal)
+    interrupted.fit()
+    assert interrupted.step == 3
+    saved = load_checkpoint(Path(interrupted.config.train.run_dir) / "checkpoints" / "last.pt")
+    assert saved["step"] == 3
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
+
+    resumed = make_trainer(make_config(tmp_path / "b", tokenizer, max_steps=7), tokenizer)
+    resumed.resume()
+    resumed.fit()
+    assert_bitwise_equal(params(full), params(resumed))
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")  # the test swaps in a plain SGD
+def test_gradient_accumulation_equals_one_large_batch(tmp_path, tokenizer):
+    config = make_config(tmp_path, tokenizer, grad_accum_steps=2)
+    config.model = replace(config.model, dropout=0.0)
+    src, tgt = zip(*PAIRS)
+    dataset = ParallelDataset.from_texts(list(src), list(tgt), tokenizer, config.data)
+    # Two micro-batches of different sizes and lengths: per-micro-batch normalisation would weight them wrongly.
+    a, b = [0, 1, 2], [3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+    micro = [collate(dataset, a), collate(dataset, b)]
+    whole = [collate(dataset, a + b)]
+    accumulated, single = make_trainer(config, tokenizer), make_trainer(config, tokenizer)
+    initial = params(single)
+    for trainer in (accumulated, single):
+        # Plain SGD with lr 1: the parameter change is the gradient itself (Adam's first step is sign-like).
+        trainer.optimizer = torch.optim.SGD(trainer.model.parameters(), lr=1.0)
+    accumulated._update(micro)
+    single._update(whole)
+    grads_acc = {k: initial[k] - v for k, v in params(accumulated).items()}
+    grads_one = {k: initial[k] - v for k, v in params(single).items()}
+    for name in grads_one:
+        assert torch.allclose(grads_acc[name], grads_one[name], rtol=1e-4, atol=1e-7), name
+    assert grads_one["output.weight"].abs().sum() > 0
+
+
+def test_validation_keeps_best_checkpoint_and_early_stopping_stops(tmp_path, tokenizer, monkeypatch):
+    config = make_config(tmp_path, tokenizer, max_steps=50, eval_every=2, patience=2, best_metric="loss")
+    trainer = make_trainer(config, tokenizer, validation=True)
+    losses = iter([3.0, 2.0, 2.5, 2.6, 1.0])  # improves, improves, worse, worse -> stop after the 4th
+    monkeypatch.setattr(trainer, "validate", lambda: {"loss": next(losses)})
+    trainer.fit()
+    assert trainer.step == 8
+    ckpt = Path(config.train.run_dir) / "checkpoints"
+    assert load_checkpoint(ckpt / "best.pt")["step"] == 4
+    assert load_checkpoint(ckpt / "last.pt")["step"] == 8
+    records = [json.loads(x) for x in (Path(config.train.run_dir) / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in records if r["split"] == "valid"] == [3.0, 2.0, 2.5, 2.6]
+
+
+def test_validation_computes_loss_and_bleu(tmp_path, tokenizer):
+    config = make_config(tmp_path, tokenizer, eval_bleu=True)
+    trainer = make_trainer(config, tokenizer, validation=True)
+    metrics = trainer.validate()
+    assert metrics["loss"] > 0 and metrics["ppl"] > 1 and 0 <= metrics["bleu"] <= 100
+    assert trainer.model.training  # put back in training mode
+
+
+def test_step_checkpoints_keep_only_the_newest(tmp_path, tokenizer):
+    config = make_config(tmp_path, tokenizer, max_steps=6, save_every=1, keep_last=2)
+    make_trainer(config, tokenizer).fit()
+    names = sorted(p.name for p in (Path(config.train.run_dir) / "checkpoints").glob("step_*.pt"))
+    assert names == ["step_00000005.pt", "step_00000006.pt"]
+
+
+def test_interrupted_checkpoint_write_leaves_the_last_good_one(tmp_path, tokenizer, monkeypatch):
+    config = make_config(tmp_path, tokenizer, max_steps=2)
+    trainer = make_trainer(config, tokenizer)
+    trainer.fit()
+    last = Path(config.train.run_dir) / "checkpoints" / "last.pt"
+    before = last.read_bytes()
+
+    def crash(obj, f, *args, **kwargs):
+        f.write(b"partial bytes of a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr("transformer.checkpoint.torch.save", crash)
+    trainer.step += 1
+    with pytest.raises(OSError, match="disk full"):
+        trainer._save_step_checkpoint()
+    assert last.read_bytes() == before
+    assert load_checkpoint(last)["step"] == 2
+    assert not list(last.parent.glob(".*.tmp")), "temporary file left behind"
+
+
+def test_checkpoint_carries_all_state(tmp_path, tokenizer):
+    config = make_config(tmp_path, tokenizer, max_steps=3)
+    trainer = make_trainer(config, tokenizer)
+    trainer.fit()
+    state = load_checkpoint(Path(config.train.run_dir) / "checkpoints" / "last.pt")
+    for key in ("model", "optimizer", "scheduler", "scaler", "step", "data", "rng", "config", "tokenizer"):
+        assert key in state, key
+    assert state["data"] == trainer.train_batches.state_dict()
+    assert Config.from_dict(state["config"]) == config
+    assert Tokenizer.from_state(state["tokenizer"]).encode_src(["one two"]) == tokenizer.encode_src(["one two"])
+
+
+def test_fp16_on_cpu_is_a_clear_error(tmp_path, tokenizer):
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        make_trainer(make_config(tmp_path, tokenizer, precision="fp16"), tokenizer)
+
+
+def test_bf16_autocast_trains_on_cpu(tmp_path, tokenizer):
+    trainer = make_trainer(make_config(tmp_path, tokenizer, precision="bf16", max_steps=3), tokenizer)
+    before = params(trainer)
+    trainer.fit()
+    after = params(trainer)
+    assert all(torch.isfinite(v).all() for v in after.values())
+    assert not torch.equal(before["output.weight"], after["output.weight"])
