@@ -113,3 +113,35 @@ def _as_python_state(state: Any) -> tuple:
     # torch.save keeps tuples, but be lenient with lists (e.g. a state that went through JSON).
     version, internal, gauss = state
     return (version, tuple(internal), gauss)
+
+
+def average_checkpoints(paths: list[str | Path]) -> dict[str, Any]:
+    """Element-wise mean of the model weights of ``paths`` (as fairseq's ``average_checkpoints.py``).
+
+    The result keeps the config and vocabulary of the last checkpoint and drops the optimizer state: it is
+    for evaluation and translation, not for resuming.
+
+    Raises:
+        CheckpointError: no paths, or checkpoints whose weights differ in names or shapes.
+    """
+    if not paths:
+        raise CheckpointError("no checkpoints to average")
+    total: dict[str, torch.Tensor] = {}
+    last: dict[str, Any] = {}
+    for path in paths:
+        last = load_checkpoint(path)
+        weights = last["model"]
+        if total and (weights.keys() != total.keys() or any(weights[k].shape != total[k].shape for k in total)):
+            raise CheckpointError(f"{path} has different weights than {paths[0]}; average checkpoints of one run")
+        for name, tensor in weights.items():
+            if name in total:
+                total[name] += tensor.double() if tensor.is_floating_point() else 0
+            else:
+                total[name] = tensor.double() if tensor.is_floating_point() else tensor.clone()
+    first = load_checkpoint(paths[0])["model"]
+    model = {
+        name: (t / len(paths)).to(first[name].dtype) if first[name].is_floating_point() else t
+        for name, t in total.items()
+    }
+    kept = {k: last[k] for k in ("config", "tokenizer", "step") if k in last}
+    return {**kept, "model": model, "averaged_from": [str(p) for p in paths]}

@@ -1,0 +1,121 @@
+"""Checkpoint files: atomic writes, weights_only loading, clear mismatch errors, averaging."""
+
+from __future__ import annotations
+
+import datetime
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from transformer.checkpoint import (
+    CheckpointError,
+    average_checkpoints,
+    load_checkpoint,
+    load_for_inference,
+    load_model_state,
+    save_checkpoint,
+)
+from transformer.config import Config, ModelConfig
+from transformer.model import Transformer
+from transformer.tokenizer import Tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory) -> Tokenizer:
+    texts = ["a man rides a bike", "two dogs play in the park", "a woman reads a book"] * 5
+    return Tokenizer.train(texts, texts, tmp_path_factory.mktemp("spm"), vocab_size=40, joint=True)
+
+
+def make_state(tokenizer: Tokenizer, seed: int = 0) -> tuple[dict, Transformer]:
+    config = Config(model=ModelConfig.preset("tiny", src_vocab_size=tokenizer.src_vocab_size,
+                                             tgt_vocab_size=tokenizer.tgt_vocab_size))
+    torch.manual_seed(seed)
+    model = Transformer(config.model)
+    return {"config": config.to_dict(), "model": model.state_dict(), "tokenizer": tokenizer.to_state(), "step": seed}, model
+
+
+def test_round_trip_rebuilds_the_same_model_from_the_file_alone(tmp_path, tokenizer):
+    state, model = make_state(tokenizer)
+    save_checkpoint(state, tmp_path / "c.pt")
+    loaded, loaded_tokenizer, config = load_for_inference(tmp_path / "c.pt")
+    assert not loaded.training
+    src = torch.tensor([[5, 6, 7, 3]])
+    tgt = torch.tensor([[2, 8, 9]])
+    torch.testing.assert_close(loaded(src, tgt), model.eval()(src, tgt), rtol=0, atol=0)
+    assert loaded_tokenizer.encode_src(["a man"]) == tokenizer.encode_src(["a man"])
+    assert config.model == Config.from_dict(state["config"]).model
+
+
+def test_loading_never_unpickles_arbitrary_objects(tmp_path, tokenizer):
+    state, _ = make_state(tokenizer)
+    state["payload"] = datetime.datetime(2020, 1, 1)  # an object that is not plain data: needs unpickling
+    path = tmp_path / "evil.pt"
+    torch.save(state, path, pickle_module=pickle)
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        load_checkpoint(path)
+
+
+def test_missing_truncated_and_foreign_files_are_clear_errors(tmp_path, tokenizer):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "nope.pt")
+    state, _ = make_state(tokenizer)
+    save_checkpoint(state, tmp_path / "c.pt")
+    data = (tmp_path / "c.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="cut.pt"):
+        load_checkpoint(tmp_path / "cut.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a checkpoint of this project"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_config_that_does_not_match_the_weights_names_the_mismatch(tokenizer):
+    state, _ = make_state(tokenizer)
+    bigger = Transformer(ModelConfig.preset("tiny", d_model=64, src_vocab_size=tokenizer.src_vocab_size,
+                                            tgt_vocab_size=tokenizer.tgt_vocab_size))
+    with pytest.raises(CheckpointError, match=r"shape of encoder\.embedding\.embedding\.weight"):
+        load_model_state(bigger, state["model"], where="ckpt")
+    deeper = Transformer(ModelConfig.preset("tiny", n_encoder_layers=3, src_vocab_size=tokenizer.src_vocab_size,
+                                            tgt_vocab_size=tokenizer.tgt_vocab_size))
+    with pytest.raises(CheckpointError, match=r"missing: encoder\.layers\.2\."):
+        load_model_state(deeper, state["model"], where="ckpt")
+
+
+def test_average_is_the_elementwise_mean(tmp_path, tokenizer):
+    paths = []
+    for seed in range(3):
+        state, _ = make_state(tokenizer, seed)
+        paths.append(tmp_path / f"step_{seed}.pt")
+        save_checkpoint(state, paths[-1])
+    averaged = average_checkpoints(paths)
+    weights = [load_checkpoint(p)["model"]["decoder.layers.0.feed_forward.linear1.weight"] for p in paths]
+    torch.testing.assert_close(averaged["model"]["decoder.layers.0.feed_forward.linear1.weight"], sum(weights) / 3)
+    assert averaged["config"] == load_checkpoint(paths[-1])["config"]
+    save_checkpoint(averaged, tmp_path / "avg.pt")
+    model, _, _ = load_for_inference(tmp_path / "avg.pt")  # usable for translation
+    assert torch.isfinite(next(model.parameters())).all()
+
+
+def test_average_script_and_its_errors(tmp_path, tokenizer):
+    run = tmp_path / "run" / "checkpoints"
+    for seed in range(3):
+        save_checkpoint(make_state(tokenizer, seed)[0], run / f"step_{seed:08d}.pt")
+    script = [sys.executable, str(ROOT / "scripts" / "average_checkpoints.py")]
+    ok = subprocess.run(script + ["--run-dir", str(tmp_path / "run"), "--last", "2", "--output", str(tmp_path / "a.pt")],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "averaged 2 checkpoints" in ok.stdout
+    expected = average_checkpoints([run / "step_00000001.pt", run / "step_00000002.pt"])["model"]
+    torch.testing.assert_close(load_checkpoint(tmp_path / "a.pt")["model"], expected)
+    other = make_state(tokenizer)[0]
+    other["model"] = {"x": torch.zeros(1)}
+    save_checkpoint(other, tmp_path / "odd.pt")
+    bad = subprocess.run(script + ["--inputs", str(run / "step_00000000.pt"), str(tmp_path / "odd.pt"),
+                                   "--output", str(tmp_path / "b.pt")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "different weights" in bad.stderr
