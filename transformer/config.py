@@ -123,12 +123,12 @@ class DataConfig:
     spm_model_type: str = "bpe"  # "bpe" or "unigram"
     joint_vocab: bool = True  # one model for both languages (needed for shared embeddings)
     spm_character_coverage: float = 1.0
-    # Filtering and batching.
+    # Filtering and batching. Lengths count ids as fed to the model: source pieces + EOS, target pieces + 1.
     max_src_tokens: int = 256
     max_tgt_tokens: int = 256
-    max_length_ratio: float = 3.0
+    max_length_ratio: float = 3.0  # drop pairs whose longer side is over this many times the shorter; 0 disables
     max_tokens: int = 4096  # token budget of one batch, padding included
-    pad_to_multiple: int = 8  # pad lengths to a multiple of this (few distinct shapes; tensor-core friendly)
+    pad_to_multiple: int = 1  # 8 on GPUs: fewer distinct shapes, tensor-core friendly; 1 wastes least on CPUs
     lowercase: bool = False
 
     def __post_init__(self) -> None:
@@ -139,6 +139,14 @@ class DataConfig:
                 raise ConfigError(f"data.{name} must be positive, got {getattr(self, name)}")
         if self.src_lang == self.tgt_lang:
             raise ConfigError(f"data.src_lang and data.tgt_lang are both {self.src_lang!r}")
+        if self.max_length_ratio != 0 and self.max_length_ratio < 1:
+            raise ConfigError(f"data.max_length_ratio must be >= 1 (or 0 to disable), got {self.max_length_ratio}")
+        if not 0.0 < self.spm_character_coverage <= 1.0:
+            raise ConfigError(f"data.spm_character_coverage must be in (0, 1], got {self.spm_character_coverage}")
+        if self.source == "hub" and not self.hub_name:
+            raise ConfigError("data.hub_name must be set when data.source is 'hub'")
+        if self.source == "hub" and self.hub_name in ("json", "csv", "parquet") and not self.hub_data_files:
+            raise ConfigError(f"data.hub_data_files (split: path) must be set when data.hub_name is {self.hub_name!r}")
 
 
 @dataclass

@@ -1,0 +1,43 @@
+"""Shared fixtures: a seeded tiny model config, a model factory and a token generator."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from transformer.config import ModelConfig
+from transformer.model import Transformer
+
+VOCAB = 23  # small, and not a multiple of anything in the tiny preset
+PAD = 0
+
+
+@pytest.fixture
+def tiny_config() -> ModelConfig:
+    """The tiny preset (d_model=32, 4 heads, 2 + 2 layers) with a small vocabulary."""
+    return ModelConfig.preset("tiny", src_vocab_size=VOCAB, tgt_vocab_size=VOCAB, pad_id=PAD)
+
+
+@pytest.fixture
+def make_model(tiny_config: ModelConfig) -> Callable[..., Transformer]:
+    """``make_model(**overrides)``: a seeded tiny Transformer in eval mode."""
+
+    def make(**overrides) -> Transformer:
+        torch.manual_seed(0)
+        return Transformer(dataclasses.replace(tiny_config, **overrides)).eval()
+
+    return make
+
+
+@pytest.fixture
+def tokens() -> Callable[..., torch.Tensor]:
+    """``tokens(batch, length)``: random non-pad ids from a seeded generator."""
+    generator = torch.Generator().manual_seed(1234)
+
+    def make(batch: int, length: int, vocab: int = VOCAB) -> torch.Tensor:
+        return torch.randint(PAD + 1, vocab, (batch, length), generator=generator)
+
+    return make

@@ -1,0 +1,252 @@
+"""Config: defaults, YAML files, presets, dotted overrides, validation and the configs/ folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from transformer.config import PRESETS, Config, ConfigError, DataConfig, ModelConfig, TrainConfig, load_config
+from transformer.model import Transformer, count_parameters
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_build() -> None:
+    config = load_config()
+    assert config == Config()
+    assert config.model.d_model == 512 and config.model.n_heads == 8 and config.model.head_dim == 64
+    with torch.device("meta"):
+        model = Transformer(config.model)
+    assert count_parameters(model) > 0
+
+
+def test_yaml_overrides_only_what_it_names(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+model:
+  d_model: 64
+  n_heads: 2
+  norm_first: true
+data:
+  src_lang: de
+  tgt_lang: en
+  hub_data_files: {train: a.json}
+train:
+  lr: 1.0e-3
+  betas: [0.9, 0.99]
+""",
+    )
+    config = load_config(path)
+    assert config.model.d_model == 64 and config.model.n_heads == 2 and config.model.norm_first is True
+    assert config.model.d_ff == ModelConfig().d_ff  # untouched keys keep the dataclass default
+    assert (config.data.src_lang, config.data.tgt_lang) == ("de", "en")
+    assert config.data.hub_data_files == {"train": "a.json"}
+    assert config.train.lr == pytest.approx(1e-3) and isinstance(config.train.lr, float)
+    assert config.train.betas == (0.9, 0.99)
+    assert config.decode == Config().decode
+
+
+def test_empty_yaml_is_defaults(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "")) == Config()
+
+
+def test_model_preset_in_yaml(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "model:\n  preset: small\n  dropout: 0.2\n"))
+    for key, value in PRESETS["small"].items():
+        assert getattr(config.model, key) == value
+    assert config.model.dropout == pytest.approx(0.2)  # an explicit key wins over the preset
+    # The preset is applied by ModelConfig.preset() too, and both agree.
+    assert config.model == ModelConfig.preset("small", dropout=0.2)
+
+
+def test_model_preset_explicit_key_wins(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "model:\n  preset: small\n  n_heads: 8\n"))
+    assert config.model.n_heads == 8 and config.model.d_model == PRESETS["small"]["d_model"]
+
+
+def test_unknown_preset_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="huge") as info:
+        load_config(write(tmp_path, "model:\n  preset: huge\n"))
+    assert "tiny" in str(info.value) and "base" in str(info.value)
+
+
+@pytest.mark.parametrize("override", ["train.lr=5e-4", "--train.lr=5e-4"])
+def test_dotted_override(tmp_path: Path, override: str) -> None:
+    path = write(tmp_path, "train:\n  lr: 1.0e-3\n")
+    assert load_config(path).train.lr == pytest.approx(1e-3)
+    config = load_config(path, [override])
+    assert isinstance(config.train.lr, float)  # YAML reads "5e-4" as a string: it must be converted
+    assert config.train.lr == pytest.approx(5e-4)
+
+
+def test_overrides_of_each_type() -> None:
+    config = load_config(
+        None,
+        [
+            "--model.preset=tiny",
+            "model.norm_first=true",
+            "model.d_ff=128",
+            "train.betas=[0.8, 0.9]",
+            "data.hub_name=wmt14",
+            "decode.beam_size=3",
+        ],
+    )
+    assert config.model.d_model == PRESETS["tiny"]["d_model"]
+    assert config.model.norm_first is True and config.model.d_ff == 128
+    assert config.train.betas == (0.8, 0.9)
+    assert config.data.hub_name == "wmt14" and config.decode.beam_size == 3
+
+
+def test_later_override_wins() -> None:
+    assert load_config(None, ["train.seed=3", "train.seed=7"]).train.seed == 7
+
+
+@pytest.mark.parametrize("bad", ["train.lr", "lr=5e-4", "train.x.y=1"])
+def test_malformed_override(bad: str) -> None:
+    with pytest.raises(ConfigError, match="section.key"):
+        load_config(None, [bad])
+
+
+def test_unknown_key_lists_valid_keys(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["train.lrr=1e-3"])
+    message = str(info.value)
+    assert "lrr" in message
+    for valid in ("lr", "warmup_steps", "label_smoothing"):
+        assert repr(valid) in message
+
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, "model:\n  dmodel: 64\n"))
+    assert "dmodel" in str(info.value) and "'d_model'" in str(info.value) and "'preset'" in str(info.value)
+    assert "run.yaml" in str(info.value)  # names the file
+
+
+def test_unknown_section_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, "modle:\n  d_model: 64\n"))
+    assert "modle" in str(info.value) and "'model'" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("model.d_model=abc", "model.d_model"),
+        ("model.d_model=1.5", "model.d_model"),
+        ("model.norm_first=maybe", "model.norm_first"),
+        ("train.lr=fast", "train.lr"),
+        ("train.betas=0.9", "train.betas"),
+        ("data.hub_data_files=x", "data.hub_data_files"),
+    ],
+)
+def test_wrong_type_names_the_key(override: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert key in str(info.value)
+    assert override.split("=", 1)[1] in str(info.value)  # and the offending value
+
+
+def test_wrong_type_in_yaml_names_file_and_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, "train:\n  warmup_steps: soon\n"))
+    assert "run.yaml" in str(info.value) and "train.warmup_steps" in str(info.value)
+
+
+def test_int_accepted_for_float() -> None:
+    config = load_config(None, ["train.lr=1"])
+    assert config.train.lr == 1.0 and isinstance(config.train.lr, float)
+
+
+def test_d_model_not_divisible_by_heads() -> None:
+    with pytest.raises(ConfigError, match=r"d_model \(30\).*n_heads \(4\)"):
+        ModelConfig(d_model=30, n_heads=4)
+    with pytest.raises(ConfigError, match="divisible"):
+        load_config(None, ["model.d_model=100", "model.n_heads=3"])
+
+
+@pytest.mark.parametrize(
+    ("build", "key"),
+    [
+        (lambda: ModelConfig(n_encoder_layers=0), "n_encoder_layers"),
+        (lambda: ModelConfig(dropout=1.0), "dropout"),
+        (lambda: ModelConfig(activation="swish"), "activation"),
+        (lambda: ModelConfig(share_embeddings=True, src_vocab_size=100, tgt_vocab_size=200), "share_embeddings"),
+        (lambda: ModelConfig(pad_id=8000), "pad_id"),
+        (lambda: DataConfig(src_lang="en", tgt_lang="en"), "src_lang"),
+        (lambda: TrainConfig(precision="fp8"), "precision"),
+        (lambda: TrainConfig(max_steps=0, max_epochs=0), "max_steps"),
+    ],
+)
+def test_invalid_values_name_the_key(build, key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        build()
+
+
+def test_missing_or_malformed_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(write(tmp_path, "- just\n- a list\n"))
+
+
+def test_round_trip_through_dict() -> None:
+    config = load_config(
+        None,
+        ["model.preset=small", "model.norm_first=true", "train.betas=[0.8, 0.95]", "data.hub_data_files={train: t.json}"],
+    )
+    assert config != Config()
+    values = config.to_dict()
+    assert isinstance(values["model"], dict) and values["model"]["d_model"] == PRESETS["small"]["d_model"]
+    assert Config.from_dict(values) == config
+    assert Config.from_dict(Config().to_dict()) == Config()
+
+
+# ---------------------------------------------------------------------------------------------- configs/
+
+
+def test_configs_folder_has_the_shipped_files() -> None:
+    names = {path.name for path in CONFIGS.glob("*.yaml")}
+    assert {"tiny.yaml", "base.yaml"} <= names  # so the parametrized test below cannot pass vacuously
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_config_loads_and_builds_a_model(path: Path) -> None:
+    config = load_config(path)
+    assert Config.from_dict(config.to_dict()) == config
+    with torch.device("meta"):  # shapes only: base/big sized configs stay fast
+        model = Transformer(config.model)
+    assert count_parameters(model) > 0
+    assert model.output.out_features == config.model.tgt_vocab_size
+
+
+def test_tiny_yaml_runs_on_cpu() -> None:
+    config = load_config(CONFIGS / "tiny.yaml")
+    assert config.model.d_model == PRESETS["tiny"]["d_model"]
+    model = Transformer(config.model).eval()
+    src = torch.randint(1, config.model.src_vocab_size, (2, 5))
+    tgt = torch.randint(1, config.model.tgt_vocab_size, (2, 4))
+    logits = model(src, tgt)
+    assert logits.shape == (2, 4, config.model.tgt_vocab_size) and torch.isfinite(logits).all()
+
+
+def test_base_yaml_is_the_papers_setup() -> None:
+    config = load_config(CONFIGS / "base.yaml")
+    m, d, t = config.model, config.data, config.train
+    assert (m.d_model, m.n_heads, m.d_ff, m.n_encoder_layers, m.n_decoder_layers) == (512, 8, 2048, 6, 6)
+    assert m.dropout == pytest.approx(0.1) and not m.norm_first and m.positional == "sinusoidal"
+    assert m.share_embeddings and m.tie_output
+    assert m.src_vocab_size == m.tgt_vocab_size == d.vocab_size == 32000 and d.joint_vocab
+    assert (d.source, d.hub_name, d.hub_config, d.src_lang, d.tgt_lang) == ("hub", "wmt14", "de-en", "en", "de")
+    assert d.max_tokens == 25000
+    assert (t.schedule, t.warmup_steps, t.optimizer) == ("noam", 4000, "adam")
+    assert t.lr == 1.0  # noam's scale factor: the paper's Equation (3) unscaled
+    assert t.betas == (0.9, 0.98) and t.eps == pytest.approx(1e-9)
+    assert t.label_smoothing == pytest.approx(0.1) and t.precision == "bf16"

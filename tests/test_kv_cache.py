@@ -1,0 +1,109 @@
+"""KVCache and DecoderCache: append, read, overflow, reorder, prefilled caches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from transformer.kv_cache import DecoderCache, KVCache, LayerCache
+
+B, H, DH = 3, 2, 4
+
+
+def step(batch: int = B, t: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.randn(batch, H, t, DH), torch.randn(batch, H, t, DH)
+
+
+def test_append_returns_everything_so_far() -> None:
+    cache = KVCache(B, H, DH, max_len=5)
+    assert cache.length == 0 and cache.max_len == 5
+    k0, v0 = cache.keys_values()
+    assert k0.shape == (B, H, 0, DH)
+    k1, v1 = step(t=2)
+    k, v = cache.append(k1, v1)
+    assert cache.length == 2
+    torch.testing.assert_close(k, k1)
+    torch.testing.assert_close(v, v1)
+    k2, v2 = step()
+    k, v = cache.append(k2, v2)
+    assert cache.length == 3 and k.shape == (B, H, 3, DH)
+    torch.testing.assert_close(k, torch.cat([k1, k2], dim=2))
+    torch.testing.assert_close(v, torch.cat([v1, v2], dim=2))
+    kk, vv = cache.keys_values()
+    assert torch.equal(kk, k) and torch.equal(vv, v)
+
+
+def test_dtype_and_device() -> None:
+    cache = KVCache(B, H, DH, 2, device="cpu", dtype=torch.bfloat16)
+    k, v = cache.append(*step())
+    assert k.dtype == v.dtype == torch.bfloat16 and k.device.type == "cpu"
+
+
+def test_overflow_is_an_error() -> None:
+    cache = KVCache(B, H, DH, max_len=2)
+    cache.append(*step(t=2))
+    with pytest.raises(ValueError, match="overflow"):
+        cache.append(*step())
+    assert cache.length == 2  # a failed append changes nothing
+
+
+def test_sizes_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        KVCache(B, H, DH, max_len=0)
+
+
+def test_reset() -> None:
+    cache = KVCache(B, H, DH, max_len=3)
+    cache.append(*step(t=3))
+    cache.reset()
+    assert cache.length == 0
+    k1, v1 = step()
+    torch.testing.assert_close(cache.append(k1, v1)[0], k1)
+
+
+def test_reorder_selects_batch_rows() -> None:
+    cache = KVCache(B, H, DH, max_len=4)
+    k1, v1 = step(t=2)
+    cache.append(k1, v1)
+    index = torch.tensor([2, 2, 0, 1])  # may grow, repeat and drop rows (beam search)
+    cache.reorder(index)
+    assert cache.length == 2
+    k, v = cache.keys_values()
+    torch.testing.assert_close(k, k1[index])
+    torch.testing.assert_close(v, v1[index])
+    k2, v2 = step(batch=4)
+    k, _ = cache.append(k2, v2)  # still appendable after the reorder
+    torch.testing.assert_close(k, torch.cat([k1[index], k2], dim=2))
+
+
+def test_from_tensors_is_full() -> None:
+    k, v = step(t=6)
+    cache = KVCache.from_tensors(k, v)
+    assert cache.length == cache.max_len == 6
+    kk, vv = cache.keys_values()
+    assert torch.equal(kk, k) and torch.equal(vv, v)
+    with pytest.raises(ValueError, match="overflow"):
+        cache.append(*step())
+
+
+def test_decoder_cache_reorders_every_layer() -> None:
+    layers = []
+    for _ in range(2):
+        self_cache = KVCache(B, H, DH, max_len=4)
+        self_cache.append(*step(t=3))
+        layers.append(LayerCache(self_attn=self_cache, cross_attn=KVCache.from_tensors(*step(t=5))))
+    cache = DecoderCache(layers)
+    assert cache.length == 3
+    before = [(layer.self_attn.keys_values(), layer.cross_attn.keys_values()) for layer in layers]
+    index = torch.tensor([1, 0])
+    cache.reorder(index)
+    assert cache.length == 3
+    for layer, ((sk, sv), (ck, cv)) in zip(cache.layers, before):
+        torch.testing.assert_close(layer.self_attn.keys_values()[0], sk[index])
+        torch.testing.assert_close(layer.self_attn.keys_values()[1], sv[index])
+        torch.testing.assert_close(layer.cross_attn.keys_values()[0], ck[index])
+        torch.testing.assert_close(layer.cross_attn.keys_values()[1], cv[index])
+
+
+def test_empty_decoder_cache_has_length_zero() -> None:
+    assert DecoderCache([]).length == 0

@@ -1,0 +1,640 @@
+"""Parallel text in, padded token-budget batches out.
+
+Sources (``DataConfig.source``), one loader for all of them (``load_split``):
+
+- ``"multi30k"``: a folder of raw parallel files ``{split}.{lang}`` or ``{split}.{lang}.gz``;
+- ``"files"``: an explicit source and target path per role;
+- ``"tsv"``: one file per role, ``source<TAB>target`` on each line;
+- ``"hub"``: ``datasets.load_dataset(hub_name, hub_config)``, or a local json/csv/parquet file through
+  the same call (``hub_name="json"`` and ``hub_data_files={split: path}``); either one column per
+  language or a ``translation`` column of ``{lang: text}`` dicts.
+
+Roles ``train``/``valid``/``test`` map to split names through ``DataConfig``. ``ParallelDataset``
+encodes and filters pairs; ``BatchIterator`` groups them into batches of at most ``max_tokens``
+tokens (padding included), similar lengths together. Teacher forcing layout of one pair::
+
+    src     = x + [EOS]
+    tgt_in  = [BOS] + y
+    tgt_out = y + [EOS]
+"""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from transformer.config import DataConfig
+from transformer.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+
+logger = logging.getLogger(__name__)
+
+ROLES = ("train", "valid", "test")
+LOCAL_HUB_FORMATS = ("json", "csv", "parquet")
+DEFAULT_MULTI30K_DIR = Path("../shared/data/multi30k")  # relative to the current directory
+
+
+class DataError(ValueError):
+    """Bad or missing input data; the message names the file and line (or the config key) at fault."""
+
+
+# ---- reading raw text --------------------------------------------------------------------------
+
+
+def load_split(cfg: DataConfig, role: str) -> tuple[list[str], list[str]]:
+    """Source and target sentences of one role, as configured by ``cfg``.
+
+    Lines are stripped of surrounding whitespace (and lowercased if ``cfg.lowercase``); empty and
+    over-long pairs are kept here and dropped, with a count, by ``ParallelDataset.from_texts``.
+
+    Args:
+        cfg: the data section of the config.
+        role: "train", "valid" or "test" (mapped to ``cfg.train_split`` etc.).
+
+    Returns:
+        ``(src_texts, tgt_texts)``, two lists of the same length.
+
+    Raises:
+        DataError: a file or split is missing, not UTF-8, misaligned or malformed, or the hub is unreachable.
+    """
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+    split = {"train": cfg.train_split, "valid": cfg.valid_split, "test": cfg.test_split}[role]
+    if cfg.source == "multi30k":
+        folder = multi30k_dir(cfg)
+        src_path, tgt_path = find_split_file(folder, split, cfg.src_lang), find_split_file(folder, split, cfg.tgt_lang)
+        src, tgt = read_parallel(src_path, tgt_path)
+        where = f"{folder} ({split})"
+    elif cfg.source == "files":
+        src_path, tgt_path = {
+            "train": (cfg.train_src, cfg.train_tgt),
+            "valid": (cfg.valid_src, cfg.valid_tgt),
+            "test": (cfg.test_src, cfg.test_tgt),
+        }[role]
+        if not src_path or not tgt_path:
+            raise DataError(f"data.source=files needs data.{role}_src and data.{role}_tgt for the {role} split")
+        src, tgt = read_parallel(Path(src_path), Path(tgt_path))
+        where = f"{src_path} + {tgt_path}"
+    elif cfg.source == "tsv":
+        path = {"train": cfg.train_tsv, "valid": cfg.valid_tsv, "test": cfg.test_tsv}[role]
+        if not path:
+            raise DataError(f"data.source=tsv needs data.{role}_tsv for the {role} split")
+        src, tgt = read_tsv(Path(path))
+        where = path
+    else:
+        src, tgt = load_hub_split(cfg, split)
+        where = f"{cfg.hub_name} ({split})"
+    if cfg.lowercase:
+        src, tgt = [s.lower() for s in src], [t.lower() for t in tgt]
+    logger.info("read %d %s pairs (%s-%s) from %s", len(src), role, cfg.src_lang, cfg.tgt_lang, where)
+    return src, tgt
+
+
+def multi30k_dir(cfg: DataConfig) -> Path:
+    """The corpus folder: ``cfg.data_dir``, else ``$MULTI30K_DIR``, else ``../shared/data/multi30k``.
+
+    Raises:
+        DataError: the folder does not exist (the message says how to get one).
+    """
+    folder = Path(cfg.data_dir or os.environ.get("MULTI30K_DIR") or DEFAULT_MULTI30K_DIR).expanduser()
+    if not folder.is_dir():
+        origin = "data.data_dir" if cfg.data_dir else ("$MULTI30K_DIR" if os.environ.get("MULTI30K_DIR") else "default")
+        raise DataError(
+            f"data folder {folder} ({origin}) does not exist; download Multi30k with "
+            "`python scripts/download_multi30k.py --out DIR` and set data.data_dir=DIR (or MULTI30K_DIR=DIR), "
+            "or use the sample corpus: data.data_dir=data/sample data.test_split=test"
+        )
+    return folder
+
+
+def find_split_file(folder: Path, split: str, lang: str) -> Path:
+    """``folder/{split}.{lang}``, or its gzipped version ``folder/{split}.{lang}.gz``.
+
+    Raises:
+        DataError: neither exists; the message lists the files that are in the folder.
+    """
+    for name in (f"{split}.{lang}", f"{split}.{lang}.gz"):
+        if (folder / name).is_file():
+            return folder / name
+    present = sorted(p.name for p in folder.iterdir() if p.is_file())
+    listing = ", ".join(present[:40]) + (f", ... ({len(present)} files)" if len(present) > 40 else "")
+    raise DataError(
+        f"missing {folder / f'{split}.{lang}'} (or .gz): no {lang!r} file for split {split!r}; "
+        f"{folder} contains: {listing or 'no files'}"
+    )
+
+
+def read_lines(path: Path) -> list[str]:
+    """Lines of a UTF-8 text file (gzip-compressed if the name ends in ``.gz``), without line ends.
+
+    Raises:
+        DataError: the file is missing or unreadable, or not UTF-8 (with the line number).
+    """
+    path = Path(path)
+    try:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (OSError, EOFError) as err:  # includes a corrupt gzip file
+        raise DataError(f"{path}: cannot read it ({err})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8 (byte {raw[err.start]:#x} at column {column})") from None
+    lines = text.removeprefix("\ufeff").split("\n")  # not splitlines(): it also splits on U+2028 etc.
+    if lines[-1] == "":
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
+
+
+def read_parallel(src_path: Path, tgt_path: Path) -> tuple[list[str], list[str]]:
+    """Two line-aligned files, each line stripped.
+
+    Raises:
+        DataError: the files have different line counts (both counts and paths in the message), or see ``read_lines``.
+    """
+    src, tgt = read_lines(src_path), read_lines(tgt_path)
+    if len(src) != len(tgt):
+        raise DataError(
+            f"parallel files differ in length: {src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}"
+        )
+    return [s.strip() for s in src], [t.strip() for t in tgt]
+
+
+def read_tsv(path: Path) -> tuple[list[str], list[str]]:
+    """``source<TAB>target`` per line; a blank line becomes an empty pair (dropped later, counted).
+
+    Raises:
+        DataError: a non-blank line has no tab or more than one (file and line in the message).
+    """
+    src, tgt = [], []
+    for number, line in enumerate(read_lines(path), start=1):
+        if not line.strip():
+            src.append("")
+            tgt.append("")
+            continue
+        fields = line.split("\t")
+        if len(fields) != 2:
+            raise DataError(f"{path}:{number}: expected source<TAB>target, found {len(fields)} tab-separated fields")
+        src.append(fields[0].strip())
+        tgt.append(fields[1].strip())
+    return src, tgt
+
+
+def load_hub_split(cfg: DataConfig, split: str) -> tuple[list[str], list[str]]:
+    """One split through ``datasets.load_dataset`` (the hub, or a local json/csv/parquet file).
+
+    Both layouts are read: one column per language (``en``, ``de``), or a ``translation`` column of
+    ``{lang: text}`` dicts (wmt14, iwslt2017).
+
+    Raises:
+        DataError: the dataset cannot be loaded (unreachable hub: the message says how to use a local
+            folder instead), the split does not exist, or a language is missing.
+    """
+    import datasets  # slow to import; only this source needs it
+
+    local = cfg.hub_name in LOCAL_HUB_FORMATS
+    name = f"{cfg.hub_name} {cfg.hub_data_files}" if local else repr(cfg.hub_name)
+    try:
+        files = dict(cfg.hub_data_files) or None
+        ds = datasets.load_dataset(cfg.hub_name, cfg.hub_config or None, data_files=files, split=split)
+    except ValueError as err:
+        if "Unknown split" in str(err):
+            raise DataError(f"dataset {name} has no split {split!r} (data.{_split_key(cfg, split)}): {err}") from err
+        raise DataError(f"cannot load dataset {name}: {err}") from err
+    except Exception as err:  # datasets raises many types: ConnectionError, FileNotFoundError, hub errors
+        if local:
+            raise DataError(f"cannot load data.hub_data_files {cfg.hub_data_files}: {err}") from err
+        raise DataError(
+            f"cannot load hub dataset {name} ({type(err).__name__}: {err}). If the Hugging Face hub is "
+            "unreachable, use local files instead: download Multi30k with scripts/download_multi30k.py and set "
+            "data.source=multi30k data.data_dir=DIR, or data.source=hub data.hub_name=json "
+            "data.hub_data_files='{train: train.jsonl, ...}'"
+        ) from err
+    columns = ds.column_names
+    langs = (cfg.src_lang, cfg.tgt_lang)
+    if "translation" in columns:
+        ds = ds.select_columns(["translation"]).flatten()  # columns "translation.en", ... (Arrow, no Python dicts)
+        keys = sorted(c.removeprefix("translation.") for c in ds.column_names)
+        missing = [lang for lang in langs if lang not in keys]
+        if missing:
+            raise DataError(
+                f"dataset {name} split {split!r}: the translation column has languages {keys}, not {missing}"
+            )
+        src, tgt = list(ds[f"translation.{cfg.src_lang}"]), list(ds[f"translation.{cfg.tgt_lang}"])
+    elif all(lang in columns for lang in langs):
+        src, tgt = list(ds[cfg.src_lang]), list(ds[cfg.tgt_lang])
+    else:
+        raise DataError(
+            f"dataset {name} split {split!r} has columns {columns}; expected a 'translation' column of "
+            f"{{language: text}} dicts or one column per language ({cfg.src_lang!r}, {cfg.tgt_lang!r})"
+        )
+    return [(s or "").strip() for s in src], [(t or "").strip() for t in tgt]
+
+
+def _split_key(cfg: DataConfig, split: str) -> str:
+    """The config key that names ``split`` (for error messages)."""
+    for key in ("train_split", "valid_split", "test_split"):
+        if getattr(cfg, key) == split:
+            return f"{key}={split}"
+    return f"split={split}"
+
+
+# ---- encoded pairs -----------------------------------------------------------------------------
+
+
+class ParallelDataset:
+    """Encoded sentence pairs in flat arrays (no BOS/EOS stored; ``collate`` adds them).
+
+    Args:
+        src_ids: subword ids of each source sentence (no specials), each non-empty.
+        tgt_ids: subword ids of each target sentence (no specials), each non-empty.
+        src_texts: the raw source sentences, aligned with ``src_ids`` (optional).
+        tgt_texts: the raw target sentences: the references for BLEU (optional).
+        input_index: position of each pair in the lists it was read from (defaults to 0..N-1).
+
+    Attributes:
+        src_lengths: (N,) int64, source length as fed to the model (pieces + EOS).
+        tgt_lengths: (N,) int64, length of ``tgt_in`` and ``tgt_out`` (pieces + 1).
+    """
+
+    def __init__(
+        self,
+        src_ids: Sequence[Sequence[int]],
+        tgt_ids: Sequence[Sequence[int]],
+        *,
+        src_texts: Sequence[str] | None = None,
+        tgt_texts: Sequence[str] | None = None,
+        input_index: np.ndarray | None = None,
+    ):
+        if len(src_ids) != len(tgt_ids):
+            raise ValueError(f"{len(src_ids)} source but {len(tgt_ids)} target sequences")
+        self._src_flat, self._src_offsets = _flatten(src_ids)
+        self._tgt_flat, self._tgt_offsets = _flatten(tgt_ids)
+        self.src_lengths = np.diff(self._src_offsets) + 1
+        self.tgt_lengths = np.diff(self._tgt_offsets) + 1
+        self.src_texts = list(src_texts) if src_texts is not None else []
+        self.tgt_texts = list(tgt_texts) if tgt_texts is not None else []
+        self.input_index = np.arange(len(src_ids)) if input_index is None else np.asarray(input_index)
+
+    @classmethod
+    def from_texts(
+        cls,
+        src_texts: Sequence[str],
+        tgt_texts: Sequence[str],
+        tokenizer: Tokenizer,
+        cfg: DataConfig,
+        *,
+        filter_lengths: bool = True,
+    ) -> ParallelDataset:
+        """Encode pairs and drop the unusable ones, with one counted warning.
+
+        Dropped: empty pairs (either side); and, if ``filter_lengths``, pairs whose source is longer than
+        ``cfg.max_src_tokens`` or target longer than ``cfg.max_tgt_tokens`` (lengths as fed to the
+        model: pieces + 1), or whose length ratio exceeds ``cfg.max_length_ratio`` (0 disables it).
+
+        Args:
+            src_texts: source sentences; tgt_texts: their translations (same length).
+            tokenizer: encodes each side (no BOS/EOS added here).
+            cfg: the length limits.
+            filter_lengths: False keeps over-long pairs (e.g. to score every test sentence).
+
+        Returns:
+            The kept pairs; ``input_index`` maps each back to its position in the input lists.
+
+        Raises:
+            DataError: the lists differ in length, or no pair is left.
+        """
+        if len(src_texts) != len(tgt_texts):
+            raise DataError(f"{len(src_texts)} source sentences but {len(tgt_texts)} target sentences")
+        start = time.perf_counter()
+        src_ids, tgt_ids = tokenizer.encode_src(list(src_texts)), tokenizer.encode_tgt(list(tgt_texts))
+        src_len = np.fromiter(map(len, src_ids), dtype=np.int64, count=len(src_ids)) + 1
+        tgt_len = np.fromiter(map(len, tgt_ids), dtype=np.int64, count=len(tgt_ids)) + 1
+        empty = (src_len == 1) | (tgt_len == 1)
+        too_long = np.zeros_like(empty)
+        bad_ratio = np.zeros_like(empty)
+        if filter_lengths:
+            too_long = ~empty & ((src_len > cfg.max_src_tokens) | (tgt_len > cfg.max_tgt_tokens))
+            if cfg.max_length_ratio > 0:
+                ratio = np.maximum(src_len, tgt_len) / np.minimum(src_len, tgt_len)
+                bad_ratio = ~empty & ~too_long & (ratio > cfg.max_length_ratio)
+        keep = np.flatnonzero(~(empty | too_long | bad_ratio))
+        reasons = (
+            f"{int(empty.sum())} empty, {int(too_long.sum())} longer than max_src_tokens={cfg.max_src_tokens} "
+            f"or max_tgt_tokens={cfg.max_tgt_tokens}, {int(bad_ratio.sum())} with a length ratio over "
+            f"max_length_ratio={cfg.max_length_ratio}"
+        )
+        if len(keep) == 0:
+            raise DataError(f"no sentence pair left out of {len(src_texts)} after filtering: {reasons}")
+        n_dropped = len(src_texts) - len(keep)
+        if n_dropped:
+            first = np.flatnonzero(empty | too_long | bad_ratio)[:5] + 1
+            logger.warning(
+                "dropped %d of %d sentence pairs: %s (first at lines %s)",
+                n_dropped, len(src_texts), reasons, ", ".join(map(str, first)),
+            )
+        dataset = cls(
+            [src_ids[i] for i in keep],
+            [tgt_ids[i] for i in keep],
+            src_texts=[src_texts[i] for i in keep],
+            tgt_texts=[tgt_texts[i] for i in keep],
+            input_index=keep,
+        )
+        logger.info("encoded %d sentence pairs in %.2fs", len(dataset), time.perf_counter() - start)
+        return dataset
+
+    def __len__(self) -> int:
+        return len(self.src_lengths)
+
+    def src_ids(self, i: int) -> np.ndarray:
+        """Source subword ids of pair ``i`` (no EOS), a view into the flat array."""
+        return self._src_flat[self._src_offsets[i] : self._src_offsets[i + 1]]
+
+    def tgt_ids(self, i: int) -> np.ndarray:
+        """Target subword ids of pair ``i`` (no BOS/EOS), a view into the flat array."""
+        return self._tgt_flat[self._tgt_offsets[i] : self._tgt_offsets[i + 1]]
+
+
+def _flatten(seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Ragged id lists -> (flat int32 ids, (N+1,) int64 offsets)."""
+    lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
+    offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int32, count=int(offsets[-1]))
+    return flat, offsets
+
+
+# ---- batches -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    """A padded batch (PAD_ID fills; lengths rounded up to a multiple of ``pad_to_multiple``).
+
+    Attributes:
+        src: (B, S) long, source ids + EOS.
+        tgt_in: (B, T) long, BOS + target ids (decoder input).
+        tgt_out: (B, T) long, target ids + EOS (labels).
+        indices: (B,) long, positions of the pairs in the dataset (to restore the original order).
+        n_src_tokens: non-pad source tokens, a host int (no device sync needed).
+        n_tgt_tokens: non-pad target tokens (of ``tgt_out``), a host int.
+    """
+
+    src: torch.Tensor
+    tgt_in: torch.Tensor
+    tgt_out: torch.Tensor
+    indices: torch.Tensor
+    n_src_tokens: int
+    n_tgt_tokens: int
+
+    def __len__(self) -> int:
+        return self.src.size(0)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        """A copy with ``src``, ``tgt_in`` and ``tgt_out`` on ``device``; ``indices`` stays on the host."""
+        return replace(
+            self,
+            src=self.src.to(device, non_blocking=non_blocking),
+            tgt_in=self.tgt_in.to(device, non_blocking=non_blocking),
+            tgt_out=self.tgt_out.to(device, non_blocking=non_blocking),
+        )
+
+    def pin_memory(self) -> Batch:
+        """A copy in pinned host memory, for asynchronous copies; unchanged when there is no CUDA."""
+        if not torch.cuda.is_available():
+            return self
+        return replace(
+            self, src=self.src.pin_memory(), tgt_in=self.tgt_in.pin_memory(), tgt_out=self.tgt_out.pin_memory()
+        )
+
+
+def collate(dataset: ParallelDataset, indices: np.ndarray, pad_to_multiple: int = 1) -> Batch:
+    """Build the padded tensors of the pairs at ``indices`` (see the module docstring for the layout).
+
+    Args:
+        dataset: the encoded pairs.
+        indices: (B,) positions in ``dataset``.
+        pad_to_multiple: round S and T up to a multiple of this.
+
+    Returns:
+        The batch; ``src`` is (B, S), ``tgt_in``/``tgt_out`` are (B, T).
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    src_len, tgt_len = dataset.src_lengths[indices], dataset.tgt_lengths[indices]
+    S, T = _round_up(int(src_len.max()), pad_to_multiple), _round_up(int(tgt_len.max()), pad_to_multiple)
+    src = np.full((len(indices), S), PAD_ID, dtype=np.int64)
+    tgt_in = np.full((len(indices), T), PAD_ID, dtype=np.int64)
+    tgt_out = np.full((len(indices), T), PAD_ID, dtype=np.int64)
+    for row, i in enumerate(indices):
+        x, y = dataset.src_ids(i), dataset.tgt_ids(i)
+        src[row, : len(x)] = x
+        src[row, len(x)] = EOS_ID
+        tgt_in[row, 0] = BOS_ID
+        tgt_in[row, 1 : len(y) + 1] = y
+        tgt_out[row, : len(y)] = y
+        tgt_out[row, len(y)] = EOS_ID
+    return Batch(
+        src=torch.from_numpy(src),
+        tgt_in=torch.from_numpy(tgt_in),
+        tgt_out=torch.from_numpy(tgt_out),
+        indices=torch.from_numpy(indices.copy()),
+        n_src_tokens=int(src_len.sum()),
+        n_tgt_tokens=int(tgt_len.sum()),
+    )
+
+
+def _round_up(n: int | np.ndarray, multiple: int) -> int | np.ndarray:
+    return (n + multiple - 1) // multiple * multiple
+
+
+def token_batches(
+    order: np.ndarray, src_lengths: np.ndarray, tgt_lengths: np.ndarray, max_tokens: int, pad_to_multiple: int
+) -> list[np.ndarray]:
+    """Cut ``order`` greedily into consecutive batches of at most ``max_tokens`` tokens.
+
+    A batch of B pairs costs ``B * max(S, T)`` with S and T the padded lengths, so neither the
+    source nor the target tensor holds more than ``max_tokens`` ids. A single pair over the budget
+    gets a batch of its own.
+
+    Args:
+        order: (N,) dataset positions, usually sorted by length.
+        src_lengths: (N_dataset,) source lengths; tgt_lengths: the same for the target.
+        max_tokens: the token budget per batch.
+        pad_to_multiple: padding granularity.
+
+    Returns:
+        Arrays of dataset positions, one per batch, in the order of ``order``.
+    """
+    width = np.maximum(_round_up(src_lengths[order], pad_to_multiple), _round_up(tgt_lengths[order], pad_to_multiple))
+    batches, start, batch_width = [], 0, 0
+    for k, w in enumerate(width.tolist()):
+        batch_width = max(batch_width, w)
+        if k > start and (k - start + 1) * batch_width > max_tokens:
+            batches.append(order[start:k])
+            start, batch_width = k, w
+    if len(order):
+        batches.append(order[start:])
+    return batches
+
+
+class BatchIterator:
+    """Token-budget batches of a dataset, one epoch per iteration; shardable and resumable.
+
+    Training mode (``shuffle=True``): each epoch, pairs are sorted by length (see ``_order``) with
+    ties broken randomly, cut into batches (``token_batches``) and the batches are shuffled, all from
+    a generator seeded by ``(seed, epoch)``: the same seed and epoch always give the same batches.
+    Rank ``r`` of ``world_size`` takes batches ``r, r + world_size, ...`` of the first
+    ``world_size * (n // world_size)`` batches: disjoint, equal counts, the remainder dropped.
+
+    Evaluation mode (``shuffle=False``): pairs sorted by (source, target) length, the same batches
+    every epoch, none dropped (ranks may get one batch more than others); put the hypotheses back in
+    dataset order with ``Batch.indices``.
+
+    Iterating to the end of an epoch moves to the next epoch. ``state_dict()`` gives
+    ``{"epoch", "position"}`` (batches of this rank already yielded in that epoch); after
+    ``load_state_dict`` the iteration continues with exactly the batches an uninterrupted run would
+    have yielded. ``set_epoch(e)`` with a new epoch starts it from its first batch.
+
+    Args:
+        dataset: the encoded pairs.
+        max_tokens: token budget per batch, padding included (see ``token_batches``).
+        shuffle: training mode (True) or evaluation mode (False).
+        seed: seeds the shuffling together with the epoch (>= 0).
+        rank: this process's rank; world_size: the number of processes.
+        pad_to_multiple: pad S and T to a multiple of this.
+
+    Raises:
+        ValueError: an argument is out of range, or there are fewer batches than ranks in training mode.
+    """
+
+    def __init__(
+        self,
+        dataset: ParallelDataset,
+        max_tokens: int,
+        *,
+        shuffle: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        pad_to_multiple: int = 8,
+    ):
+        if max_tokens <= 0 or pad_to_multiple <= 0 or seed < 0:
+            raise ValueError(
+                f"need max_tokens > 0, pad_to_multiple > 0, seed >= 0; got {max_tokens}, {pad_to_multiple}, {seed}"
+            )
+        if not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        self.dataset = dataset
+        self.max_tokens = max_tokens
+        self.shuffle = shuffle
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.pad_to_multiple = pad_to_multiple
+        self.epoch = 0
+        self.position = 0
+        # Random tie-breaking does not change the sorted length sequence, so the batch count is fixed.
+        batches = self._batches(self._order(None))
+        self._n_total = len(batches)
+        if shuffle and self._n_total < world_size:
+            raise ValueError(f"only {self._n_total} batches for {world_size} ranks; lower max_tokens")
+        n_over = sum(1 for b in batches if len(b) == 1 and self._cost(b) > max_tokens)
+        if n_over:
+            logger.warning("%d sentence pairs exceed max_tokens=%d alone; each gets its own batch", n_over, max_tokens)
+
+    def __len__(self) -> int:
+        """Batches per epoch for this rank."""
+        if self.shuffle:
+            return self._n_total // self.world_size
+        return len(range(self.rank, self._n_total, self.world_size))
+
+    def __iter__(self) -> Iterator[Batch]:
+        batches = self.epoch_batches(self.epoch)
+        while self.position < len(batches):
+            indices = batches[self.position]
+            self.position += 1
+            yield collate(self.dataset, indices, self.pad_to_multiple)
+        self.epoch, self.position = self.epoch + 1, 0
+
+    def epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        """This rank's batches of ``epoch``, as arrays of dataset positions (no tensors built)."""
+        rng = np.random.default_rng([self.seed, epoch]) if self.shuffle else None
+        order = self._order(rng)
+        batches = self._batches(order)
+        if not self.shuffle:
+            return batches[self.rank :: self.world_size]
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+        usable = len(batches) // self.world_size * self.world_size
+        return batches[self.rank : usable : self.world_size]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Move to ``epoch``; a different epoch than the current one starts at its first batch."""
+        if epoch != self.epoch:
+            self.epoch, self.position = epoch, 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Restore ``state_dict()``; the next iteration resumes right after the last yielded batch.
+
+        Raises:
+            ValueError: the state is malformed or its position is past the end of the epoch.
+        """
+        if set(state) != {"epoch", "position"}:
+            raise ValueError(f"expected a state with keys epoch and position, got {sorted(state)}")
+        if not 0 <= state["position"] <= len(self):
+            raise ValueError(f"position {state['position']} is outside this epoch's {len(self)} batches")
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+    def _order(self, rng: np.random.Generator | None) -> np.ndarray:
+        """Dataset positions sorted by length; ``rng`` breaks ties (training), else position does.
+
+        Training sorts by padded width max(S, T) first (it sets a batch's cost), then by the padded
+        target and source lengths, then the exact ones: neighbours share padded shapes, so little
+        padding. Evaluation sorts by source length (it drives decoding), then target length.
+        """
+        src_len, tgt_len = self.dataset.src_lengths, self.dataset.tgt_lengths
+        ties = rng.permutation(len(src_len)) if rng is not None else np.arange(len(src_len))
+        if not self.shuffle:
+            return np.lexsort((ties, tgt_len, src_len))  # the last key is the primary one
+        src_pad, tgt_pad = _round_up(src_len, self.pad_to_multiple), _round_up(tgt_len, self.pad_to_multiple)
+        return np.lexsort((ties, src_len, tgt_len, src_pad, tgt_pad, np.maximum(src_pad, tgt_pad)))
+
+    def _batches(self, order: np.ndarray) -> list[np.ndarray]:
+        d = self.dataset
+        return token_batches(order, d.src_lengths, d.tgt_lengths, self.max_tokens, self.pad_to_multiple)
+
+    def _cost(self, indices: np.ndarray) -> int:
+        """Tokens of a batch, padding included: B * max(S, T)."""
+        m = self.pad_to_multiple
+        S = _round_up(int(self.dataset.src_lengths[indices].max()), m)
+        T = _round_up(int(self.dataset.tgt_lengths[indices].max()), m)
+        return len(indices) * max(S, T)
+
+
+def load_or_train_tokenizer(
+    cfg: DataConfig, directory: str | Path, src_texts: Sequence[str], tgt_texts: Sequence[str]
+) -> Tokenizer:
+    """``Tokenizer.load_or_train`` with the vocabulary options of ``cfg`` (train on the train split only)."""
+    return Tokenizer.load_or_train(
+        directory,
+        src_texts,
+        tgt_texts,
+        vocab_size=cfg.vocab_size,
+        model_type=cfg.spm_model_type,
+        joint=cfg.joint_vocab,
+        character_coverage=cfg.spm_character_coverage,
+    )

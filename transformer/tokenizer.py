@@ -1,0 +1,332 @@
+"""SentencePiece vocabulary: train on the training split, save to a folder, encode and decode.
+
+The special ids are fixed here, once, and every other module imports them from here:
+``PAD_ID=0, UNK_ID=1, BOS_ID=2, EOS_ID=3``. ``encode_src``/``encode_tgt`` return subword ids
+*without* BOS/EOS; ``data.py`` adds them where the model needs them.
+
+A trained tokenizer is a folder::
+
+    tokenizer.json     settings it was trained with (joint or not, vocab_size, model_type, ...)
+    spm.model          the joint model (joint=True), or
+    src.model, tgt.model   one model per side (joint=False)
+
+``to_state``/``from_state`` turn it into plain Python values (bytes, str, int, float, bool) so that a
+checkpoint can embed the vocabulary and still be read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import logging
+import os
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import sentencepiece as spm
+
+logger = logging.getLogger(__name__)
+
+PAD_ID = 0
+UNK_ID = 1
+BOS_ID = 2
+EOS_ID = 3
+
+META_FILE = "tokenizer.json"
+JOINT_MODEL = "spm.model"
+SRC_MODEL = "src.model"
+TGT_MODEL = "tgt.model"
+STATE_VERSION = 1
+
+# Messages of SentencePiece's trainer that we act on (see _train_model).
+_TOO_HIGH = re.compile(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)")
+_TOO_SMALL = re.compile(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)")
+
+
+class Tokenizer:
+    """Source and target SentencePiece models; one shared model when ``joint``.
+
+    Args:
+        src_model: serialized SentencePiece model of the source side (or the joint model).
+        tgt_model: serialized model of the target side; ``None`` for a joint vocabulary.
+        settings: the options it was trained with (stored, compared by ``load_or_train``).
+
+    Raises:
+        ValueError: a model's pad/unk/bos/eos ids differ from ``PAD_ID, UNK_ID, BOS_ID, EOS_ID``.
+    """
+
+    def __init__(self, src_model: bytes, tgt_model: bytes | None = None, *, settings: dict[str, Any] | None = None):
+        self.joint = tgt_model is None
+        self.settings = dict(settings or {})
+        self._src_bytes = src_model
+        self._tgt_bytes = tgt_model
+        self._src = _processor(src_model, "source" if tgt_model is not None else "joint")
+        self._tgt = self._src if tgt_model is None else _processor(tgt_model, "target")
+
+    # ---- training, saving, loading -------------------------------------------------------------
+
+    @classmethod
+    def train(
+        cls,
+        src_texts: Sequence[str],
+        tgt_texts: Sequence[str],
+        out_dir: str | Path,
+        *,
+        vocab_size: int,
+        model_type: str = "bpe",
+        joint: bool = True,
+        character_coverage: float = 1.0,
+    ) -> Tokenizer:
+        """Train on the training split (in memory, quietly) and save the result to ``out_dir``.
+
+        When ``vocab_size`` is more than a small corpus can fill, SentencePiece's own upper bound is
+        used instead, with a logged warning.
+
+        Args:
+            src_texts: source sentences of the training split.
+            tgt_texts: target sentences of the training split.
+            out_dir: folder to write (created if needed).
+            vocab_size: pieces per model, special ids included.
+            model_type: "bpe" or "unigram".
+            joint: one model trained on both sides (needed to share embeddings), else one per side.
+            character_coverage: share of characters covered by the vocabulary (1.0 for European languages).
+
+        Returns:
+            The trained tokenizer.
+
+        Raises:
+            ValueError: no text to train on, or ``vocab_size`` is smaller than the alphabet needs.
+        """
+        options = dict(vocab_size=vocab_size, model_type=model_type, character_coverage=character_coverage)
+        settings = dict(options, joint=joint)
+        if joint:
+            tokenizer = cls(_train_model(itertools.chain(src_texts, tgt_texts), "joint", **options), settings=settings)
+        else:
+            src_model = _train_model(src_texts, "source", **options)
+            tokenizer = cls(src_model, _train_model(tgt_texts, "target", **options), settings=settings)
+        tokenizer.save(out_dir)
+        logger.info(
+            "trained %s %s vocabulary (%d source / %d target pieces) in %s",
+            "a joint" if joint else "a separate", model_type,
+            tokenizer.src_vocab_size, tokenizer.tgt_vocab_size, out_dir,
+        )
+        return tokenizer
+
+    def save(self, directory: str | Path) -> None:
+        """Write the model file(s) and ``tokenizer.json`` (last, so a complete folder has it)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if self.joint:
+            _write_atomic(directory / JOINT_MODEL, self._src_bytes)
+        else:
+            _write_atomic(directory / SRC_MODEL, self._src_bytes)
+            _write_atomic(directory / TGT_MODEL, self._tgt_bytes or b"")
+        meta = {"version": STATE_VERSION, "joint": self.joint, "settings": self.settings}
+        _write_atomic(directory / META_FILE, (json.dumps(meta, indent=2) + "\n").encode("utf-8"))
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Tokenizer:
+        """Load a folder written by ``train``/``save``.
+
+        Raises:
+            FileNotFoundError: the folder, ``tokenizer.json`` or a model file is missing (named in the message).
+            ValueError: ``tokenizer.json`` is malformed.
+        """
+        directory = Path(directory)
+        meta_path = directory / META_FILE
+        if not meta_path.is_file():
+            raise FileNotFoundError(
+                f"no tokenizer in {directory}: {meta_path} is missing (train one with Tokenizer.train or load_or_train)"
+            )
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            joint = bool(meta["joint"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{meta_path}: not a valid tokenizer description ({err})") from None
+        names = [JOINT_MODEL] if joint else [SRC_MODEL, TGT_MODEL]
+        for name in names:
+            if not (directory / name).is_file():
+                raise FileNotFoundError(f"tokenizer in {directory} is incomplete: {directory / name} is missing")
+        models = [(directory / name).read_bytes() for name in names]
+        return cls(models[0], None if joint else models[1], settings=meta.get("settings"))
+
+    @classmethod
+    def load_or_train(
+        cls,
+        directory: str | Path,
+        src_texts: Sequence[str],
+        tgt_texts: Sequence[str],
+        *,
+        vocab_size: int,
+        model_type: str = "bpe",
+        joint: bool = True,
+        character_coverage: float = 1.0,
+    ) -> Tokenizer:
+        """Load the tokenizer in ``directory`` if there is one, else train it there (see ``train``).
+
+        Call it on one process only (rank 0) in distributed runs, then ``load`` on the others.
+
+        Raises:
+            ValueError: the saved tokenizer was trained with other settings (delete the folder to retrain).
+        """
+        directory = Path(directory)
+        wanted = dict(vocab_size=vocab_size, model_type=model_type, joint=joint, character_coverage=character_coverage)
+        if not (directory / META_FILE).is_file():
+            return cls.train(src_texts, tgt_texts, directory, **wanted)
+        tokenizer = cls.load(directory)
+        differ = {k: (tokenizer.settings.get(k), v) for k, v in wanted.items() if tokenizer.settings.get(k) != v}
+        if differ:
+            details = ", ".join(f"{k}: saved {old!r}, asked {new!r}" for k, (old, new) in differ.items())
+            raise ValueError(
+                f"the tokenizer in {directory} was trained with other settings ({details}); "
+                "delete that folder to retrain it, or point to another folder"
+            )
+        logger.info("reusing the tokenizer in %s", directory)
+        return tokenizer
+
+    def to_state(self) -> dict[str, Any]:
+        """Plain Python values only, for embedding in a checkpoint (``torch.load(weights_only=True)``)."""
+        return {
+            "version": STATE_VERSION,
+            "joint": self.joint,
+            "src_model": self._src_bytes,
+            "tgt_model": self._tgt_bytes,
+            "settings": dict(self.settings),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Tokenizer:
+        """Inverse of ``to_state``.
+
+        Raises:
+            ValueError: ``state`` is not a tokenizer state of a known version.
+        """
+        missing = [k for k in ("version", "joint", "src_model", "tgt_model") if k not in state]
+        if missing:
+            raise ValueError(f"not a tokenizer state: missing key(s) {missing}")
+        if state["version"] != STATE_VERSION:
+            raise ValueError(f"tokenizer state version {state['version']} is not supported (expected {STATE_VERSION})")
+        return cls(state["src_model"], None if state["joint"] else state["tgt_model"], settings=state.get("settings"))
+
+    # ---- encoding and decoding -----------------------------------------------------------------
+
+    @property
+    def src_vocab_size(self) -> int:
+        return self._src.get_piece_size()
+
+    @property
+    def tgt_vocab_size(self) -> int:
+        return self._tgt.get_piece_size()
+
+    def encode_src(self, texts: list[str]) -> list[list[int]]:
+        """Subword ids of each source sentence, without BOS/EOS (batched, multithreaded)."""
+        return self._src.encode(list(texts), out_type=int)
+
+    def encode_tgt(self, texts: list[str]) -> list[list[int]]:
+        """Subword ids of each target sentence, without BOS/EOS (batched, multithreaded)."""
+        return self._tgt.encode(list(texts), out_type=int)
+
+    def decode_src(self, ids: Sequence[Sequence[int]]) -> list[str]:
+        """Plain text of source id sequences (same rules as ``decode_tgt``)."""
+        return _decode(self._src, ids)
+
+    def decode_tgt(self, ids: Sequence[Sequence[int]]) -> list[str]:
+        """Plain, detokenized text of target id sequences (lists, or a (B, T) tensor).
+
+        Everything from the first EOS on is cut, PAD and BOS are dropped, so neither special-token
+        text nor the '▁' word marker reaches the output. An UNK id becomes SentencePiece's ' ⁇ '.
+
+        Raises:
+            ValueError: an id is outside the target vocabulary.
+        """
+        return _decode(self._tgt, ids)
+
+
+def _processor(model: bytes, side: str) -> spm.SentencePieceProcessor:
+    """A SentencePiece processor for ``model``, checked to use our special ids."""
+    sp = spm.SentencePieceProcessor(model_proto=model)
+    got = (sp.pad_id(), sp.unk_id(), sp.bos_id(), sp.eos_id())
+    if got != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
+        raise ValueError(
+            f"the {side} SentencePiece model has pad/unk/bos/eos ids {got}, but this framework needs "
+            f"{(PAD_ID, UNK_ID, BOS_ID, EOS_ID)}: train it with Tokenizer.train"
+        )
+    return sp
+
+
+def _train_model(
+    texts: Iterable[str], side: str, *, vocab_size: int, model_type: str, character_coverage: float
+) -> bytes:
+    """Train one SentencePiece model on ``texts`` in memory; returns the serialized model.
+
+    SentencePiece refuses a ``vocab_size`` larger than a small corpus supports and reports the
+    largest size it accepts; we retry once with that size (tiny test corpora, vocab_size ~ 100-200).
+    """
+    sentences = [t for t in texts if t]
+    if not sentences:
+        raise ValueError(f"no {side} text to train the SentencePiece model on")
+    size = vocab_size
+    for _ in range(3):
+        buffer = io.BytesIO()
+        try:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=iter(sentences),
+                model_writer=buffer,
+                vocab_size=size,
+                model_type=model_type,
+                character_coverage=character_coverage,
+                pad_id=PAD_ID,
+                unk_id=UNK_ID,
+                bos_id=BOS_ID,
+                eos_id=EOS_ID,
+                num_threads=os.cpu_count() or 1,
+                minloglevel=2,  # SentencePiece logs every step at level 0
+            )
+            return buffer.getvalue()
+        except RuntimeError as err:
+            too_high, too_small = _TOO_HIGH.search(str(err)), _TOO_SMALL.search(str(err))
+            if too_high and int(too_high.group(2)) < size:
+                logger.warning(
+                    "vocab_size=%d is too large for this %s text (%d sentences); using %s, "
+                    "the most SentencePiece allows",
+                    size, side, len(sentences), too_high.group(2),
+                )
+                size = int(too_high.group(2))
+                continue
+            if too_small:
+                raise ValueError(
+                    f"vocab_size={vocab_size} is too small for the {side} text: its characters and the 4 special "
+                    f"pieces need {too_small.group(2)} ids; raise data.vocab_size or lower data.spm_character_coverage"
+                ) from None
+            raise
+    raise ValueError(f"could not find a vocabulary size SentencePiece accepts for the {side} text")
+
+
+def _decode(sp: spm.SentencePieceProcessor, ids: Sequence[Sequence[int]]) -> list[str]:
+    """Cut each sequence at its first EOS, drop PAD/BOS, and detokenize."""
+    if hasattr(ids, "tolist"):  # a tensor or an array
+        ids = ids.tolist()
+    size = sp.get_piece_size()
+    cleaned = []
+    for seq in ids:
+        kept = []
+        for i in seq:
+            if i == EOS_ID:
+                break
+            if i == PAD_ID or i == BOS_ID:
+                continue
+            if not 0 <= i < size:
+                raise ValueError(f"id {i} is outside the vocabulary (size {size})")
+            kept.append(i)
+        cleaned.append(kept)
+    return sp.decode(cleaned) if cleaned else []  # batched, multithreaded
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file, so a crash never leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
