@@ -1,0 +1,137 @@
+#!/usr/bin/env python
+"""Decoding speed on Multi30k test_2016_flickr: greedy and beam search, with and without the KV cache.
+
+    python scripts/benchmark_decode.py --checkpoint runs/x/checkpoints/best.pt [--json bench.json]
+    python scripts/benchmark_decode.py                     # an UNTRAINED "small" model: speed only
+
+Prints sentences/s and generated tokens/s (EOS included) per setting, and checks that cached and uncached
+decoding give identical outputs (exit status 1 if they do not). Runs on ``--threads`` CPU threads (default
+2) or on the GPU with ``--device cuda``. Without a checkpoint the model is untrained, so its outputs
+usually run to the maximum length: the numbers measure speed per generated token, not a real workload.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from transformer.checkpoint import CheckpointError, load_for_inference
+from transformer.config import ConfigError, DataConfig, DecodeConfig, ModelConfig
+from transformer.data import DataError, load_split
+from transformer.decoding import decode_texts
+from transformer.model import Transformer, count_parameters
+from transformer.tokenizer import Tokenizer
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="benchmark_decode", description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, help="trained checkpoint; none: an untrained small model")
+    parser.add_argument("--data-dir", default="../shared/data/multi30k", help="the Multi30k folder")
+    parser.add_argument("--split", default="test_2016_flickr")
+    parser.add_argument("--src-lang", help="default: the checkpoint's (en without a checkpoint)")
+    parser.add_argument("--tgt-lang", help="default: the checkpoint's (de without a checkpoint)")
+    parser.add_argument("--max-sentences", type=int, default=0, help="first N sentences only (0 = all)")
+    parser.add_argument("--beam-size", type=int, default=5, help="the beam setting measured besides greedy")
+    parser.add_argument("--batch-size", type=int, default=128, help="sentences per decoding batch")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-uncached", action="store_true", help="skip the (slow) uncached runs")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    return parser.parse_args(argv)
+
+
+def untrained_model(src: list[str], tgt: list[str], device: torch.device) -> tuple[Transformer, Tokenizer, DecodeConfig]:
+    """A randomly initialised "small" model with a vocabulary trained on the benchmark text itself."""
+    with tempfile.TemporaryDirectory() as folder:
+        tokenizer = Tokenizer.train(src, tgt, folder, vocab_size=8000)
+    torch.manual_seed(0)
+    config = ModelConfig.preset(
+        "small", src_vocab_size=tokenizer.src_vocab_size, tgt_vocab_size=tokenizer.tgt_vocab_size,
+        share_embeddings=True,
+    )
+    return Transformer(config).to(device).eval(), tokenizer, DecodeConfig()
+
+
+def timed_decode(
+    model: Transformer, tokenizer: Tokenizer, texts: list[str], cfg: DecodeConfig, device: torch.device, use_cache: bool
+) -> tuple[list[list[int]], float]:
+    """Best hypothesis tokens of every text, and the wall time of decoding them."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    nbest = decode_texts(model, tokenizer, texts, cfg, device=device, use_cache=use_cache)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return [hyps[0].tokens if hyps else [] for hyps in nbest], time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s: %(message)s")
+    torch.set_num_threads(args.threads)
+    try:
+        device = torch.device(args.device)
+        if args.checkpoint is not None:
+            model, tokenizer, config = load_for_inference(args.checkpoint, device)
+            data_cfg, base = config.data, config.decode
+        else:
+            data_cfg = DataConfig()
+        changes = {"src_lang": args.src_lang, "tgt_lang": args.tgt_lang}
+        data_cfg = dataclasses.replace(
+            data_cfg, source="multi30k", data_dir=args.data_dir, test_split=args.split,
+            **{k: v for k, v in changes.items() if v is not None},
+        )
+        src, tgt = load_split(data_cfg, "test")
+        if args.max_sentences:
+            src, tgt = src[: args.max_sentences], tgt[: args.max_sentences]
+        if args.checkpoint is None:
+            model, tokenizer, base = untrained_model(src, tgt, device)
+        settings = [("greedy", dataclasses.replace(base, beam_size=1, n_best=1, batch_size=args.batch_size))]
+        if args.beam_size > 1:
+            beam = dataclasses.replace(base, beam_size=args.beam_size, n_best=1, batch_size=args.batch_size)
+            settings.append((f"beam{args.beam_size}", beam))
+    except (CheckpointError, ConfigError, DataError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    what = f"checkpoint {args.checkpoint}" if args.checkpoint else "UNTRAINED small model (speed only, outputs are noise)"
+    print(f"{what}: {count_parameters(model):,} parameters; {len(src)} sentences of {args.split} "
+          f"({data_cfg.src_lang}-{data_cfg.tgt_lang}); device {device}, {torch.get_num_threads()} threads; "
+          f"max length {base.max_len_a} * src_len + {base.max_len_b}, length penalty {base.length_penalty}")
+    decode_texts(model, tokenizer, src[:16], settings[0][1], device=device)  # warm-up
+    results, identical = [], True
+    for name, cfg in settings:
+        outputs = {}
+        for use_cache in (True, False) if not args.no_uncached else (True,):
+            tokens, seconds = timed_decode(model, tokenizer, src, cfg, device, use_cache)
+            n_tokens = sum(len(t) + 1 for t in tokens)  # + EOS
+            outputs[use_cache] = tokens
+            row = {
+                "search": name, "cached": use_cache, "seconds": round(seconds, 3),
+                "sentences_per_s": round(len(src) / seconds, 2), "tokens_per_s": round(n_tokens / seconds, 1),
+                "mean_output_tokens": round(n_tokens / max(1, len(src)), 2),
+            }
+            results.append(row)
+            print(f"{name:>8} {'cached' if use_cache else 'uncached':>8}: {row['sentences_per_s']:8.1f} sentences/s "
+                  f"{row['tokens_per_s']:9.1f} tokens/s  ({seconds:.2f} s, {row['mean_output_tokens']} tokens/sentence)")
+        if False in outputs:
+            differ = sum(a != b for a, b in zip(outputs[True], outputs[False]))
+            identical &= differ == 0
+            print(f"{name:>8}: cached and uncached outputs {'identical' if differ == 0 else f'DIFFER in {differ} sentences'}")
+    if args.json is not None:
+        summary = {"model": what, "device": str(device), "threads": torch.get_num_threads(), "sentences": len(src),
+                   "identical": identical, "results": results}
+        args.json.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return 0 if identical else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,151 @@
+#!/usr/bin/env python
+"""Score a checkpoint on a split of its dataset with sacreBLEU (BLEU, chrF and their signatures).
+
+    python scripts/evaluate.py --checkpoint runs/x/checkpoints/best.pt                 # the test split
+    python scripts/evaluate.py --checkpoint best.pt --split valid --beam-size 1 --output hyp.de
+    python scripts/evaluate.py --checkpoint best.pt --split test_2017_flickr --data-dir ~/multi30k
+    python scripts/evaluate.py --hypotheses hyp.de --references ref.de                   # no model
+
+``--split`` is a role (train, valid, test) or a split name of the corpus (evaluated in the test role).
+The data settings (source, languages, folder) come from the checkpoint; the options override them.
+Decoding uses ``transformer.evaluate.evaluate_model``, the function the trainer's validation BLEU uses,
+so the two numbers agree. Mistakes end with one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from transformer.checkpoint import CheckpointError, load_for_inference
+from transformer.config import ConfigError, DataConfig
+from transformer.data import DataError, load_split
+from transformer.evaluate import corpus_scores, evaluate_model
+
+ROLES = ("train", "valid", "test")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="evaluate", description="sacreBLEU score of a checkpoint or of a file.")
+    parser.add_argument("--checkpoint", type=Path, help="a .pt file written by training")
+    parser.add_argument("--split", default="test", help="train, valid, test, or a split name (default: test)")
+    parser.add_argument("--data-dir", help="corpus folder (default: the checkpoint's data.data_dir)")
+    parser.add_argument("--src-lang", help="override the checkpoint's data.src_lang")
+    parser.add_argument("--tgt-lang", help="override the checkpoint's data.tgt_lang")
+    parser.add_argument("--beam-size", type=int, help="1 = greedy (default: the checkpoint's decode.beam_size)")
+    parser.add_argument("--length-penalty", type=float, help="GNMT alpha (0 = none)")
+    parser.add_argument("--batch-size", type=int, help="sentences per decoding batch")
+    parser.add_argument("--max-sentences", type=int, default=0, help="score only the first N sentences (0 = all)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--output", type=Path, help="write the hypotheses here, one per line")
+    parser.add_argument("--lowercase", action="store_true", help="report case-insensitive BLEU first")
+    parser.add_argument("--hypotheses", type=Path, help="score this file instead of decoding (needs --references)")
+    parser.add_argument("--references", type=Path, help="reference file for --hypotheses")
+    args = parser.parse_args(argv)
+    if args.hypotheses is not None or args.references is not None:
+        if args.hypotheses is None or args.references is None:
+            parser.error("--hypotheses and --references go together")
+        if args.checkpoint is not None:
+            parser.error("give either --checkpoint or --hypotheses/--references, not both")
+    elif args.checkpoint is None:
+        parser.error("give --checkpoint (or --hypotheses and --references to score a file)")
+    if args.max_sentences < 0:
+        parser.error("--max-sentences must be >= 0")
+    return args
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; a CUDA device without CUDA is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but CUDA is not available; use --device cpu")
+    return device
+
+
+def data_settings(saved: DataConfig, args: argparse.Namespace) -> tuple[DataConfig, str]:
+    """The checkpoint's data config with the overrides, and the role to load."""
+    changes = {"data_dir": args.data_dir, "src_lang": args.src_lang, "tgt_lang": args.tgt_lang}
+    changes = {k: v for k, v in changes.items() if v is not None}
+    role = args.split
+    if role not in ROLES:  # a split name of the corpus, read in the test role
+        changes["test_split"], role = args.split, "test"
+    return dataclasses.replace(saved, **changes), role
+
+
+def read_text(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise ValueError(f"file not found: {path}") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text: {err}") from None
+
+
+def report(hypotheses: list[str], references: list[str], *, lowercase: bool) -> None:
+    """Print BLEU, chrF and their signatures, then BLEU with the other casing."""
+    scores = corpus_scores(hypotheses, references, lowercase=lowercase)
+    other = corpus_scores(hypotheses, references, lowercase=not lowercase)
+    print(scores["bleu_text"])
+    print(f"  signature: {scores['bleu_signature']}")
+    print(f"chrF2 = {scores['chrf']:.2f}")
+    print(f"  signature: {scores['chrf_signature']}")
+    print(f"BLEU ({'cased' if lowercase else 'lowercased'}) = {other['bleu']:.2f}")
+    print(f"  signature: {other['bleu_signature']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.hypotheses is not None:
+            hypotheses, references = read_text(args.hypotheses), read_text(args.references)
+            if args.max_sentences:
+                hypotheses, references = hypotheses[: args.max_sentences], references[: args.max_sentences]
+            report(hypotheses, references, lowercase=args.lowercase)
+            return 0
+
+        device = resolve_device(args.device)
+        model, tokenizer, config = load_for_inference(args.checkpoint, device)
+        changes = {"beam_size": args.beam_size, "length_penalty": args.length_penalty, "batch_size": args.batch_size}
+        cfg = dataclasses.replace(config.decode, n_best=1, **{k: v for k, v in changes.items() if v is not None})
+        data_cfg, role = data_settings(config.data, args)
+        src_texts, ref_texts = load_split(data_cfg, role)
+        scores, hypotheses = evaluate_model(
+            model, tokenizer, src_texts, ref_texts, cfg, device=device, max_sentences=args.max_sentences
+        )
+    except (CheckpointError, ConfigError, DataError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    references = ref_texts[: len(hypotheses)]
+    split = {"train": data_cfg.train_split, "valid": data_cfg.valid_split, "test": data_cfg.test_split}[role]
+    print(
+        f"{args.checkpoint}: {data_cfg.src_lang}-{data_cfg.tgt_lang} {role} split ({split}), "
+        f"{len(hypotheses)} sentences, "
+        f"beam {cfg.beam_size}, length penalty {cfg.length_penalty}, "
+        f"max length {cfg.max_len_a} * src_len + {cfg.max_len_b}, {scores['seconds']:.1f} s"
+    )
+    report(hypotheses, references, lowercase=args.lowercase)
+    if args.output is not None:
+        try:
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            args.output.write_text("".join(h + "\n" for h in hypotheses), encoding="utf-8")
+        except OSError as err:
+            print(f"error: cannot write {args.output}: {err}", file=sys.stderr)
+            return 2
+        print(f"hypotheses written to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,305 @@
+"""Greedy and beam search: hand-scripted fake decoders for the bookkeeping, a tiny real model for the rest."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from collections.abc import Callable
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from transformer.config import DecodeConfig, ModelConfig
+from transformer.decoding import (
+    Hypothesis,
+    beam_search,
+    decode_batch,
+    gnmt_length_penalty,
+    greedy_decode,
+)
+from transformer.masks import padding_mask
+from transformer.model import Transformer
+from transformer.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+
+A, B, C = 4, 5, 6  # the fake model's ordinary tokens
+FAKE_VOCAB = 7
+
+Script = Callable[[int, tuple[int, ...]], dict[int, float]]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread is fastest and does not stall when other jobs share the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------------------------------ fake model
+class FakeCache:
+    """Stands in for ``DecoderCache``: remembers each row's prefix and sentence id, reordered like the real one."""
+
+    def __init__(self, sentence: torch.Tensor) -> None:
+        self.sentence = sentence  # (R,)
+        self.prefix = torch.zeros(sentence.size(0), 0, dtype=torch.long)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        self.sentence, self.prefix = self.sentence[index], self.prefix[index]
+
+
+class FakeModel(nn.Module):
+    """A decoder whose next-token probabilities are written by hand (fairseq's test style).
+
+    ``script(sentence_id, prefix)`` gives the probabilities after ``prefix`` (generated tokens, no BOS); the
+    sentence id is the first source token. Tokens it leaves out get probability ~1e-9. With a cache only the
+    new token is passed, so a wrong ``reorder`` makes the cached run disagree with the uncached one.
+    """
+
+    def __init__(self, script: Script) -> None:
+        super().__init__()
+        self.config = ModelConfig.preset("tiny", src_vocab_size=FAKE_VOCAB, tgt_vocab_size=FAKE_VOCAB)
+        self.script = script
+        self.rows_per_call: list[int] = []
+
+    def src_mask(self, src: torch.Tensor) -> torch.Tensor:
+        return padding_mask(src, PAD_ID)
+
+    def encode(self, src: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return src.float().unsqueeze(-1)  # (B, S, 1): memory[:, 0, 0] is the sentence id
+
+    def init_cache(self, memory: torch.Tensor, max_len: int) -> FakeCache:
+        return FakeCache(memory[:, 0, 0].long())
+
+    def decode(self, tgt, memory, src_mask=None, tgt_mask=None, *, cache=None) -> torch.Tensor:
+        if cache is not None:
+            assert tgt.size(1) == 1
+            cache.prefix = torch.cat([cache.prefix, tgt], dim=1)
+            prefix, sentence = cache.prefix, cache.sentence
+        else:
+            prefix, sentence = tgt, memory[:, 0, 0].long()
+        assert bool((prefix[:, 0] == BOS_ID).all())
+        self.rows_per_call.append(prefix.size(0))
+        probs = torch.full((prefix.size(0), FAKE_VOCAB), 1e-9)
+        for r in range(prefix.size(0)):
+            for token, p in self.script(int(sentence[r]), tuple(prefix[r, 1:].tolist())).items():
+                probs[r, token] = p
+        logits = torch.zeros(prefix.size(0), prefix.size(1), FAKE_VOCAB)
+        logits[:, -1] = probs.log()
+        return logits
+
+
+def fake_src(*lengths: int) -> torch.Tensor:
+    """Padded sources: sentence i has id 10 + i as its first token, ``lengths[i]`` tokens in all (EOS included)."""
+    rows = [[10 + i] + [A] * (n - 2) + [EOS_ID] for i, n in enumerate(lengths)]
+    width = max(lengths)
+    return torch.tensor([r + [PAD_ID] * (width - len(r)) for r in rows])
+
+
+def both_searches(model, src, **kw) -> tuple[list[list[int]], list[list[Hypothesis]]]:
+    """Greedy tokens and beam (K=3, alpha 0) hypotheses; each checked equal with and without the cache."""
+    results = []
+    for use_cache in (True, False):
+        g = greedy_decode(model, src, use_cache=use_cache, **kw)
+        b = beam_search(model, src, beam_size=3, length_penalty=0.0, n_best=3, use_cache=use_cache, **kw)
+        results.append((g, [[h.tokens for h in hyps] for hyps in b], b))
+    assert results[0][:2] == results[1][:2]
+    return results[0][0], results[0][2]
+
+
+# ------------------------------------------------------------------------------ bookkeeping on the fake
+def test_beam_beats_greedy_with_correct_nbest_scores():
+    table = {
+        (): {A: 0.6, B: 0.4},
+        (A,): {A: 0.45, B: 0.3, EOS_ID: 0.25},
+        (B,): {EOS_ID: 0.9, A: 0.05, B: 0.05},
+        (A, A): {EOS_ID: 1.0},
+        (A, B): {EOS_ID: 1.0},
+    }
+    model = FakeModel(lambda s, prefix: table.get(prefix, {EOS_ID: 1.0}))
+    src = fake_src(4)
+    kw = dict(max_len_a=0.0, max_len_b=5)
+    assert greedy_decode(model, src, **kw) == [[A, A]]
+    for use_cache in (True, False):
+        (hyps,) = beam_search(model, src, beam_size=2, length_penalty=0.0, n_best=2, use_cache=use_cache, **kw)
+        assert [h.tokens for h in hyps] == [[B], [A, A]]
+        assert [h.log_prob for h in hyps] == pytest.approx([math.log(0.36), math.log(0.27)], abs=1e-4)
+        assert [h.score for h in hyps] == [h.log_prob for h in hyps]  # alpha = 0: no normalisation
+    # With alpha = 1 each score is divided by (5 + len) / 6, len counting the EOS.
+    (hyps,) = beam_search(model, src, beam_size=2, length_penalty=1.0, n_best=2, **kw)
+    expected = {(B,): math.log(0.36) / (7 / 6), (A, A): math.log(0.27) / (8 / 6)}
+    assert {tuple(h.tokens): h.score for h in hyps} == pytest.approx(expected, abs=1e-4)
+    assert hyps[0].score >= hyps[1].score
+
+
+def test_eos_and_min_len():
+    table = {(): {EOS_ID: 0.7, A: 0.3}, (A,): {EOS_ID: 0.8, B: 0.2}, (A, B): {EOS_ID: 0.9, C: 0.1}}
+    model = FakeModel(lambda s, prefix: table.get(prefix, {EOS_ID: 1.0}))
+    src = fake_src(5)
+    for min_len, expected in ((0, []), (1, [A]), (2, [A, B]), (3, [A, B, C])):
+        greedy, beams = both_searches(model, src, max_len_a=0.0, max_len_b=6, min_len=min_len)
+        assert greedy == [expected]
+        assert beams[0][0].tokens == expected
+        assert all(len(h.tokens) >= min_len for h in beams[0])
+        assert all(EOS_ID not in h.tokens and BOS_ID not in h.tokens for h in beams[0])
+
+
+def test_max_length_is_a_times_source_length_plus_b():
+    model = FakeModel(lambda s, prefix: {A: 0.6, B: 0.4 - 1e-6, EOS_ID: 1e-6})  # never wants to stop
+    src = fake_src(4, 7)  # 4 and 7 source tokens, EOS included
+    greedy, beams = both_searches(model, src, max_len_a=0.5, max_len_b=1)
+    assert [len(g) for g in greedy] == [3, 4]  # int(0.5 * 4 + 1), int(0.5 * 7 + 1)
+    assert [{len(h.tokens) for h in hyps} for hyps in beams] == [{3}, {4}]
+    greedy, beams = both_searches(model, src, max_len_a=0.0, max_len_b=0)
+    assert greedy == [[], []] and [[h.tokens for h in hyps] for hyps in beams] == [[[]], [[]]]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_no_repeat_ngram(n):
+    model = FakeModel(lambda s, prefix: {A: 0.7, B: 0.2, C: 0.1 - 1e-6, EOS_ID: 1e-6})
+    src = fake_src(5)
+    greedy, _ = both_searches(model, src, max_len_a=0.0, max_len_b=8)
+    assert greedy == [[A] * 8]
+    greedy, beams = both_searches(model, src, max_len_a=0.0, max_len_b=8, no_repeat_ngram_size=n)
+    for tokens in greedy + [h.tokens for h in beams[0]]:
+        ngrams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+        assert len(ngrams) == len(set(ngrams)), tokens
+    assert greedy[0][: n + 1] == [A] * n + [B]  # blocked exactly when the n-gram would repeat
+
+
+def test_finished_sentences_leave_the_batch():
+    # Sentence 10 stops at once; sentence 11 goes on for 5 tokens.
+    def script(sentence: int, prefix: tuple[int, ...]) -> dict[int, float]:
+        if sentence == 10 or len(prefix) == 5:
+            return {EOS_ID: 0.9, A: 0.1}
+        return {A: 0.99, EOS_ID: 0.01}
+
+    model = FakeModel(script)
+    src = fake_src(3, 8)
+    assert greedy_decode(model, src, max_len_a=0.0, max_len_b=5, min_len=0) == [[], [A] * 5]
+    assert model.rows_per_call == [2] + [1] * 5
+    model.rows_per_call.clear()
+    hyps = beam_search(model, src, beam_size=2, length_penalty=0.0, max_len_a=0.0, max_len_b=5, min_len=0)
+    assert [h[0].tokens for h in hyps] == [[], [A] * 5]
+    # Sentence 10 needs a second finished hypothesis (K=2) before it can stop, then leaves.
+    assert model.rows_per_call == [4, 4, 2, 2, 2, 2]
+
+
+def test_random_script_cached_equals_uncached_and_alone():
+    """Prefix-dependent random distributions: the cache reorder and batch shrinking must track every row."""
+
+    def script(sentence: int, prefix: tuple[int, ...]) -> dict[int, float]:
+        rng = random.Random(hash((sentence, prefix)))
+        weights = [rng.random() ** 3 for _ in (UNK_ID, EOS_ID, A, B, C)]
+        return {tok: w / sum(weights) for tok, w in zip((UNK_ID, EOS_ID, A, B, C), weights)}
+
+    model = FakeModel(script)
+    src = fake_src(6, 3, 9, 4)
+    for k in (1, 2, 4):
+        batched = {
+            use_cache: beam_search(model, src, beam_size=k, length_penalty=0.8, n_best=k, max_len_a=1.0,
+                                   max_len_b=2, use_cache=use_cache)
+            for use_cache in (True, False)
+        }
+        assert batched[True] == batched[False]
+        for i in range(src.size(0)):
+            row = src[i : i + 1, : int((src[i] != PAD_ID).sum())]
+            alone = beam_search(model, row, beam_size=k, length_penalty=0.8, n_best=k, max_len_a=1.0, max_len_b=2)
+            assert alone[0] == batched[True][i]
+
+
+# ---------------------------------------------------------------------------------- tiny real model
+def tiny_model(vocab: int, seed: int = 0) -> Transformer:
+    """An untrained tiny model whose output layer is untied and scaled, so that outputs vary and end early."""
+    torch.manual_seed(seed)
+    model = Transformer(ModelConfig.preset("tiny", src_vocab_size=vocab, tgt_vocab_size=vocab, tie_output=False))
+    nn.init.normal_(model.output.weight, std=0.4)
+    return model.eval()
+
+
+def random_src(batch: int, vocab: int, seed: int = 1, min_len: int = 2, max_len: int = 9) -> torch.Tensor:
+    """(batch, S) padded sources of random lengths, each ending with EOS."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(min_len, max_len + 1, (batch,), generator=g).tolist()
+    rows = [torch.randint(4, vocab, (n - 1,), generator=g).tolist() + [EOS_ID] for n in lengths]
+    width = max(lengths)
+    return torch.tensor([r + [PAD_ID] * (width - len(r)) for r in rows])
+
+
+@torch.no_grad()
+def teacher_forced_log_prob(model: Transformer, src_row: torch.Tensor, tokens: list[int]) -> float:
+    """log P(tokens + EOS | src) by one full forward pass."""
+    src = src_row[src_row != PAD_ID].unsqueeze(0)
+    tgt_in = torch.tensor([[BOS_ID] + tokens])
+    lprobs = F.log_softmax(model(src, tgt_in).float(), dim=-1)[0]  # (T, V)
+    return float(lprobs.gather(1, torch.tensor([tokens + [EOS_ID]]).T).sum())
+
+
+def test_beam_size_one_equals_greedy():
+    model, src = tiny_model(23), random_src(8, 23)
+    kw = dict(max_len_a=1.0, max_len_b=4)
+    greedy = greedy_decode(model, src, **kw)
+    beam = beam_search(model, src, beam_size=1, length_penalty=0.0, **kw)
+    assert [h[0].tokens for h in beam] == greedy
+    assert len({len(g) for g in greedy}) > 1  # outputs of several lengths: the check is not vacuous
+    via_cfg = decode_batch(model, src, DecodeConfig(beam_size=1, length_penalty=0.0, max_len_a=1.0, max_len_b=4))
+    assert [h[0].log_prob for h in via_cfg] == pytest.approx([h[0].log_prob for h in beam], abs=1e-4)
+
+
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_cached_equals_uncached(beam_size):
+    model, src = tiny_model(23, seed=2), random_src(6, 23, seed=3)
+    cfg = DecodeConfig(beam_size=beam_size, n_best=beam_size, length_penalty=0.6, max_len_a=1.2, max_len_b=5)
+    cached = decode_batch(model, src, cfg, use_cache=True)
+    uncached = decode_batch(model, src, cfg, use_cache=False)
+    assert [[h.tokens for h in hs] for hs in cached] == [[h.tokens for h in hs] for hs in uncached]
+    for a, b in zip(cached, uncached):
+        assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-4)
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_sentence_decodes_the_same_alone_and_in_a_padded_batch(beam_size):
+    model, src = tiny_model(23, seed=4), random_src(7, 23, seed=5, min_len=2, max_len=12)
+    cfg = DecodeConfig(beam_size=beam_size, n_best=beam_size, length_penalty=0.6, max_len_a=1.0, max_len_b=3)
+    batched = decode_batch(model, src, cfg)
+    for i in range(src.size(0)):
+        alone = decode_batch(model, src[i : i + 1, : int((src[i] != PAD_ID).sum())], cfg)[0]
+        assert [h.tokens for h in alone] == [h.tokens for h in batched[i]]
+        assert [h.score for h in alone] == pytest.approx([h.score for h in batched[i]], abs=1e-4)
+
+
+def test_nbest_sorted_distinct_and_scores_match_teacher_forcing():
+    model, src = tiny_model(23, seed=6), random_src(4, 23, seed=7)
+    alpha = 0.6
+    nbest = beam_search(model, src, beam_size=5, length_penalty=alpha, n_best=5, max_len_a=1.0, max_len_b=3)
+    for i, hyps in enumerate(nbest):
+        assert len(hyps) == 5
+        scores = [h.score for h in hyps]
+        assert scores == sorted(scores, reverse=True)
+        assert len({tuple(h.tokens) for h in hyps}) == len(hyps)
+        for h in hyps:
+            assert not {PAD_ID, BOS_ID, EOS_ID} & set(h.tokens)
+            assert h.log_prob == pytest.approx(teacher_forced_log_prob(model, src[i], h.tokens), abs=1e-4)
+            assert h.score == pytest.approx(h.log_prob / gnmt_length_penalty(len(h.tokens) + 1, alpha), abs=1e-5)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_large_beam_finds_the_exhaustive_best(alpha):
+    """Vocabulary of 7 (4 specials + 3 tokens), at most 3 output tokens: score every possible output."""
+    vocab, max_len = 7, 3
+    model, src = tiny_model(vocab, seed=8), random_src(2, vocab, seed=9, min_len=3, max_len=5)
+    words = [UNK_ID, 4, 5, 6]  # what the search may emit besides EOS (PAD and BOS are never generated)
+    outputs = [list(t) for n in range(max_len + 1) for t in itertools.product(words, repeat=n)]  # 85
+    # The beam is wide enough to never prune: it must return exactly the exhaustive ranking.
+    found = beam_search(model, src, beam_size=80, length_penalty=alpha, n_best=5, min_len=0,
+                        max_len_a=0.0, max_len_b=max_len)
+    for i in range(src.size(0)):
+        exact = sorted(
+            ((teacher_forced_log_prob(model, src[i], y) / gnmt_length_penalty(len(y) + 1, alpha), y) for y in outputs),
+            key=lambda pair: -pair[0],
+        )
+        assert [h.tokens for h in found[i]] == [y for _, y in exact[:5]]
+        assert [h.score for h in found[i]] == pytest.approx([s for s, _ in exact[:5]], abs=1e-4)

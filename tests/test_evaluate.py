@@ -1,0 +1,226 @@
+"""sacreBLEU scoring, text-level translation, and the evaluate/translate scripts on a tiny checkpoint."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import logging
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import sentencepiece as spm
+import torch
+from torch import nn
+
+from transformer.checkpoint import save_checkpoint
+from transformer.config import Config, DataConfig, DecodeConfig, ModelConfig
+from transformer.decoding import decode_texts, translate_texts
+from transformer.evaluate import corpus_scores, evaluate_model
+from transformer.model import Transformer
+from transformer.tokenizer import Tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+SUBJECTS = ["A man", "Two women", "A little girl", "The old dog", "Three children", "A young boy"]
+ACTIONS = ["rides a red bike", "is playing in the park", "walks down the street", "eats an apple", "sits on a bench"]
+SRC = [f"{s} {a}." for s in SUBJECTS for a in ACTIONS]
+TGT = [f"{s.upper()} ({a})" for s in SUBJECTS for a in ACTIONS]  # any text will do; only the pipeline is tested
+SPECIALS = ("▁", "<s>", "</s>", "<pad>", "<unk>")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread is fastest and does not stall when other jobs share the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory) -> Tokenizer:
+    return Tokenizer.train(SRC, TGT, tmp_path_factory.mktemp("tok"), vocab_size=80)
+
+
+def make_model(tokenizer: Tokenizer) -> Transformer:
+    """Untrained tiny model, untied output scaled so that outputs vary and end early."""
+    torch.manual_seed(0)
+    config = ModelConfig.preset(
+        "tiny", src_vocab_size=tokenizer.src_vocab_size, tgt_vocab_size=tokenizer.tgt_vocab_size, tie_output=False
+    )
+    model = Transformer(config)
+    nn.init.normal_(model.output.weight, std=0.4)
+    return model.eval()
+
+
+def load_script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ------------------------------------------------------------------------------------------- scoring
+def test_references_against_themselves_score_100():
+    scores = corpus_scores(TGT, TGT)
+    assert scores["bleu"] == pytest.approx(100.0) and scores["chrf"] == pytest.approx(100.0)
+    assert "nrefs:1" in scores["bleu_signature"] and "case:mixed" in scores["bleu_signature"]
+    assert scores["chrf_signature"].startswith("nrefs:1")
+    assert "case:lc" in corpus_scores(TGT, TGT, lowercase=True)["bleu_signature"]
+    assert corpus_scores(TGT[1:] + TGT[:1], TGT)["bleu"] < 50  # shifted by one line: must be low
+
+
+def test_lowercase_bleu_ignores_case():
+    hyps = [t.lower() for t in TGT]
+    assert corpus_scores(hyps, TGT)["bleu"] < 100
+    assert corpus_scores(hyps, TGT, lowercase=True)["bleu"] == pytest.approx(100.0)
+
+
+def test_count_mismatch_and_empty_input_raise():
+    with pytest.raises(ValueError, match="2 hypotheses but 3 references"):
+        corpus_scores(["a", "b"], ["a", "b", "c"])
+    with pytest.raises(ValueError, match="no sentences"):
+        corpus_scores([], [])
+
+
+# ---------------------------------------------------------------------------- text in, text out
+def test_translations_are_plain_text_in_input_order(tokenizer):
+    model = make_model(tokenizer)
+    texts = ["", SRC[3], SRC[10] + " " + SRC[11], "   ", SRC[0]]
+    cfg = DecodeConfig(beam_size=3, max_len_a=0.2, max_len_b=4, batch_size=2)
+    out = translate_texts(model, tokenizer, texts, cfg, device="cpu")
+    assert len(out) == len(texts) and out[0] == "" and out[3] == ""
+    for i in (1, 2, 4):
+        assert out[i] == translate_texts(model, tokenizer, [texts[i]], cfg, device="cpu")[0]
+    assert all(s not in text for text in out for s in SPECIALS)
+    # Not vacuous: the hypotheses' raw pieces do carry the word marker that decoding must remove.
+    sp = spm.SentencePieceProcessor(model_proto=tokenizer.to_state()["src_model"])
+    pieces = [sp.id_to_piece(i) for hyps in decode_texts(model, tokenizer, texts, cfg, device="cpu") for h in hyps
+              for i in h.tokens]
+    assert any(p.startswith("▁") for p in pieces)
+
+
+def test_overlong_input_is_truncated_with_a_warning(tokenizer, caplog):
+    model = make_model(tokenizer)
+    long_text = " ".join(SRC)  # hundreds of pieces
+    cfg = DecodeConfig(beam_size=2, max_len_a=0.0, max_len_b=5)
+    with caplog.at_level(logging.WARNING, logger="transformer.decoding"):
+        out = translate_texts(model, tokenizer, [long_text, "A dog."], cfg, device="cpu", max_src_tokens=8)
+    assert len(out) == 2 and "1 of 2 input sentences are longer than 8 tokens" in caplog.text
+    # Truncation keeps EOS: the result is the translation of the first 7 pieces + EOS.
+    first_pieces = tokenizer.decode_src([tokenizer.encode_src([long_text])[0][:7]])[0]
+    assert out[0] == translate_texts(model, tokenizer, [first_pieces], cfg, device="cpu")[0]
+
+
+def test_evaluate_model_scores_and_restores_train_mode(tokenizer):
+    model = make_model(tokenizer).train()
+    cfg = DecodeConfig(beam_size=1, max_len_a=0.2, max_len_b=3)
+    scores, hyps = evaluate_model(model, tokenizer, SRC[:6], TGT[:6], cfg, device="cpu", max_sentences=4)
+    assert len(hyps) == 4 and scores["sentences"] == 4
+    assert 0.0 <= scores["bleu"] < 100.0 and "nrefs:1" in scores["bleu_signature"]
+    assert model.training  # the trainer's mode is given back
+    model.eval()
+    again, _ = evaluate_model(model, tokenizer, SRC[:4], TGT[:4], cfg, device="cpu")
+    assert again["bleu"] == scores["bleu"]  # dropout was off during the first call too
+    with pytest.raises(ValueError, match="6 source sentences but 5 references"):
+        evaluate_model(model, tokenizer, SRC[:6], TGT[:5], cfg, device="cpu")
+
+
+# ---------------------------------------------------------------------------------------- scripts
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tokenizer) -> Path:
+    """A run folder with a checkpoint of the tiny model and a TSV corpus (valid and test)."""
+    folder = tmp_path_factory.mktemp("run")
+    (folder / "valid.tsv").write_text("".join(f"{s}\t{t}\n" for s, t in zip(SRC[:5], TGT[:5])), encoding="utf-8")
+    (folder / "test.tsv").write_text("".join(f"{s}\t{t}\n" for s, t in zip(SRC[5:12], TGT[5:12])), encoding="utf-8")
+    model = make_model(tokenizer)
+    config = Config(
+        model=model.config,
+        data=DataConfig(source="tsv", valid_tsv=str(folder / "valid.tsv"), test_tsv=str(folder / "test.tsv")),
+        decode=DecodeConfig(beam_size=2, max_len_a=0.2, max_len_b=3),
+    )
+    state = {"model": model.state_dict(), "config": config.to_dict(), "tokenizer": tokenizer.to_state()}
+    save_checkpoint(state, folder / "model.pt")
+    del state["tokenizer"]
+    save_checkpoint(state, folder / "no_vocab.pt")
+    (folder / "garbage.pt").write_bytes(b"not a checkpoint")
+    return folder
+
+
+def test_translate_script_arguments_and_stdin(run, capsys, monkeypatch):
+    translate = load_script("translate")
+    ckpt = str(run / "model.pt")
+    assert translate.main(["--checkpoint", ckpt, SRC[0], "", SRC[1]]) == 0
+    lines = capsys.readouterr().out.split("\n")
+    assert len(lines) == 4 and lines[1] == "" and lines[3] == ""  # 3 outputs, the empty input kept
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{SRC[2]}\n\n{SRC[3]}\n"))
+    assert translate.main(["--checkpoint", ckpt, "--beam-size", "1"]) == 0
+    assert capsys.readouterr().out.count("\n") == 3
+    assert translate.main(["--checkpoint", ckpt, "--beam-size", "3", "--n-best", "3", SRC[4]]) == 0
+    rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 3 and all(r[0] == "0" for r in rows)
+    scores = [float(r[1]) for r in rows]
+    assert scores == sorted(scores, reverse=True) and len({r[2] for r in rows}) >= 1
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--checkpoint", "missing.pt", "hi"], "checkpoint not found"),
+        (["--checkpoint", "{run}/garbage.pt", "hi"], "cannot read checkpoint"),
+        (["--checkpoint", "{run}/no_vocab.pt", "hi"], "no vocabulary"),
+        (["--checkpoint", "{run}/model.pt", "--beam-size", "2", "--n-best", "3", "hi"], "n_best"),
+        (["--checkpoint", "{run}/model.pt", "--beam-size", "0", "hi"], "beam_size"),
+        (["--checkpoint", "{run}/model.pt", "--max-src-tokens", "1", "hi"], "max-src-tokens"),
+    ],
+)
+def test_translate_script_errors(run, capsys, args, message):
+    translate = load_script("translate")
+    assert translate.main([a.format(run=run) for a in args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and message in err and "Traceback" not in err
+
+
+def test_scripts_usage_errors_exit_nonzero(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        load_script("translate").main(["hello"])  # no --checkpoint
+    assert exit_info.value.code == 2 and "--checkpoint" in capsys.readouterr().err
+    evaluate = load_script("evaluate")
+    for args in ([], ["--hypotheses", "h.txt"], ["--checkpoint", "x.pt", "--hypotheses", "h", "--references", "r"]):
+        with pytest.raises(SystemExit) as exit_info:
+            evaluate.main(args)
+        assert exit_info.value.code == 2 and "error:" in capsys.readouterr().err
+
+
+def test_evaluate_script_scores_files(tmp_path, capsys):
+    evaluate = load_script("evaluate")
+    (tmp_path / "ref.txt").write_text("".join(t + "\n" for t in TGT), encoding="utf-8")
+    (tmp_path / "short.txt").write_text("".join(t + "\n" for t in TGT[:-1]), encoding="utf-8")
+    ref = str(tmp_path / "ref.txt")
+    assert evaluate.main(["--hypotheses", ref, "--references", ref]) == 0
+    out = capsys.readouterr().out
+    assert "BLEU = 100.00" in out and "signature: nrefs:1|case:mixed" in out and "chrF2 = 100.00" in out
+    assert evaluate.main(["--hypotheses", str(tmp_path / "short.txt"), "--references", ref]) == 2
+    assert f"{len(TGT) - 1} hypotheses but {len(TGT)} references" in capsys.readouterr().err
+    assert evaluate.main(["--hypotheses", str(tmp_path / "none.txt"), "--references", ref]) == 2
+    assert "file not found" in capsys.readouterr().err
+
+
+def test_evaluate_script_decodes_a_split(run, tmp_path, capsys, tokenizer):
+    evaluate = load_script("evaluate")
+    hyp_path = tmp_path / "out" / "hyp.txt"
+    assert evaluate.main(["--checkpoint", str(run / "model.pt"), "--output", str(hyp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "7 sentences" in out and "BLEU = " in out and "chrF2 = " in out and "BLEU (lowercased)" in out
+    hyps = hyp_path.read_text(encoding="utf-8").splitlines()
+    assert len(hyps) == 7
+    # The same numbers as evaluate_model with the checkpoint's settings (what the trainer reports).
+    model = make_model(tokenizer)
+    cfg = DecodeConfig(beam_size=2, max_len_a=0.2, max_len_b=3)
+    expected, _ = evaluate_model(model, tokenizer, SRC[5:12], TGT[5:12], cfg, device="cpu")
+    assert expected["bleu_text"] in out
+    assert evaluate.main(["--checkpoint", str(run / "model.pt"), "--split", "valid", "--beam-size", "1"]) == 0
+    assert "5 sentences" in capsys.readouterr().out
+    assert evaluate.main(["--checkpoint", str(run / "model.pt"), "--split", "train"]) == 2
+    assert "train_tsv" in capsys.readouterr().err

@@ -1,0 +1,450 @@
+"""Greedy decoding and beam search, batched over sentences and beams, with the KV cache.
+
+Conventions shared by both searches:
+
+- ``src`` is a padded (B, S) LongTensor (PAD_ID after each row's final EOS); outputs exclude BOS and EOS.
+- The maximum output length of a sentence is ``int(max_len_a * src_len + max_len_b)`` tokens (EOS not
+  counted), where ``src_len`` is its number of non-pad source tokens, EOS included (as in fairseq). At that
+  length EOS is forced. Before ``min_len`` tokens EOS is forbidden. PAD and BOS are never generated.
+  ``no_repeat_ngram_size = n > 0`` forbids any token that would repeat an n-gram of the output. Should
+  these rules leave a row no token at all, it ends (EOS), even before ``min_len``.
+- Scores are sums of the model's log-probabilities (float32 ``log_softmax``) of the tokens *and* the final
+  EOS, so they can be recomputed by teacher forcing. A hypothesis' ``score`` divides this sum by the GNMT
+  length penalty ``((5 + len) / 6) ** alpha``, with ``len`` = tokens + 1 (the EOS); ``alpha = 0`` leaves
+  the raw sum.
+- Beams are flattened into the batch axis (row ``i * K + k`` is beam k of sentence i). Sentences whose
+  search is over are dropped from the batch (``cache.reorder``), so the work shrinks as they finish.
+
+Beam search follows fairseq's candidate rule: each step takes the 2K best (beam, token) extensions; the EOS
+extensions among the first K become finished hypotheses, the first K non-EOS extensions the new beams. A
+sentence keeps its K best finished hypotheses and stops when no open beam can still beat the worst of them,
+using the exact bound of tensor2tensor's beam search: an open beam's log-prob can only fall, so its best
+reachable score is ``log_prob / max(lp(len + 1), lp(max_len + 1))`` (for ``alpha >= 0`` the penalty at the
+maximum length). With ``alpha = 0`` and K = 1 this reduces to greedy decoding.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from transformer.config import DecodeConfig
+from transformer.kv_cache import DecoderCache
+from transformer.model import Transformer
+from transformer.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+
+logger = logging.getLogger(__name__)
+
+NEG_INF = float("-inf")
+
+
+@dataclass
+class Hypothesis:
+    """One translation: ``tokens`` without BOS/EOS, its length-penalised ``score`` and raw ``log_prob``."""
+
+    tokens: list[int]
+    score: float
+    log_prob: float
+
+
+def gnmt_length_penalty(length: torch.Tensor | int, alpha: float) -> torch.Tensor | float:
+    """GNMT length penalty ((5 + length) / 6) ** alpha (Wu et al., 2016); 1 when ``alpha`` is 0."""
+    return ((5 + length) / 6) ** alpha
+
+
+# ------------------------------------------------------------------------------------------ shared steps
+def _max_lengths(model: Transformer, src_mask: torch.Tensor, a: float, b: int) -> torch.Tensor:
+    """(B, 1, 1, S) source mask -> (B,) maximum output lengths ``int(a * src_len + b)``."""
+    src_len = src_mask.reshape(src_mask.size(0), -1).sum(-1).tolist()
+    # Python floats, so that the cap is exactly what ``int(a * len + b)`` gives by hand.
+    max_lens = torch.tensor([int(a * n + b) for n in src_len], dtype=torch.long, device=src_mask.device)
+    if model.config.positional == "learned":  # position max_len (fed after max_len tokens) must exist
+        max_lens = max_lens.clamp(max=model.config.max_positions - 1)
+    return max_lens
+
+
+def _step_log_probs(
+    model: Transformer,
+    tokens: torch.Tensor,
+    step: int,
+    memory: torch.Tensor,
+    src_mask: torch.Tensor,
+    cache: DecoderCache | None,
+) -> torch.Tensor:
+    """Next-token log-probabilities of (R, step + 1) prefixes -> (R, V) float32.
+
+    With a cache only the last token is fed; without one the whole prefix is recomputed (causal).
+    """
+    if cache is not None:
+        logits = model.decode(tokens[:, step : step + 1], memory, src_mask, cache=cache)
+    else:
+        logits = model.decode(tokens[:, : step + 1], memory, src_mask)
+    return F.log_softmax(logits[:, -1].float(), dim=-1)
+
+
+def _constrain(
+    lprobs: torch.Tensor,
+    generated: torch.Tensor,
+    max_lens: torch.Tensor,
+    *,
+    min_len: int,
+    no_repeat_ngram_size: int,
+) -> torch.Tensor:
+    """Apply the decoding rules to (R, V) log-probs in place (no renormalisation).
+
+    Args:
+        generated: (R, t) tokens generated so far (no BOS).
+        max_lens: (R,) maximum output lengths; rows with ``t >= max_len`` may only produce EOS.
+
+    Returns:
+        ``lprobs`` with forbidden tokens at -inf. A row left with nothing allowed gets EOS back, so every
+        row always has a finite choice.
+    """
+    step = generated.size(1)
+    eos = lprobs[:, EOS_ID].clone()
+    lprobs[:, PAD_ID] = NEG_INF
+    lprobs[:, BOS_ID] = NEG_INF
+    if step < min_len:
+        lprobs[:, EOS_ID] = NEG_INF
+    n = no_repeat_ngram_size
+    if n > 0 and step >= n:
+        windows = generated.unfold(1, n, 1)  # (R, t - n + 1, n): every n-gram so far
+        seen = (windows[:, :, :-1] == generated[:, step - n + 1 :].unsqueeze(1)).all(-1)  # (R, W) same n-1 prefix
+        banned = torch.zeros_like(lprobs).scatter_add_(1, windows[:, :, -1], seen.to(lprobs.dtype))
+        lprobs.masked_fill_(banned > 0, NEG_INF)
+    force_eos = (step >= max_lens) | torch.isinf(lprobs).all(-1)  # (R,)
+    lprobs.masked_fill_(force_eos.unsqueeze(1), NEG_INF)
+    lprobs[:, EOS_ID] = torch.where(force_eos, eos, lprobs[:, EOS_ID])
+    return lprobs
+
+
+def _start(
+    model: Transformer, src: torch.Tensor, beam_size: int, max_len_a: float, max_len_b: int, use_cache: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, DecoderCache | None, torch.Tensor]:
+    """Encode once and repeat for the beams.
+
+    Returns:
+        memory (B*K, S, D), src_mask (B*K, 1, 1, S), max_lens (B,), a cache or None, and the (B*K, L+1)
+        token buffer (BOS then PAD) where L = max(max_lens).
+    """
+    src_mask = model.src_mask(src)
+    memory = model.encode(src, src_mask)  # (B, S, D)
+    max_lens = _max_lengths(model, src_mask, max_len_a, max_len_b)
+    if beam_size > 1:
+        memory = memory.repeat_interleave(beam_size, dim=0)  # (B, S, D) -> (B*K, S, D)
+        src_mask = src_mask.repeat_interleave(beam_size, dim=0)
+    longest = int(max_lens.max())
+    cache = model.init_cache(memory, longest + 1) if use_cache else None
+    tokens = torch.full((memory.size(0), longest + 1), PAD_ID, dtype=torch.long, device=src.device)
+    tokens[:, 0] = BOS_ID
+    return memory, src_mask, max_lens, cache, tokens
+
+
+# ------------------------------------------------------------------------------------------------ greedy
+@torch.no_grad()
+def _greedy(
+    model: Transformer,
+    src: torch.Tensor,
+    *,
+    max_len_a: float,
+    max_len_b: int,
+    min_len: int,
+    no_repeat_ngram_size: int,
+    use_cache: bool,
+) -> tuple[list[list[int]], list[float]]:
+    """Greedy search; returns the tokens and the raw log-prob (EOS included) of each sentence."""
+    memory, src_mask, max_lens, cache, tokens = _start(model, src, 1, max_len_a, max_len_b, use_cache)
+    batch, longest = src.size(0), tokens.size(1) - 1
+    out = torch.full((batch, longest), PAD_ID, dtype=torch.long, device=src.device)
+    lengths = max_lens.clone()
+    log_probs = torch.zeros(batch, device=src.device)
+    active = torch.arange(batch, device=src.device)  # original index of each row still decoding
+    for t in range(longest + 1):
+        lprobs = _step_log_probs(model, tokens, t, memory, src_mask, cache)  # (R, V)
+        lprobs = _constrain(
+            lprobs, tokens[:, 1 : t + 1], max_lens[active], min_len=min_len, no_repeat_ngram_size=no_repeat_ngram_size
+        )
+        best_lprob, best = lprobs.max(-1)  # (R,)
+        log_probs[active] += best_lprob
+        ended = best == EOS_ID
+        if t < longest:
+            out[active, t] = best.masked_fill(ended, PAD_ID)
+            tokens[:, t + 1] = best
+        lengths[active[ended]] = t
+        n_ended = int(ended.sum())  # the step's one host-device sync
+        if n_ended == ended.numel():
+            break
+        if n_ended:  # drop finished sentences from the batch
+            keep = (~ended).nonzero().squeeze(1)
+            active, tokens, memory, src_mask = active[keep], tokens[keep], memory[keep], src_mask[keep]
+            if cache is not None:
+                cache.reorder(keep)
+    hyps = [row[:n] for row, n in zip(out.tolist(), lengths.tolist())]
+    return hyps, log_probs.tolist()
+
+
+def greedy_decode(
+    model: Transformer,
+    src: torch.Tensor,
+    *,
+    max_len_a: float,
+    max_len_b: int,
+    min_len: int = 1,
+    no_repeat_ngram_size: int = 0,
+    use_cache: bool = True,
+) -> list[list[int]]:
+    """Pick the most probable token at each step.
+
+    Args:
+        model: an eval-mode ``Transformer`` (or any module with ``src_mask/encode/init_cache/decode``).
+        src: (B, S) padded source ids, each row ending with EOS.
+        max_len_a, max_len_b: maximum output length ``int(a * src_len + b)``.
+        min_len: EOS is forbidden before this many tokens.
+        no_repeat_ngram_size: if > 0, never repeat an n-gram of this size.
+        use_cache: decode step by step with the KV cache (False recomputes the prefix; for checks).
+
+    Returns:
+        B token lists, without BOS/EOS.
+    """
+    hyps, _ = _greedy(
+        model, src, max_len_a=max_len_a, max_len_b=max_len_b, min_len=min_len,
+        no_repeat_ngram_size=no_repeat_ngram_size, use_cache=use_cache,
+    )
+    return hyps
+
+
+# ------------------------------------------------------------------------------------------- beam search
+@dataclass
+class _Finished:
+    """The K best finished hypotheses of every sentence, best first; a -inf score marks an empty slot."""
+
+    scores: torch.Tensor  # (B, K) length-penalised
+    log_probs: torch.Tensor  # (B, K) raw sums, EOS included
+    lengths: torch.Tensor  # (B, K) tokens without EOS
+    tokens: torch.Tensor  # (B, K, L)
+
+    @classmethod
+    def empty(cls, batch: int, k: int, longest: int, device: torch.device) -> _Finished:
+        return cls(
+            scores=torch.full((batch, k), NEG_INF, device=device),
+            log_probs=torch.full((batch, k), NEG_INF, device=device),
+            lengths=torch.zeros(batch, k, dtype=torch.long, device=device),
+            tokens=torch.full((batch, k, longest), PAD_ID, dtype=torch.long, device=device),
+        )
+
+    def add(
+        self, sentences: torch.Tensor, scores: torch.Tensor, log_probs: torch.Tensor, tokens: torch.Tensor, length: int
+    ) -> None:
+        """Merge new hypotheses of ``length`` tokens: (N, K) scores/log_probs, (N, K, L) tokens, of ``sentences`` (N,)."""
+        k = self.scores.size(1)
+        top, index = torch.cat([self.scores[sentences], scores], dim=1).topk(k, dim=1)  # K best of (N, 2K)
+        self.scores[sentences] = top
+        self.log_probs[sentences] = torch.cat([self.log_probs[sentences], log_probs], 1).gather(1, index)
+        lengths = torch.cat([self.lengths[sentences], torch.full_like(index, length)], 1)
+        self.lengths[sentences] = lengths.gather(1, index)
+        merged = torch.cat([self.tokens[sentences], tokens], 1)  # (N, 2K, L)
+        self.tokens[sentences] = merged.gather(1, index.unsqueeze(-1).expand(-1, -1, merged.size(-1)))
+
+    def hypotheses(self, n_best: int) -> list[list[Hypothesis]]:
+        """The ``n_best`` best of each sentence as Python lists (empty slots left out)."""
+        results = []
+        for scores, log_probs, lengths, tokens in zip(
+            self.scores.tolist(), self.log_probs.tolist(), self.lengths.tolist(), self.tokens.tolist()
+        ):
+            slots = zip(scores[:n_best], log_probs, lengths, tokens)
+            results.append([Hypothesis(toks[:n], score, lp) for score, lp, n, toks in slots if score != NEG_INF])
+        return results
+
+
+@torch.no_grad()
+def beam_search(
+    model: Transformer,
+    src: torch.Tensor,
+    *,
+    beam_size: int,
+    length_penalty: float,
+    max_len_a: float,
+    max_len_b: int,
+    min_len: int = 1,
+    n_best: int = 1,
+    no_repeat_ngram_size: int = 0,
+    use_cache: bool = True,
+) -> list[list[Hypothesis]]:
+    """Batched beam search (see the module docstring for the rules).
+
+    Args:
+        model, src, max_len_a, max_len_b, min_len, no_repeat_ngram_size, use_cache: as in ``greedy_decode``.
+        beam_size: K, open beams per sentence.
+        length_penalty: GNMT alpha; 0 ranks by the raw log-prob sum.
+        n_best: hypotheses returned per sentence (<= K).
+
+    Returns:
+        For each of the B sentences, up to ``n_best`` distinct hypotheses, best first.
+    """
+    if not 1 <= n_best <= beam_size:
+        raise ValueError(f"n_best ({n_best}) must be between 1 and beam_size ({beam_size})")
+    k, alpha, device = beam_size, length_penalty, src.device
+    memory, src_mask, max_lens, cache, tokens = _start(model, src, k, max_len_a, max_len_b, use_cache)
+    batch, longest = src.size(0), tokens.size(1) - 1
+    finished = _Finished.empty(batch, k, longest, device)
+    scores = torch.full((batch, k), NEG_INF, device=device)  # (N, K) raw log-probs of the open beams
+    scores[:, 0] = 0.0  # all beams start as BOS: keep one, or the first step would pick K copies
+    active = torch.arange(batch, device=device)  # (N,) original index of each sentence still searching
+    for t in range(longest + 1):
+        n = active.numel()
+        lprobs = _step_log_probs(model, tokens, t, memory, src_mask, cache)  # (N*K, V)
+        lprobs = _constrain(
+            lprobs, tokens[:, 1 : t + 1], max_lens[active].repeat_interleave(k),
+            min_len=min_len, no_repeat_ngram_size=no_repeat_ngram_size,
+        )
+        vocab = lprobs.size(-1)
+        cand = (scores.unsqueeze(-1) + lprobs.view(n, k, vocab)).view(n, k * vocab)
+        cand_scores, cand_index = cand.topk(2 * k, dim=1)  # (N, 2K), best first
+        cand_beams, cand_tokens = cand_index // vocab, cand_index % vocab
+        row_base = (torch.arange(n, device=device) * k).unsqueeze(1)  # (N, 1): first row of each sentence
+
+        is_eos = cand_tokens == EOS_ID
+        if bool(is_eos[:, :k].any()):  # EOS among the first K candidates: finished hypotheses
+            log_probs = cand_scores[:, :k].masked_fill(~is_eos[:, :k], NEG_INF)  # (N, K)
+            prefixes = tokens[(row_base + cand_beams[:, :k]).view(-1), 1:].view(n, k, longest)
+            finished.add(active, log_probs / gnmt_length_penalty(t + 1, alpha), log_probs, prefixes, t)
+
+        # The first K non-EOS candidates are the new beams (there are at least K: at most K are EOS).
+        order = is_eos.long() * (2 * k) + torch.arange(2 * k, device=device)
+        keep_cand = order.topk(k, dim=1, largest=False).indices  # (N, K), in rank order
+        scores = cand_scores.gather(1, keep_cand)
+        parents = row_base + cand_beams.gather(1, keep_cand)  # (N, K) rows of the current batch
+        next_tokens = cand_tokens.gather(1, keep_cand)
+
+        # Done when no open beam can still enter the K best finished (exact bound, see module docstring).
+        best_penalty = torch.maximum(
+            torch.as_tensor(gnmt_length_penalty(t + 2, alpha), device=device),
+            gnmt_length_penalty(max_lens[active] + 1, alpha),
+        )
+        done = scores[:, 0] / best_penalty <= finished.scores[active, -1]  # (N,)
+        if t == longest or bool(done.all()):
+            break
+        keep = (~done).nonzero().squeeze(1)  # (N',) sentences that go on
+        rows = parents[keep].view(-1)  # (N'*K,) beam selection and sentence dropping in one index
+        tokens = tokens[rows]
+        tokens[:, t + 1] = next_tokens[keep].view(-1)
+        scores = scores[keep]
+        if cache is not None:
+            cache.reorder(rows)
+        if keep.numel() < n:  # rows of one sentence share memory/mask: reindex only when sentences leave
+            sentence_rows = ((keep * k).unsqueeze(1) + torch.arange(k, device=device)).view(-1)
+            memory, src_mask, active = memory[sentence_rows], src_mask[sentence_rows], active[keep]
+    return finished.hypotheses(n_best)
+
+
+# ----------------------------------------------------------------------------------------- entry points
+def decode_batch(
+    model: Transformer, src: torch.Tensor, cfg: DecodeConfig, *, use_cache: bool = True
+) -> list[list[Hypothesis]]:
+    """Decode (B, S) source ids with the settings of ``cfg``: greedy when ``beam_size == 1``, else beam search.
+
+    Returns:
+        For each sentence, a list of up to ``cfg.n_best`` hypotheses, best first (one for greedy).
+    """
+    if cfg.beam_size == 1:
+        hyps, log_probs = _greedy(
+            model, src, max_len_a=cfg.max_len_a, max_len_b=cfg.max_len_b, min_len=cfg.min_len,
+            no_repeat_ngram_size=cfg.no_repeat_ngram_size, use_cache=use_cache,
+        )
+        return [
+            [Hypothesis(h, lp / gnmt_length_penalty(len(h) + 1, cfg.length_penalty), lp)]
+            for h, lp in zip(hyps, log_probs)
+        ]
+    return beam_search(
+        model, src, beam_size=cfg.beam_size, length_penalty=cfg.length_penalty, max_len_a=cfg.max_len_a,
+        max_len_b=cfg.max_len_b, min_len=cfg.min_len, n_best=cfg.n_best,
+        no_repeat_ngram_size=cfg.no_repeat_ngram_size, use_cache=use_cache,
+    )
+
+
+def encode_sources(
+    tokenizer: Tokenizer, texts: Sequence[str], *, max_src_tokens: int | None
+) -> list[list[int]]:
+    """Source ids (pieces + EOS) of each text; longer than ``max_src_tokens`` is truncated, keeping EOS."""
+    encoded = tokenizer.encode_src(list(texts))
+    ids = [pieces + [EOS_ID] for pieces in encoded]
+    if max_src_tokens is not None:
+        too_long = sum(len(x) > max_src_tokens for x in ids)
+        if too_long:
+            logger.warning(
+                "%d of %d input sentences are longer than %d tokens (EOS included) and were truncated",
+                too_long, len(ids), max_src_tokens,
+            )
+            ids = [x if len(x) <= max_src_tokens else x[: max_src_tokens - 1] + [EOS_ID] for x in ids]
+    return ids
+
+
+def _pad(rows: list[list[int]], device: torch.device | str) -> torch.Tensor:
+    """Right-pad id lists into a (B, S) LongTensor."""
+    width = max(len(r) for r in rows)
+    return torch.tensor([r + [PAD_ID] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
+
+
+@torch.no_grad()
+def decode_texts(
+    model: Transformer,
+    tokenizer: Tokenizer,
+    texts: Sequence[str],
+    cfg: DecodeConfig,
+    *,
+    device: torch.device | str,
+    max_src_tokens: int | None = None,
+    use_cache: bool = True,
+) -> list[list[Hypothesis]]:
+    """n-best hypotheses (token ids) of raw source sentences, in the order of ``texts``.
+
+    Sentences are sorted by length into batches of ``cfg.batch_size``, then put back in order. An empty
+    (or blank) text gets an empty list. The model is put in eval mode for the call and restored after.
+
+    Args:
+        max_src_tokens: truncate longer sources (EOS kept) with a warning; None uses
+            ``model.config.max_positions`` so that no input can crash the positional table or exhaust memory.
+    """
+    if max_src_tokens is None:
+        max_src_tokens = model.config.max_positions
+    if max_src_tokens < 2:
+        raise ValueError(f"max_src_tokens must be at least 2 (one token and EOS), got {max_src_tokens}")
+    results: list[list[Hypothesis]] = [[] for _ in texts]
+    todo = [i for i, text in enumerate(texts) if text.strip()]
+    if not todo:
+        return results
+    ids = encode_sources(tokenizer, [texts[i] for i in todo], max_src_tokens=max_src_tokens)
+    order = sorted(range(len(todo)), key=lambda j: len(ids[j]), reverse=True)  # longest first: memory peaks early
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(order), cfg.batch_size):
+            chunk = order[start : start + cfg.batch_size]
+            src = _pad([ids[j] for j in chunk], device)
+            for j, hyps in zip(chunk, decode_batch(model, src, cfg, use_cache=use_cache)):
+                results[todo[j]] = hyps
+    finally:
+        model.train(was_training)
+    return results
+
+
+def translate_texts(
+    model: Transformer,
+    tokenizer: Tokenizer,
+    texts: Sequence[str],
+    cfg: DecodeConfig,
+    *,
+    device: torch.device | str,
+    max_src_tokens: int | None = None,
+) -> list[str]:
+    """Detokenized best translation of each raw source sentence ("" for an empty one), in input order.
+
+    See ``decode_texts`` for batching and truncation.
+    """
+    nbest = decode_texts(model, tokenizer, texts, cfg, device=device, max_src_tokens=max_src_tokens)
+    best = [hyps[0].tokens if hyps else [] for hyps in nbest]
+    return tokenizer.decode_tgt(best) if best else []
