@@ -20,11 +20,10 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
-
 from transformer.checkpoint import CheckpointError, load_for_inference
 from transformer.config import ConfigError, DataConfig
 from transformer.data import DataError, load_split
+from transformer.distributed import resolve_device
 from transformer.evaluate import corpus_scores, evaluate_model
 
 ROLES = ("train", "valid", "test")
@@ -57,19 +56,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.max_sentences < 0:
         parser.error("--max-sentences must be >= 0")
     return args
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; a CUDA device without CUDA is a user error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but CUDA is not available; use --device cpu")
-    return device
 
 
 def data_settings(saved: DataConfig, args: argparse.Namespace) -> tuple[DataConfig, str]:

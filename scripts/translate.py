@@ -27,6 +27,7 @@ import torch
 from transformer.checkpoint import CheckpointError, load_for_inference
 from transformer.config import ConfigError, DecodeConfig
 from transformer.decoding import decode_texts
+from transformer.distributed import resolve_device
 from transformer.model import Transformer
 from transformer.tokenizer import Tokenizer
 
@@ -44,19 +45,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-src-tokens", type=int, help="truncate longer inputs, with a warning")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
     return parser.parse_args(argv)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; a CUDA device without CUDA is a user error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but CUDA is not available; use --device cpu")
-    return device
 
 
 def decode_settings(saved: DecodeConfig, args: argparse.Namespace) -> DecodeConfig:

@@ -31,9 +31,12 @@ def resolve_device(name: str, *, local_rank: int = 0) -> torch.device:
     """"auto" picks this process's CUDA device when there is one, else the CPU."""
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device={name!r} but no CUDA device is available; use train.device=cpu")
+        raise ValueError(f"device {name!r} asked for, but no CUDA device is available; use cpu")
     return device
 
 
