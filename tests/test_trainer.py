@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
+import types
 from dataclasses import replace
 from pathlib import Path
 
@@ -224,3 +226,26 @@ def test_bf16_autocast_trains_on_cpu(tmp_path, tokenizer):
     after = params(trainer)
     assert all(torch.isfinite(v).all() for v in after.values())
     assert not torch.equal(before["output.weight"], after["output.weight"])
+
+
+def test_metrics_go_to_tensorboard_when_it_is_installed(tmp_path, tokenizer, monkeypatch):
+    scalars = []
+
+    class FakeWriter:
+        def __init__(self, log_dir):
+            self.log_dir = log_dir
+
+        def add_scalar(self, tag, value, step):
+            scalars.append((tag, step))
+
+        def close(self):
+            scalars.append(("closed", -1))
+
+    fake = types.ModuleType("torch.utils.tensorboard")
+    fake.SummaryWriter = FakeWriter
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
+    config = make_config(tmp_path, tokenizer, max_steps=4, log_every=2)
+    make_trainer(config, tokenizer, validation=True).fit()
+    assert ("train/loss", 2) in scalars and ("train/loss", 4) in scalars
+    assert ("valid/loss", 4) in scalars
+    assert scalars[-1] == ("closed", -1)

@@ -99,6 +99,7 @@ class Trainer:
         self.best_score: float | None = None
         self.bad_evals = 0  # validations in a row without improvement (early stopping)
         self._stop_signal: int | None = None
+        self._tensorboard: Any | None = None
 
         wrapped: nn.Module = self.model
         if t.compile:
@@ -115,6 +116,7 @@ class Trainer:
         if self.context.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
+        self._tensorboard = open_tensorboard(self.run_dir / "tensorboard") if self.context.is_main else None
         previous = self._install_signal_handlers()
         progress = tqdm(
             # A bar on a terminal only (disable=None); logs and CI get one logged line per log_every.
@@ -150,6 +152,8 @@ class Trainer:
         finally:
             progress.close()
             self._restore_signal_handlers(previous)
+            if self._tensorboard is not None:
+                self._tensorboard.close()
         return last_metrics
 
     def _micro_batch_groups(self) -> Iterator[list[Batch]]:
@@ -266,10 +270,15 @@ class Trainer:
         return metrics
 
     def _write_metrics(self, record: dict[str, Any]) -> None:
-        if self.context.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+        if not self.context.is_main:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tensorboard is not None:
+            for key, value in record.items():
+                if key not in ("split", "step") and isinstance(value, (int, float)):
+                    self._tensorboard.add_scalar(f"{record['split']}/{key}", value, record["step"])
 
     # ------------------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -341,6 +350,15 @@ class Trainer:
     def _restore_signal_handlers(previous: dict[int, Any]) -> None:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def open_tensorboard(log_dir: Path) -> Any | None:
+    """A TensorBoard ``SummaryWriter`` when the ``tensorboard`` package is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(log_dir))
 
 
 class _Window:
