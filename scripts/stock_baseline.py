@@ -14,8 +14,9 @@ simple tensor way: top-k over beams x vocabulary, finished beams frozen, length 
 the project's decoding rules (PAD/BOS never generated, ``min_len``, EOS forced at
 ``int(a * src_len + b)``) so that both implementations generate the same number of tokens.
 
-``copy_weights_from`` loads a project ``Transformer``'s weights, so both compute the same function up to
-the final LayerNorms that ``nn.Transformer`` always adds (left at identity scale): losses agree closely.
+``copy_weights_from`` loads a project ``Transformer``'s weights, so both compute the same function (for
+post-LN, up to the final LayerNorms that ``nn.Transformer`` always adds, left at their initial identity
+scale): their losses on a batch agree to about 1e-6.
 """
 
 from __future__ import annotations
@@ -93,7 +94,14 @@ class StockTransformer(nn.Module):
 
     @torch.no_grad()
     def copy_weights_from(self, model: Transformer) -> None:
-        """Load the weights of a project ``Transformer`` of the same sizes (Q/K/V stacked into in_proj)."""
+        """Load the weights of a project ``Transformer`` of the same sizes (Q/K/V stacked into in_proj).
+
+        Raises:
+            ValueError: ``model`` has learned positions or an untied output, which this baseline does not.
+        """
+        if model.config.positional != "sinusoidal" or not model.config.tie_output:
+            raise ValueError("the stock baseline has sinusoidal positions and a tied output projection; "
+                             f"this model has positional={model.config.positional!r}, tie_output={model.config.tie_output}")
         self.src_embedding.weight.copy_(model.encoder.embedding.weight)
         self.tgt_embedding.weight.copy_(model.decoder.embedding.weight)
         for ours, stock in zip(model.encoder.layers, self.transformer.encoder.layers):
@@ -106,8 +114,9 @@ class StockTransformer(nn.Module):
             _copy_feed_forward(ours.feed_forward, stock)
             norms = [ours.self_block.norm, ours.cross_block.norm, ours.ff_block.norm]
             _copy_norms(norms, [stock.norm1, stock.norm2, stock.norm3])
-        if not model.config.tie_output:
-            raise ValueError("the stock baseline ties its output projection; copy from a model with tie_output")
+        if model.config.norm_first:  # pre-LN: the stacks' final norms (post-LN keeps nn.Transformer's at identity)
+            _copy_norms([model.encoder.final_norm, model.decoder.final_norm],
+                        [self.transformer.encoder.norm, self.transformer.decoder.norm])
 
 
 def _copy_attention(ours: nn.Module, stock: nn.MultiheadAttention) -> None:

@@ -2,6 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import transformer.loss as loss_module
 from transformer.loss import label_smoothed_nll_loss
 
 PAD = 0
@@ -61,3 +62,29 @@ def test_bf16_logits_are_scored_in_float32():
     loss16, _ = label_smoothed_nll_loss(logits.bfloat16(), target, smoothing=0.1, ignore_index=PAD)
     assert loss16.dtype == torch.float32
     assert loss16.item() == pytest.approx(loss32.item(), rel=2e-2)
+
+
+@pytest.mark.parametrize("chunk_elements", [1 << 20, 24])  # one chunk; several rows per chunk, ragged last
+def test_gradients_match_torch_cross_entropy(monkeypatch, chunk_elements):
+    """The hand-written backward against autograd through F.cross_entropy, for the loss and the NLL."""
+    monkeypatch.setattr(loss_module, "CPU_CHUNK_ELEMENTS", chunk_elements)
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 11, requires_grad=True)
+    target = torch.randint(1, 11, (3, 5))
+    target[0, 3:] = PAD
+    loss, nll = label_smoothed_nll_loss(logits, target, smoothing=0.1, ignore_index=PAD)
+    (loss + 2.0 * nll).backward()
+    ref_logits = logits.detach().clone().requires_grad_()
+    flat, labels = ref_logits.view(-1, 11), target.view(-1)
+    ref = F.cross_entropy(flat, labels, ignore_index=PAD, label_smoothing=0.1, reduction="sum")
+    ref_nll = F.cross_entropy(flat, labels, ignore_index=PAD, reduction="sum")
+    (ref + 2.0 * ref_nll).backward()
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    torch.testing.assert_close(logits.grad, ref_logits.grad)
+
+
+def test_bf16_logits_get_bf16_gradients():
+    logits = torch.randn(2, 3, 9).bfloat16().requires_grad_()
+    loss, _ = label_smoothed_nll_loss(logits, torch.randint(1, 9, (2, 3)), smoothing=0.1, ignore_index=PAD)
+    loss.backward()
+    assert logits.grad.dtype == torch.bfloat16 and torch.isfinite(logits.grad.float()).all()

@@ -14,6 +14,7 @@ from torch import nn
 
 from transformer.attention import MultiHeadAttention
 from transformer.config import ModelConfig
+from transformer.dropout import Dropout
 from transformer.feed_forward import FeedForward
 from transformer.kv_cache import LayerCache
 
@@ -24,7 +25,7 @@ class Residual(nn.Module):
     def __init__(self, d_model: int, *, dropout: float, norm_first: bool, eps: float = 1e-5) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(d_model, eps=eps)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.norm_first = norm_first
 
     def forward(self, x: torch.Tensor, sublayer: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from transformer.config import ModelConfig
+from transformer.dropout import Dropout
 from transformer.embeddings import LearnedPositionalEmbedding, SinusoidalPositionalEncoding, TokenEmbedding
 from transformer.kv_cache import DecoderCache, KVCache, LayerCache
 from transformer.layers import DecoderLayer, EncoderLayer
@@ -25,7 +26,7 @@ class Encoder(nn.Module):
         super().__init__()
         self.embedding = embedding
         self.positional = _positional(config)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.n_encoder_layers))
         self.final_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps) if config.norm_first else nn.Identity()
 
@@ -44,7 +45,7 @@ class Decoder(nn.Module):
         super().__init__()
         self.embedding = embedding
         self.positional = _positional(config)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.n_decoder_layers))
         self.final_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps) if config.norm_first else nn.Identity()
 
