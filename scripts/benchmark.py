@@ -11,14 +11,15 @@ One process measures both implementations on the same batches (the stock baselin
 1. Training, per preset: ``Trainer._update`` (our real hot path) against the stock step (the same Adam,
    schedule, autocast and loss: label-smoothed cross-entropy summed and divided by the update's target
    tokens), after ``--warmup`` steps, over ``--repeats`` interleaved rounds of ``--steps`` batches (best and
-   median reported: other processes may share the machine). Throughput counts non-pad tokens. Batches are
+   median reported, and the share of its threads' CPU time the process got: other processes may share
+   the machine, and a warning says when they did). Throughput counts non-pad tokens. Batches are
    the Multi30k training split through ``ParallelDataset``/``BatchIterator`` (``--max-tokens``), or
    synthetic ones with Multi30k-like lengths when the corpus is absent (said in the output). On the CPU the
    presets bigger than "small" run a third of the steps. Both losses on a fixed batch, with the same
    weights, are printed; every loss must be finite.
-2. Peak training memory, one subprocess per implementation (the same batches): peak RSS
-   (``getrusage``; the RSS before the model is built is reported too) on the CPU,
-   ``torch.cuda.max_memory_allocated`` on CUDA.
+2. Peak training memory, one subprocess per implementation (the same batches): peak RSS on the CPU
+   (VmHWM of /proc/self/status on Linux, else ``getrusage``; the peak before the model is built, mostly
+   torch itself, is reported too), ``torch.cuda.max_memory_allocated`` on CUDA.
 3. On CUDA, achieved TFLOP/s and MFU against ``--peak-tflops`` (detected for A100/H100/H200). Training
    FLOPs per step, with S and T the padded source/target token counts of the batch, s and t the padded
    lengths, d = d_model, f = d_ff, V the target vocabulary, L_e/L_d the layer counts:
@@ -43,8 +44,8 @@ unusable arguments or data. ``--json PATH`` writes every figure with the machine
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -143,13 +144,18 @@ def training_data(args: argparse.Namespace, device: torch.device) -> tuple[Token
 
 
 def synthetic_corpus(seed: int, n: int = 29000) -> tuple[list[str], list[str]]:
-    """Random sentences over a 5,000-word lexicon; word counts as in Multi30k (mean about 12, up to 40)."""
+    """Random sentence pairs over a 5,000-word lexicon, word counts as in Multi30k: a source of about 12
+    words (3 to 40), a target of about the same length (within about 15%)."""
     rng = np.random.default_rng(seed)
     lexicon = ["".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), rng.integers(2, 9))) for _ in range(5000)]
-    lengths = np.clip(rng.lognormal(2.45, 0.35, size=(n, 2)), 3, 40).astype(int)
-    def sentence(k: int) -> str:
-        return " ".join(lexicon[i] for i in rng.zipf(1.3, size=k) % len(lexicon))
-    return [sentence(a) for a, _ in lengths], [sentence(b) for _, b in lengths]
+    src_len = rng.lognormal(2.45, 0.35, size=n)
+    tgt_len = src_len * rng.lognormal(0.0, 0.15, size=n)
+
+    def sentence(k: float) -> str:
+        words = rng.zipf(1.3, size=int(np.clip(k, 3, 40))) % len(lexicon)
+        return " ".join(lexicon[i] for i in words)
+
+    return [sentence(k) for k in src_len], [sentence(k) for k in tgt_len]
 
 
 # -------------------------------------------------------------------------------------------- models
@@ -215,26 +221,31 @@ def synchronize(device: torch.device) -> None:
 def time_training(
     steps: dict[str, Callable[[Batch], torch.Tensor]], warm: list[Batch], timed: list[Batch], repeats: int,
     device: torch.device,
-) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Seconds per round of ``timed`` batches for each implementation, rounds interleaved; and the losses."""
+) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, list[float]]]:
+    """For each implementation, rounds interleaved: wall seconds per round of ``timed`` batches, the share of
+    the threads' time this process got (below about 0.8 on the CPU: other processes took some), the losses."""
     losses: dict[str, list[float]] = {name: [] for name in steps}
     for name, step in steps.items():
         for batch in warm:
             losses[name].append(step(batch).item() / batch.n_tgt_tokens)
     seconds: dict[str, list[float]] = {name: [] for name in steps}
+    cpu_share: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(repeats):
         for name, step in steps.items():
             synchronize(device)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             round_losses = [step(batch) for batch in timed]
             synchronize(device)
             seconds[name].append(time.perf_counter() - start)
+            cpu_share[name].append((time.process_time() - cpu_start) / seconds[name][-1] / torch.get_num_threads())
             losses[name].extend(loss.item() / b.n_tgt_tokens for loss, b in zip(round_losses, timed))
-    return seconds, losses
+    return seconds, cpu_share, losses
 
 
 @torch.no_grad()
-def fixed_batch_losses(ours: Transformer, stock: StockTransformer, batch: Batch, device: torch.device) -> dict[str, float]:
+def fixed_batch_losses(
+    ours: Transformer, stock: StockTransformer, batch: Batch, device: torch.device
+) -> dict[str, float]:
     """Per-token label-smoothed losses (smoothing 0.1) of both models on one batch, in eval mode."""
     batch = batch.to(device)
     ours.eval()
@@ -296,7 +307,7 @@ def benchmark_training(
     }
     with tempfile.TemporaryDirectory() as run_dir:
         cfg = train_config(args.precision, run_dir)
-        seconds, losses = time_training(
+        seconds, cpu_share, losses = time_training(
             training_steps(ours, stock, cfg, tokenizer, batches, device), warm, timed, args.repeats, device
         )
     n_tgt = sum(b.n_tgt_tokens for b in timed)
@@ -307,6 +318,7 @@ def benchmark_training(
         best, median = min(seconds[name]), statistics.median(seconds[name])
         row = {
             "seconds_per_round": [round(x, 4) for x in seconds[name]],
+            "cpu_share_per_round": [round(x, 3) for x in cpu_share[name]],
             "tgt_tokens_per_s_best": n_tgt / best, "tgt_tokens_per_s_median": n_tgt / median,
             "tokens_per_s_best": n_all / best, "tokens_per_s_median": n_all / median,
             "losses_finite": all(math.isfinite(x) for x in losses[name]),
@@ -318,12 +330,15 @@ def benchmark_training(
         result[name] = row
     result["peak_tflops"], result["peak_tflops_source"] = peak, peak_source
     result["ratio_tgt_tokens_per_s"] = {
-        k: result["ours"][f"tgt_tokens_per_s_{k}"] / result["stock"][f"tgt_tokens_per_s_{k}"] for k in ("best", "median")
+        k: result["ours"][f"tgt_tokens_per_s_{k}"] / result["stock"][f"tgt_tokens_per_s_{k}"]
+        for k in ("best", "median")
     }
     ok = result["ours"]["losses_finite"] and result["stock"]["losses_finite"]
     ok &= all(math.isfinite(v) for v in result["fixed_batch_loss"].values())
     if not args.no_memory:
-        result["memory"] = {name: memory_in_subprocess(args, name, config, chosen, device) for name in ("ours", "stock")}
+        result["memory"] = {
+            name: memory_in_subprocess(args, name, config, chosen, device) for name in ("ours", "stock")
+        }
         result["memory"]["ratio_peak"] = result["memory"]["ours"]["peak_mib"] / result["memory"]["stock"]["peak_mib"]
     del ours, stock
     return result, ok
@@ -374,7 +389,8 @@ def memory_probe(path: Path) -> int:
         if spec["which"] == "ours":
             # Before fit() the Trainer reads only len() of its batches: the list will do.
             model = Transformer(config).to(device)
-            trainer = Trainer(cfg, model, None, batches, context=DistributedContext(device=device))  # type: ignore[arg-type]
+            context = DistributedContext(device=device)
+            trainer = Trainer(cfg, model, None, batches, context=context)  # type: ignore[arg-type]
             step = lambda b: trainer._update([b])[0]  # noqa: E731
         else:
             step = StockTrainer(StockTransformer(config).to(device), cfg, device).step
@@ -422,8 +438,30 @@ def timed_decode(fn: Callable[[torch.Tensor], list[list[int]]], batches: list[to
     return outputs, time.perf_counter() - start
 
 
-def benchmark_decoding(args: argparse.Namespace, tokenizer: Tokenizer | None, device: torch.device) -> tuple[dict[str, Any], bool]:
-    data_cfg = DataConfig(data_dir=args.data_dir, src_lang=args.src_lang, tgt_lang=args.tgt_lang, test_split=args.test_split)
+def decoders(
+    model: Transformer, stock: StockTransformer, cfg: DecodeConfig
+) -> dict[str, Callable[[torch.Tensor], list[list[int]]]]:
+    """The three decoders compared, (B, S) source -> best token lists: greedy when ``cfg.beam_size`` is 1."""
+    lengths = dict(max_len_a=cfg.max_len_a, max_len_b=cfg.max_len_b, min_len=cfg.min_len)
+
+    def ours(use_cache: bool) -> Callable[[torch.Tensor], list[list[int]]]:
+        return lambda src: [h[0].tokens for h in decode_batch(model, src, cfg, use_cache=use_cache)]
+
+    if cfg.beam_size == 1:
+        theirs = functools.partial(stock_greedy, stock, **lengths)
+    else:
+        theirs = functools.partial(
+            stock_beam_search, stock, beam_size=cfg.beam_size, length_penalty=cfg.length_penalty, **lengths
+        )
+    return {"ours_cached": ours(True), "ours_uncached": ours(False), "stock_uncached": theirs}
+
+
+def benchmark_decoding(
+    args: argparse.Namespace, tokenizer: Tokenizer | None, device: torch.device
+) -> tuple[dict[str, Any], bool]:
+    """Greedy and beam decoding speed: ours with the cache, ours without, the stock decoders; and the checks."""
+    data_cfg = DataConfig(data_dir=args.data_dir, src_lang=args.src_lang, tgt_lang=args.tgt_lang,
+                          test_split=args.test_split)
     src_texts, _ = load_split(data_cfg, "test")
     src_texts = [s for s in src_texts if s.strip()]
     if args.decode_sentences:
@@ -434,39 +472,34 @@ def benchmark_decoding(args: argparse.Namespace, tokenizer: Tokenizer | None, de
     stock.copy_weights_from(model)
     batches = source_batches(tokenizer, src_texts, args.decode_batch_size, device)
     n = len(src_texts)
-    result: dict[str, Any] = {"model": what, "sentences": n, "split": args.test_split, "batch_size": args.decode_batch_size,
-                              "max_len": f"{base.max_len_a} * src_len + {base.max_len_b}",
-                              "length_penalty": base.length_penalty, "parameters": count_parameters(model)}
+    result: dict[str, Any] = {
+        "model": what, "sentences": n, "split": args.test_split, "batch_size": args.decode_batch_size,
+        "max_len": f"{base.max_len_a} * src_len + {base.max_len_b}", "length_penalty": base.length_penalty,
+        "parameters": count_parameters(model),
+    }
     print(f"\ndecoding {n} sentences of {args.test_split} with an {what}; {count_parameters(model):,} parameters, "
           f"batches of {args.decode_batch_size}, max length {result['max_len']}")
     identical = True
     for name, k in (("greedy", 1), (f"beam{args.beam_size}", args.beam_size)):
-        cfg = dataclasses.replace(base, beam_size=k)
-        ours = lambda src, cache: [h[0].tokens for h in decode_batch(model, src, cfg, use_cache=cache)]  # noqa: E731
-        if k == 1:
-            theirs = lambda src: stock_greedy(stock, src, max_len_a=cfg.max_len_a, max_len_b=cfg.max_len_b, min_len=cfg.min_len)  # noqa: E731
-        else:
-            theirs = lambda src: stock_beam_search(  # noqa: E731
-                stock, src, beam_size=k, length_penalty=cfg.length_penalty, max_len_a=cfg.max_len_a,
-                max_len_b=cfg.max_len_b, min_len=cfg.min_len)
-        timed_decode(lambda src: ours(src, True), batches[-1:], device)  # warm-up on the shortest batch
-        runs = [timed_decode(lambda src: ours(src, True), batches, device) for _ in range(args.repeats)]
-        cached = runs[0][0]
-        uncached, uncached_s = timed_decode(lambda src: ours(src, False), batches, device)
-        stock_out, stock_s = timed_decode(theirs, batches, device)
-        rows = {"ours_cached": (cached, [s for _, s in runs]), "ours_uncached": (uncached, [uncached_s]),
-                "stock_uncached": (stock_out, [stock_s])}
+        fns = decoders(model, stock, dataclasses.replace(base, beam_size=k))
+        timed_decode(fns["ours_cached"], batches[-1:], device)  # warm-up on the shortest batch
+        runs = {label: [timed_decode(fn, batches, device) for _ in range(args.repeats if label == "ours_cached" else 1)]
+                for label, fn in fns.items()}  # the uncached decoders are slow: one run each
         setting: dict[str, Any] = {}
-        for label, (outputs, seconds) in rows.items():
-            tokens = sum(len(t) + 1 for t in outputs)  # + EOS
+        for label, label_runs in runs.items():
+            seconds = [s for _, s in label_runs]
+            tokens = sum(len(t) + 1 for t in label_runs[0][0])  # + EOS
             best, median = min(seconds), statistics.median(seconds)
             setting[label] = {"seconds": [round(s, 3) for s in seconds], "sentences_per_s_best": n / best,
                               "sentences_per_s_median": n / median, "tokens_per_s_best": tokens / best,
                               "tokens_per_s_median": tokens / median, "mean_output_tokens": tokens / n}
-        same = sum(a == b for a, b in zip(cached, uncached))
+        ours_out, uncached_out, stock_out = (runs[label][0][0] for label in fns)
+        same = sum(a == b for a, b in zip(ours_out, uncached_out))
         setting["cached_equals_uncached"] = same == n
-        setting["agreement_with_stock"] = sum(a == b for a, b in zip(cached, stock_out)) / n
-        setting["ratio_vs_stock_median"] = setting["ours_cached"]["sentences_per_s_median"] / setting["stock_uncached"]["sentences_per_s_median"]
+        setting["agreement_with_stock"] = sum(a == b for a, b in zip(ours_out, stock_out)) / n
+        setting["ratio_vs_stock_median"] = (
+            setting["ours_cached"]["sentences_per_s_median"] / setting["stock_uncached"]["sentences_per_s_median"]
+        )
         identical &= same == n
         result[name] = setting
         print_decoding(name, setting, n - same)
@@ -484,8 +517,12 @@ def print_training(preset: str, r: dict[str, Any], device: torch.device) -> None
         if "tflops_best" in row:
             mfu = f", MFU {row['mfu_best']:.1%}" if row["mfu_best"] else ""
             extra = f", {row['tflops_best']:.1f} TFLOP/s{mfu}"
-        print(f"  {name:>5}: {row['tgt_tokens_per_s_best']:8.0f} tgt tok/s best, {row['tgt_tokens_per_s_median']:8.0f} median; "
+        print(f"  {name:>5}: {row['tgt_tokens_per_s_best']:8.0f} tgt tok/s best, "
+              f"{row['tgt_tokens_per_s_median']:8.0f} median; "
               f"{row['tokens_per_s_best']:8.0f} src+tgt tok/s best{extra}")
+    if device.type == "cpu" and min(min(r[name]["cpu_share_per_round"]) for name in ("ours", "stock")) < 0.8:
+        print("  WARNING: this process got under 80% of its threads' time in some rounds: other processes "
+              "were using the CPU, so these figures are noisy (see cpu_share_per_round)")
     ratio = r["ratio_tgt_tokens_per_s"]
     print(f"  ours/stock: {ratio['best']:.2f}x (best), {ratio['median']:.2f}x (median)")
     loss = r["fixed_batch_loss"]
@@ -524,8 +561,8 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 
     info = {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "device": str(device), "python": platform.python_version(),
-            "versions": {"torch": torch.__version__, "numpy": np.__version__, "sentencepiece": sentencepiece.__version__,
-                         "sacrebleu": sacrebleu.__version__}}
+            "versions": {"torch": torch.__version__, "numpy": np.__version__,
+                         "sentencepiece": sentencepiece.__version__, "sacrebleu": sacrebleu.__version__}}
     info["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     try:
         info["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -540,6 +577,7 @@ def main(argv: list[str] | None = None) -> int:
     # The stock tutorial recipe (float causal mask, boolean padding masks) makes torch warn; say it once here.
     warnings.filterwarnings("ignore", message="Support for mismatched key_padding_mask and attn_mask")
     warnings.filterwarnings("ignore", message="The PyTorch API of nested tensors is in prototype stage")
+    warnings.filterwarnings("ignore", message="enable_nested_tensor is True, but self.use_nested_tensor is False")
     if args.memory_probe is not None:
         return memory_probe(args.memory_probe)
     if args.threads:
@@ -568,7 +606,8 @@ def main(argv: list[str] | None = None) -> int:
                 ok &= good
         if not args.no_decode:
             try:
-                report["decoding"], good = benchmark_decoding(args, tokenizer if args.checkpoint is None else None, device)
+                vocabulary = tokenizer if args.checkpoint is None else None  # a checkpoint brings its own
+                report["decoding"], good = benchmark_decoding(args, vocabulary, device)
                 ok &= good
             except DataError as err:
                 print(f"\ndecoding skipped: {err}")

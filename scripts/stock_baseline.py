@@ -51,7 +51,9 @@ class StockTransformer(nn.Module):
         self.config = c
         self.src_embedding = nn.Embedding(c.src_vocab_size, c.d_model, padding_idx=c.pad_id)
         share = c.share_embeddings
-        self.tgt_embedding = self.src_embedding if share else nn.Embedding(c.tgt_vocab_size, c.d_model, padding_idx=c.pad_id)
+        self.tgt_embedding = (
+            self.src_embedding if share else nn.Embedding(c.tgt_vocab_size, c.d_model, padding_idx=c.pad_id)
+        )
         self.register_buffer("positions", sinusoidal_positions(max_len, c.d_model), persistent=False)
         self.dropout = nn.Dropout(c.dropout)
         self.transformer = nn.Transformer(
@@ -100,8 +102,10 @@ class StockTransformer(nn.Module):
             ValueError: ``model`` has learned positions or an untied output, which this baseline does not.
         """
         if model.config.positional != "sinusoidal" or not model.config.tie_output:
-            raise ValueError("the stock baseline has sinusoidal positions and a tied output projection; "
-                             f"this model has positional={model.config.positional!r}, tie_output={model.config.tie_output}")
+            raise ValueError(
+                "the stock baseline has sinusoidal positions and a tied output projection; this model has "
+                f"positional={model.config.positional!r}, tie_output={model.config.tie_output}"
+            )
         self.src_embedding.weight.copy_(model.encoder.embedding.weight)
         self.tgt_embedding.weight.copy_(model.decoder.embedding.weight)
         for ours, stock in zip(model.encoder.layers, self.transformer.encoder.layers):

@@ -57,6 +57,7 @@ def test_tiny_run_writes_every_figure_and_passes_its_checks(tmp_path):
             assert decoding[setting][row]["mean_output_tokens"] >= 1
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # nn.Transformer's own warnings about its masks and fast path
 @pytest.mark.parametrize("norm_first", [False, True])
 def test_stock_baseline_with_our_weights_computes_the_same_function(norm_first):
     config = ModelConfig.preset("tiny", src_vocab_size=23, tgt_vocab_size=23, norm_first=norm_first)
