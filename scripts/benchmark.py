@@ -110,6 +110,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-train", action="store_true", help="skip training and memory")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     parser.add_argument("--no-decode", action="store_true", help="skip decoding")
+    parser.add_argument("--compile", action="store_true", help="torch.compile both models for training")
+    parser.add_argument("--profile", type=Path, help="write a torch.profiler table of our training step here")
     parser.add_argument("--peak-tflops", type=float, help="the accelerator's dense peak for --precision")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write all figures here")
@@ -173,8 +175,8 @@ def build_pair(config: ModelConfig, seed: int, device: torch.device) -> tuple[Tr
     return ours.to(device), stock.to(device)
 
 
-def train_config(precision: str, run_dir: str) -> Config:
-    train = TrainConfig(run_dir=run_dir, precision=precision, max_steps=10**6, warmup_steps=4000)
+def train_config(precision: str, run_dir: str, compile: bool = False) -> Config:
+    train = TrainConfig(run_dir=run_dir, precision=precision, max_steps=10**6, warmup_steps=4000, compile=compile)
     return Config(train=train)
 
 
@@ -188,11 +190,12 @@ class StockTrainer:
         self.scheduler = build_scheduler(self.optimizer, t, d_model=model.config.d_model, total_steps=t.max_steps)
         self.scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
         self.autocast = autocast_context(t.precision, device)
+        self.forward = torch.compile(model) if t.compile else model  # the same treatment as the Trainer's
 
     def step(self, batch: Batch) -> torch.Tensor:
         batch = batch.to(self.device, non_blocking=True)
         with self.autocast:  # the AMP recipe: forward and loss under autocast
-            logits = self.model(batch.src, batch.tgt_in)
+            logits = self.forward(batch.src, batch.tgt_in)
             loss = F.cross_entropy(logits.flatten(0, 1), batch.tgt_out.flatten(), ignore_index=PAD_ID,
                                    label_smoothing=self.smoothing, reduction="sum")
         self.scaler.scale(loss / max(1, batch.n_tgt_tokens)).backward()
@@ -240,6 +243,21 @@ def time_training(
             cpu_share[name].append((time.process_time() - cpu_start) / seconds[name][-1] / torch.get_num_threads())
             losses[name].extend(loss.item() / b.n_tgt_tokens for loss, b in zip(round_losses, timed))
     return seconds, cpu_share, losses
+
+
+def profile_training(step: Callable[[Batch], torch.Tensor], batches: list[Batch], device: torch.device,
+                     path: Path) -> None:
+    """Where a training step's time goes: the operators of a few steps, sorted by device (else CPU) time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for batch in batches:
+            step(batch)
+        synchronize(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    path.write_text(prof.key_averages().table(sort_by=key, row_limit=30) + "\n", encoding="utf-8")
+    print(f"profile of {len(batches)} steps written to {path}")
 
 
 @torch.no_grad()
@@ -306,10 +324,11 @@ def benchmark_training(
         "fixed_batch_loss": fixed_batch_losses(ours, stock, chosen[0], device),
     }
     with tempfile.TemporaryDirectory() as run_dir:
-        cfg = train_config(args.precision, run_dir)
-        seconds, cpu_share, losses = time_training(
-            training_steps(ours, stock, cfg, tokenizer, batches, device), warm, timed, args.repeats, device
-        )
+        cfg = train_config(args.precision, run_dir, args.compile)
+        steps_of = training_steps(ours, stock, cfg, tokenizer, batches, device)
+        seconds, cpu_share, losses = time_training(steps_of, warm, timed, args.repeats, device)
+        if args.profile is not None:
+            profile_training(steps_of["ours"], timed[:5], device, args.profile.with_name(f"{args.profile.stem}_{preset}.txt"))
     n_tgt = sum(b.n_tgt_tokens for b in timed)
     n_all = n_tgt + sum(b.n_src_tokens for b in timed)
     flops = sum(training_flops(config, b) for b in timed)

@@ -250,3 +250,9 @@ def test_base_yaml_is_the_papers_setup() -> None:
     assert t.lr == 1.0  # noam's scale factor: the paper's Equation (3) unscaled
     assert t.betas == (0.9, 0.98) and t.eps == pytest.approx(1e-9)
     assert t.label_smoothing == pytest.approx(0.1) and t.precision == "bf16"
+
+
+@pytest.mark.parametrize("key", ["max_minutes", "threads"])
+def test_negative_time_budget_or_thread_count_is_rejected(key):
+    with pytest.raises(ConfigError, match=key):
+        TrainConfig(**{key: -1})

@@ -47,8 +47,14 @@ class FakeCache:
         self.sentence = sentence  # (R,)
         self.prefix = torch.zeros(sentence.size(0), 0, dtype=torch.long)
 
-    def reorder(self, index: torch.Tensor) -> None:
-        self.sentence, self.prefix = self.sentence[index], self.prefix[index]
+    def reorder(self, index: torch.Tensor, cross_index: torch.Tensor | None = None) -> None:
+        cross_index = index if cross_index is None else cross_index
+        assert torch.equal(self.sentence[index], self.sentence[cross_index]), "beams moved across sentences"
+        self.sentence, self.prefix = self.sentence[cross_index], self.prefix[index]
+
+    def reorder_self(self, index: torch.Tensor) -> None:
+        assert torch.equal(self.sentence[index], self.sentence), "beams moved across sentences"
+        self.prefix = self.prefix[index]
 
 
 class FakeModel(nn.Module):

@@ -86,15 +86,19 @@ def test_from_tensors_is_full() -> None:
         cache.append(*step())
 
 
-def test_decoder_cache_reorders_every_layer() -> None:
+def two_layer_cache() -> DecoderCache:
     layers = []
     for _ in range(2):
         self_cache = KVCache(B, H, DH, max_len=4)
         self_cache.append(*step(t=3))
         layers.append(LayerCache(self_attn=self_cache, cross_attn=KVCache.from_tensors(*step(t=5))))
-    cache = DecoderCache(layers)
+    return DecoderCache(layers)
+
+
+def test_decoder_cache_reorders_every_layer() -> None:
+    cache = two_layer_cache()
     assert cache.length == 3
-    before = [(layer.self_attn.keys_values(), layer.cross_attn.keys_values()) for layer in layers]
+    before = [(layer.self_attn.keys_values(), layer.cross_attn.keys_values()) for layer in cache.layers]
     index = torch.tensor([1, 0])
     cache.reorder(index)
     assert cache.length == 3
@@ -103,6 +107,32 @@ def test_decoder_cache_reorders_every_layer() -> None:
         torch.testing.assert_close(layer.self_attn.keys_values()[1], sv[index])
         torch.testing.assert_close(layer.cross_attn.keys_values()[0], ck[index])
         torch.testing.assert_close(layer.cross_attn.keys_values()[1], cv[index])
+
+
+def test_beam_reorders_keep_cross_attention_apart() -> None:
+    # Beams permuted within their sentences: only self-attention moves; cross keys/values stay put.
+    cache = two_layer_cache()
+    before = [(layer.self_attn.keys_values()[0], layer.cross_attn.keys_values()[0]) for layer in cache.layers]
+    cache.reorder_self(torch.tensor([2, 2, 0]))
+    for layer, (sk, ck) in zip(cache.layers, before):
+        assert torch.equal(layer.self_attn.keys_values()[0], sk[[2, 2, 0]])
+        assert layer.cross_attn.keys_values()[0] is ck or torch.equal(layer.cross_attn.keys_values()[0], ck)
+    # A sentence leaves: each side gets its own index.
+    cache.reorder(torch.tensor([1]), cross_index=torch.tensor([0]))
+    for layer, (sk, ck) in zip(cache.layers, before):
+        assert torch.equal(layer.self_attn.keys_values()[0], sk[[2]])
+        assert torch.equal(layer.cross_attn.keys_values()[0], ck[[0]])
+
+
+def test_reorder_copies_only_filled_positions_and_appending_continues() -> None:
+    cache = KVCache(B, H, DH, max_len=8)
+    k1, v1 = step(t=2)
+    cache.append(k1, v1)
+    cache.reorder(torch.tensor([1, 0]))
+    assert cache.max_len == 8 and cache.k.shape == (2, H, 8, DH)  # room left for the rest of the decoding
+    k2, v2 = step(batch=2, t=6)
+    k, v = cache.append(k2, v2)
+    assert torch.equal(k, torch.cat([k1[[1, 0]], k2], dim=2)) and torch.equal(v, torch.cat([v1[[1, 0]], v2], dim=2))
 
 
 def test_empty_decoder_cache_has_length_zero() -> None:

@@ -167,6 +167,32 @@ def test_validation_keeps_best_checkpoint_and_early_stopping_stops(tmp_path, tok
     assert [r["loss"] for r in records if r["split"] == "valid"] == [3.0, 2.0, 2.5, 2.6]
 
 
+def fake_clock(trainer: Trainer, seconds_per_tick: float) -> None:
+    """Each tick of the run's wall clock (after an update, after a validation) advances it by a fixed amount."""
+    trainer._tick = lambda: setattr(trainer, "elapsed", trainer.elapsed + seconds_per_tick)
+
+
+def test_max_minutes_stops_after_a_final_validation_and_the_clock_survives_resume(tmp_path, tokenizer, monkeypatch):
+    config = make_config(tmp_path, tokenizer, max_steps=50, eval_every=100, max_minutes=1.0)
+    trainer = make_trainer(config, tokenizer, validation=True)
+    monkeypatch.setattr(trainer, "validate", lambda: {"loss": 1.0})
+    fake_clock(trainer, 20.0)
+    trainer.fit()  # 20, 40, 60 s after updates 1-3: the budget is spent, validate (80 s) and stop
+    assert trainer.step == 3
+    run_dir = Path(config.train.run_dir)
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["time"]) for r in records if r["split"] == "valid"] == [(3, 80.0)]
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["elapsed"] == 80.0
+
+    longer = replace(config, train=replace(config.train, max_minutes=2.0))
+    resumed = make_trainer(longer, tokenizer, validation=True)
+    monkeypatch.setattr(resumed, "validate", lambda: {"loss": 1.0})
+    resumed.resume()
+    fake_clock(resumed, 20.0)
+    resumed.fit()  # 100, 120 s after updates 4-5
+    assert resumed.step == 5
+
+
 def test_validation_computes_loss_and_bleu(tmp_path, tokenizer):
     config = make_config(tmp_path, tokenizer, eval_bleu=True)
     trainer = make_trainer(config, tokenizer, validation=True)

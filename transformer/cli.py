@@ -77,6 +77,8 @@ def train_main(argv: list[str] | None = None) -> int:
     context = None
     try:
         config = load_config(args.config, overrides)
+        if config.train.threads > 0:
+            torch.set_num_threads(config.train.threads)
         context = setup(config.train.device)
         torch.manual_seed(config.train.seed + context.rank)
         random.seed(config.train.seed + context.rank)

@@ -189,6 +189,7 @@ class TrainConfig:
     warmup_steps: int = 4000
     max_steps: int = 0  # 0: limited by max_epochs only
     max_epochs: int = 10
+    max_minutes: float = 0.0  # wall-clock budget of training (validation included); 0: no limit
     min_lr: float = 0.0  # floor of the cosine schedule
     label_smoothing: float = 0.1
     grad_accum_steps: int = 1
@@ -202,6 +203,7 @@ class TrainConfig:
     keep_last: int = 5  # step checkpoints kept besides last.pt and best.pt
     save_every: int = 0  # steps between step checkpoints; 0: at each validation
     compile: bool = False
+    threads: int = 0  # torch.set_num_threads for CPU work; 0: torch's default
 
     def __post_init__(self) -> None:
         _check_choice("train.precision", self.precision, ("fp32", "bf16", "fp16"))
@@ -217,6 +219,8 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.max_steps <= 0 and self.max_epochs <= 0:
             raise ConfigError("set train.max_steps or train.max_epochs to a positive number")
+        if self.max_minutes < 0 or self.threads < 0:
+            raise ConfigError("train.max_minutes and train.threads must be >= 0")
 
 
 @dataclass

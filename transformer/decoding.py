@@ -116,9 +116,14 @@ def _constrain(
         seen = (windows[:, :, :-1] == generated[:, step - n + 1 :].unsqueeze(1)).all(-1)  # (R, W) same n-1 prefix
         banned = torch.zeros_like(lprobs).scatter_add_(1, windows[:, :, -1], seen.to(lprobs.dtype))
         lprobs.masked_fill_(banned > 0, NEG_INF)
-    force_eos = (step >= max_lens) | torch.isinf(lprobs).all(-1)  # (R,)
-    lprobs.masked_fill_(force_eos.unsqueeze(1), NEG_INF)
-    lprobs[:, EOS_ID] = torch.where(force_eos, eos, lprobs[:, EOS_ID])
+    force_eos = step >= max_lens  # (R,)
+    if step < min_len or (n > 0 and step >= n):
+        # Only these bans can leave a row with nothing allowed (log-softmax of finite logits is finite,
+        # and PAD/BOS alone never cover the vocabulary): skip the full pass over (R, V) otherwise.
+        force_eos = force_eos | torch.isinf(lprobs).all(-1)
+    if bool(force_eos.any()):  # rare: skips two full passes over (R, V) on most steps
+        lprobs.masked_fill_(force_eos.unsqueeze(1), NEG_INF)
+        lprobs[:, EOS_ID] = torch.where(force_eos, eos, lprobs[:, EOS_ID])
     return lprobs
 
 
@@ -333,11 +338,13 @@ def beam_search(
         tokens = tokens[rows]
         tokens[:, t + 1] = next_tokens[keep].view(-1)
         scores = scores[keep]
-        if cache is not None:
-            cache.reorder(rows)
         if keep.numel() < n:  # rows of one sentence share memory/mask: reindex only when sentences leave
             sentence_rows = ((keep * k).unsqueeze(1) + torch.arange(k, device=device)).view(-1)
             memory, src_mask, active = memory[sentence_rows], src_mask[sentence_rows], active[keep]
+            if cache is not None:
+                cache.reorder(rows, cross_index=sentence_rows)
+        elif cache is not None:
+            cache.reorder_self(rows)
     return finished.hypotheses(n_best)
 
 

@@ -52,7 +52,9 @@ def build_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
     cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    fused = next(model.parameters()).device.type == "cuda"  # one kernel for the whole update on GPU
+    # The fused update is one pass over all parameters: one kernel on GPU, about 4x faster than the
+    # per-tensor loop on CPU. Other devices keep the default implementation.
+    fused = next(model.parameters()).device.type in ("cuda", "cpu")
     return cls(groups, lr=t.lr, betas=t.betas, eps=t.eps, fused=fused)
 
 
@@ -99,6 +101,9 @@ class Trainer:
         self.best_score: float | None = None
         self.bad_evals = 0  # validations in a row without improvement (early stopping)
         self._stop_signal: int | None = None
+        self.elapsed = 0.0  # seconds spent in fit(), carried across resumes for train.max_minutes
+        self._fit_start = time.perf_counter()
+        self._elapsed_at_start = 0.0
         self._tensorboard: Any | None = None
 
         wrapped: nn.Module = self.model
@@ -125,6 +130,7 @@ class Trainer:
         )
         window = _Window(self.device)
         last_metrics: dict[str, Any] = {}
+        self._fit_start, self._elapsed_at_start = time.perf_counter(), self.elapsed
         try:
             self.train_model.train()
             # Checked before the iterator is touched: a finished or resumed-at-the-end run consumes no batch.
@@ -134,14 +140,17 @@ class Trainer:
                 window.add(loss_sum, nll_sum, sum(b.n_tgt_tokens for b in group), sum(b.n_src_tokens for b in group))
                 self.step += 1
                 progress.update(1)
+                self._tick()
                 if self.step % t.log_every == 0:
                     last_metrics = self._log(window.flush(), progress)
                 end_of_epoch = self.train_batches.state_dict()["position"] >= len(self.train_batches)
                 due = (t.eval_every > 0 and self.step % t.eval_every == 0) or (t.eval_every == 0 and end_of_epoch)
-                stop = self.step >= self.total_steps or self._stop_signal is not None
-                if due or self.step >= self.total_steps:
+                finished = self.step >= self.total_steps or self._out_of_time()
+                stop = finished or self._stop_signal is not None  # a signal saves last.pt below, unvalidated
+                if due or finished:
                     last_metrics = self._validate_and_save()
-                    stop = stop or (t.patience > 0 and self.bad_evals >= t.patience)
+                    # Validation time counts: a budget it used up ends the run here, not one update later.
+                    stop = stop or self._out_of_time() or (t.patience > 0 and self.bad_evals >= t.patience)
                 elif t.save_every > 0 and self.step % t.save_every == 0:
                     self._save_step_checkpoint()
                 if stop:
@@ -155,6 +164,14 @@ class Trainer:
             if self._tensorboard is not None:
                 self._tensorboard.close()
         return last_metrics
+
+    def _tick(self) -> None:
+        """Advance the wall clock of the run (a host timer; no device sync)."""
+        self.elapsed = self._elapsed_at_start + time.perf_counter() - self._fit_start
+
+    def _out_of_time(self) -> bool:
+        limit = self.config.train.max_minutes
+        return limit > 0 and self.elapsed >= 60.0 * limit
 
     def _micro_batch_groups(self) -> Iterator[list[Batch]]:
         """Groups of ``grad_accum_steps`` batches; an update never spans two epochs."""
@@ -201,7 +218,7 @@ class Trainer:
 
     # -------------------------------------------------------------------------------- logging, validation
     def _log(self, stats: dict[str, float], progress: tqdm) -> dict[str, Any]:
-        metrics = {"step": self.step, "epoch": self.train_batches.epoch, "lr": self.scheduler.get_last_lr()[0], **stats}
+        metrics = {"step": self.step, "epoch": self.train_batches.epoch, "time": round(self.elapsed, 1), "lr": self.scheduler.get_last_lr()[0], **stats}
         progress.set_postfix(loss=f"{stats['loss']:.3f}", lr=f"{metrics['lr']:.2e}", tok_s=f"{stats['tgt_tokens_per_s']:.0f}")
         self._write_metrics({"split": "train", **metrics})
         if progress.disable and self.context.is_main:
@@ -262,7 +279,9 @@ class Trainer:
                 self.bad_evals += 1
             shown = {k: round(v, 4) for k, v in metrics.items()}
             logger.info("step %d validation %s%s", self.step, shown, " (best)" if improved else "")
-            self._write_metrics({"split": "valid", "step": self.step, "epoch": self.train_batches.epoch, **metrics})
+            self._tick()  # validation time counts towards the budget and the record
+            record = {"split": "valid", "step": self.step, "epoch": self.train_batches.epoch, "time": round(self.elapsed, 1)}
+            self._write_metrics({**record, **metrics})
         if self.context.is_main:
             self._save_step_checkpoint()
             if improved:
@@ -295,6 +314,7 @@ class Trainer:
             "tokenizer": self.tokenizer.to_state(),
             "best_score": self.best_score,
             "bad_evals": self.bad_evals,
+            "elapsed": self.elapsed,
         }
 
     def load_state_dict(self, state: dict[str, Any], *, where: str = "checkpoint") -> None:
@@ -306,6 +326,7 @@ class Trainer:
         self.train_batches.load_state_dict(state["data"])
         self.best_score = state["best_score"]
         self.bad_evals = state["bad_evals"]
+        self.elapsed = state.get("elapsed", 0.0)  # absent from checkpoints written before max_minutes existed
         set_rng_states(state["rng"])
 
     def resume(self, path: str | Path | None = None) -> None:
