@@ -145,7 +145,9 @@ class Trainer:
                     last_metrics = self._log(window.flush(), progress)
                 end_of_epoch = self.train_batches.state_dict()["position"] >= len(self.train_batches)
                 due = (t.eval_every > 0 and self.step % t.eval_every == 0) or (t.eval_every == 0 and end_of_epoch)
-                finished = self.step >= self.total_steps or self._out_of_time()
+                # Under DDP the clocks are compared (a collective) only where the loop syncs anyway.
+                check_clock = not self.context.enabled or due or self.step % t.log_every == 0
+                finished = self.step >= self.total_steps or (check_clock and self._out_of_time())
                 stop = finished or self._stop_signal is not None  # a signal saves last.pt below, unvalidated
                 if due or finished:
                     last_metrics = self._validate_and_save()
@@ -171,7 +173,14 @@ class Trainer:
 
     def _out_of_time(self) -> bool:
         limit = self.config.train.max_minutes
-        return limit > 0 and self.elapsed >= 60.0 * limit
+        if limit <= 0:
+            return False
+        over = self.elapsed >= 60.0 * limit
+        if self.context.enabled:  # every rank must stop after the same update: rank 0's clock decides
+            flag = torch.tensor([float(over)], device=self.device)
+            torch.distributed.broadcast(flag, src=0)
+            over = bool(flag.item())
+        return over
 
     def _micro_batch_groups(self) -> Iterator[list[Batch]]:
         """Groups of ``grad_accum_steps`` batches; an update never spans two epochs."""
