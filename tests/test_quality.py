@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MULTI30K = Path(os.environ.get("MULTI30K_DIR", ROOT.parent / "shared" / "data" / "multi30k"))
 
 STEPS = 300
-MIN_BLEU = 8.0  # a healthy run reaches about twice this (docs/EXPERIMENTS.md); broken ones stay under 1
+MIN_BLEU = 8.0  # measured: 12.6 in 3.4 minutes on 2 CPU cores (docs/EXPERIMENTS.md); broken runs stay under 1
 
 
 @pytest.mark.slow
