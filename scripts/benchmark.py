@@ -428,12 +428,12 @@ def decoding_model(
 ) -> tuple[Transformer, Tokenizer, DecodeConfig, str]:
     if args.checkpoint is not None:
         model, tokenizer, config = load_for_inference(args.checkpoint, device)
-        return model, tokenizer, config.decode, f"checkpoint {args.checkpoint}"
+        return model, tokenizer, config.decode, f"the trained checkpoint {args.checkpoint}"
     if tokenizer is None:
         tokenizer, _, _ = training_data(args, device)
     torch.manual_seed(args.seed)
     model = Transformer(model_config(args.decode_preset, tokenizer)).to(device).eval()
-    what = f"UNTRAINED {args.decode_preset} model (outputs run to the maximum length: a worst case; speed only)"
+    what = f"an UNTRAINED {args.decode_preset} model (outputs run to the maximum length: a worst case; speed only)"
     return model, tokenizer, DecodeConfig(), what
 
 
@@ -496,7 +496,7 @@ def benchmark_decoding(
         "max_len": f"{base.max_len_a} * src_len + {base.max_len_b}", "length_penalty": base.length_penalty,
         "parameters": count_parameters(model),
     }
-    print(f"\ndecoding {n} sentences of {args.test_split} with an {what}; {count_parameters(model):,} parameters, "
+    print(f"\ndecoding {n} sentences of {args.test_split} with {what}; {count_parameters(model):,} parameters, "
           f"batches of {args.decode_batch_size}, max length {result['max_len']}")
     identical = True
     for name, k in (("greedy", 1), (f"beam{args.beam_size}", args.beam_size)):
