@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from transformer.checkpoint import load_checkpoint
+
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
@@ -81,3 +83,19 @@ def test_sample_quickstart_trains_translates_and_evaluates(tmp_path):
     averaged = run("average_checkpoints.py", "--run-dir", str(run_dir), "--last", "3", "--output", str(tmp_path / "avg.pt"))
     assert averaged.returncode == 0, averaged.stderr
     assert run("translate.py", "--checkpoint", str(tmp_path / "avg.pt"), "A dog.").returncode == 0
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes_train_and_stop_on_the_same_update(tmp_path):
+    # gloo on CPU; the wall-clock budget is spent after the first update, and rank 0's clock must stop both
+    # ranks after the same update (a mismatch would hang the collective and hit the timeout).
+    run_dir = tmp_path / "ddp"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(ROOT / "scripts" / "train.py"), "--config", "configs/sample.yaml", "--run-dir", str(run_dir),
+         "train.max_steps=40", "train.max_minutes=0.0001", "train.log_every=4", "train.threads=1"],
+        cwd=ROOT, env={**ENV, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "done at step 4;" in result.stdout  # the first update at which the clocks are compared
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == 4

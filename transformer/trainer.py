@@ -287,7 +287,8 @@ class Trainer:
             else:
                 self.bad_evals += 1
             shown = {k: round(v, 4) for k, v in metrics.items()}
-            logger.info("step %d validation %s%s", self.step, shown, " (best)" if improved else "")
+            if self.context.is_main:  # every rank validates (they must agree on early stopping); one reports
+                logger.info("step %d validation %s%s", self.step, shown, " (best)" if improved else "")
             self._tick()  # validation time counts towards the budget and the record
             record = {"split": "valid", "step": self.step, "epoch": self.train_batches.epoch, "time": round(self.elapsed, 1)}
             self._write_metrics({**record, **metrics})
