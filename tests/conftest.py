@@ -1,9 +1,11 @@
-"""Shared fixtures: a seeded tiny model config, a model factory and a token generator."""
+"""Shared fixtures: a seeded tiny model config, a model factory, a token generator and the Multi30k folder."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -41,3 +43,12 @@ def tokens() -> Callable[..., torch.Tensor]:
         return torch.randint(PAD + 1, vocab, (batch, length), generator=generator)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def multi30k() -> Path:
+    """The Multi30k folder ($MULTI30K_DIR, else ../shared/data/multi30k beside the project); skips if absent."""
+    folder = Path(os.environ.get("MULTI30K_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k")
+    if not folder.is_dir():
+        pytest.skip(f"Multi30k not found at {folder} (set MULTI30K_DIR)")
+    return folder

@@ -35,8 +35,6 @@ from transformer.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample"
-MULTI30K = ROOT.parent / "shared" / "data" / "multi30k"
-needs_multi30k = pytest.mark.skipif(not MULTI30K.is_dir(), reason=f"Multi30k not found at {MULTI30K}")
 
 EN = ["A man is reading.", "Two dogs are running.", "A girl is singing.", "The child is sleeping."]
 DE = ["Ein Mann liest.", "Zwei Hunde laufen.", "Ein Mädchen singt.", "Das Kind schläft."]
@@ -411,19 +409,17 @@ def test_sample_corpus_layout():
     assert not train & test
 
 
-@needs_multi30k
-def test_real_multi30k_splits():
-    cfg = DataConfig(data_dir=str(MULTI30K))
+def test_real_multi30k_splits(multi30k):
+    cfg = DataConfig(data_dir=str(multi30k))
     src, tgt = load_split(cfg, "train")
     assert len(src) == len(tgt) == 29000 and src[0] and tgt[0]
     assert len(load_split(cfg, "valid")[0]) == 1014 and len(load_split(cfg, "test")[0]) == 1000
     with pytest.raises(DataError, match="test_2017_flickr.cs.*contains: .*test_2017_flickr.de.gz"):
-        load_split(DataConfig(data_dir=str(MULTI30K), tgt_lang="cs", test_split="test_2017_flickr"), "test")
+        load_split(DataConfig(data_dir=str(multi30k), tgt_lang="cs", test_split="test_2017_flickr"), "test")
 
 
-@needs_multi30k
-def test_real_multi30k_batches_are_dense(tmp_path):
-    cfg = DataConfig(data_dir=str(MULTI30K))
+def test_real_multi30k_batches_are_dense(tmp_path, multi30k):
+    cfg = DataConfig(data_dir=str(multi30k))
     src, tgt = load_split(cfg, "train")
     tokenizer = load_or_train_tokenizer(cfg, tmp_path, src, tgt)
     dataset = ParallelDataset.from_texts(src, tgt, tokenizer, cfg)

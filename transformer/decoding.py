@@ -93,12 +93,14 @@ def _constrain(
     *,
     min_len: int,
     no_repeat_ngram_size: int,
+    shortest_max_len: int = 0,
 ) -> torch.Tensor:
     """Apply the decoding rules to (R, V) log-probs in place (no renormalisation).
 
     Args:
         generated: (R, t) tokens generated so far (no BOS).
         max_lens: (R,) maximum output lengths; rows with ``t >= max_len`` may only produce EOS.
+        shortest_max_len: a host-side lower bound of ``max_lens``: before it no row can be forced to end.
 
     Returns:
         ``lprobs`` with forbidden tokens at -inf. A row left with nothing allowed gets EOS back, so every
@@ -117,11 +119,13 @@ def _constrain(
         banned = torch.zeros_like(lprobs).scatter_add_(1, windows[:, :, -1], seen.to(lprobs.dtype))
         lprobs.masked_fill_(banned > 0, NEG_INF)
     force_eos = step >= max_lens  # (R,)
-    if step < min_len or (n > 0 and step >= n):
-        # Only these bans can leave a row with nothing allowed (log-softmax of finite logits is finite,
-        # and PAD/BOS alone never cover the vocabulary): skip the full pass over (R, V) otherwise.
+    # Only these bans can leave a row with nothing allowed (log-softmax of finite logits is finite, and
+    # PAD/BOS alone never cover the vocabulary). Decided on the host: no device sync, and on most steps no
+    # full passes over (R, V).
+    may_ban_all = step < min_len or (n > 0 and step >= n)
+    if may_ban_all:
         force_eos = force_eos | torch.isinf(lprobs).all(-1)
-    if bool(force_eos.any()):  # rare: skips two full passes over (R, V) on most steps
+    if may_ban_all or step >= shortest_max_len:
         lprobs.masked_fill_(force_eos.unsqueeze(1), NEG_INF)
         lprobs[:, EOS_ID] = torch.where(force_eos, eos, lprobs[:, EOS_ID])
     return lprobs
@@ -163,7 +167,7 @@ def _greedy(
 ) -> tuple[list[list[int]], list[float]]:
     """Greedy search; returns the tokens and the raw log-prob (EOS included) of each sentence."""
     memory, src_mask, max_lens, cache, tokens = _start(model, src, 1, max_len_a, max_len_b, use_cache)
-    batch, longest = src.size(0), tokens.size(1) - 1
+    batch, longest, shortest = src.size(0), tokens.size(1) - 1, int(max_lens.min())
     out = torch.full((batch, longest), PAD_ID, dtype=torch.long, device=src.device)
     lengths = max_lens.clone()
     log_probs = torch.zeros(batch, device=src.device)
@@ -171,7 +175,8 @@ def _greedy(
     for t in range(longest + 1):
         lprobs = _step_log_probs(model, tokens, t, memory, src_mask, cache)  # (R, V)
         lprobs = _constrain(
-            lprobs, tokens[:, 1 : t + 1], max_lens[active], min_len=min_len, no_repeat_ngram_size=no_repeat_ngram_size
+            lprobs, tokens[:, 1 : t + 1], max_lens[active], min_len=min_len, no_repeat_ngram_size=no_repeat_ngram_size,
+            shortest_max_len=shortest,
         )
         best_lprob, best = lprobs.max(-1)  # (R,)
         log_probs[active] += best_lprob
@@ -294,7 +299,7 @@ def beam_search(
         raise ValueError(f"n_best ({n_best}) must be between 1 and beam_size ({beam_size})")
     k, alpha, device = beam_size, length_penalty, src.device
     memory, src_mask, max_lens, cache, tokens = _start(model, src, k, max_len_a, max_len_b, use_cache)
-    batch, longest = src.size(0), tokens.size(1) - 1
+    batch, longest, shortest = src.size(0), tokens.size(1) - 1, int(max_lens.min())
     finished = _Finished.empty(batch, k, longest, device)
     scores = torch.full((batch, k), NEG_INF, device=device)  # (N, K) raw log-probs of the open beams
     scores[:, 0] = 0.0  # all beams start as BOS: keep one, or the first step would pick K copies
@@ -304,7 +309,7 @@ def beam_search(
         lprobs = _step_log_probs(model, tokens, t, memory, src_mask, cache)  # (N*K, V)
         lprobs = _constrain(
             lprobs, tokens[:, 1 : t + 1], max_lens[active].repeat_interleave(k),
-            min_len=min_len, no_repeat_ngram_size=no_repeat_ngram_size,
+            min_len=min_len, no_repeat_ngram_size=no_repeat_ngram_size, shortest_max_len=shortest,
         )
         vocab = lprobs.size(-1)
         cand = (scores.unsqueeze(-1) + lprobs.view(n, k, vocab)).view(n, k * vocab)

@@ -102,8 +102,7 @@ class Trainer:
         self.bad_evals = 0  # validations in a row without improvement (early stopping)
         self._stop_signal: int | None = None
         self.elapsed = 0.0  # seconds spent in fit(), carried across resumes for train.max_minutes
-        self._fit_start = time.perf_counter()
-        self._elapsed_at_start = 0.0
+        self._clock_origin = time.perf_counter()  # perf_counter() - elapsed, set again when fit() starts
         self._tensorboard: Any | None = None
 
         wrapped: nn.Module = self.model
@@ -130,7 +129,7 @@ class Trainer:
         )
         window = _Window(self.device)
         last_metrics: dict[str, Any] = {}
-        self._fit_start, self._elapsed_at_start = time.perf_counter(), self.elapsed
+        self._clock_origin = time.perf_counter() - self.elapsed
         try:
             self.train_model.train()
             # Checked before the iterator is touched: a finished or resumed-at-the-end run consumes no batch.
@@ -169,7 +168,7 @@ class Trainer:
 
     def _tick(self) -> None:
         """Advance the wall clock of the run (a host timer; no device sync)."""
-        self.elapsed = self._elapsed_at_start + time.perf_counter() - self._fit_start
+        self.elapsed = time.perf_counter() - self._clock_origin
 
     def _out_of_time(self) -> bool:
         limit = self.config.train.max_minutes
@@ -277,6 +276,7 @@ class Trainer:
 
     def _validate_and_save(self) -> dict[str, Any]:
         metrics = self.validate()
+        self._tick()  # validation time counts towards the budget and the record
         t = self.config.train
         improved = False
         if metrics:
@@ -289,7 +289,6 @@ class Trainer:
             shown = {k: round(v, 4) for k, v in metrics.items()}
             if self.context.is_main:  # every rank validates (they must agree on early stopping); one reports
                 logger.info("step %d validation %s%s", self.step, shown, " (best)" if improved else "")
-            self._tick()  # validation time counts towards the budget and the record
             record = {"split": "valid", "step": self.step, "epoch": self.train_batches.epoch, "time": round(self.elapsed, 1)}
             self._write_metrics({**record, **metrics})
         if self.context.is_main:
