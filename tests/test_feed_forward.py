@@ -20,6 +20,23 @@ def test_equals_two_linear_maps_with_activation(activation: str, fn) -> None:
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_gradients_match_an_out_of_place_reference(activation: str) -> None:
+    """The in-place ReLU must leave autograd's gradients exact (its backward reads the ReLU's output)."""
+    torch.manual_seed(0)
+    ff = FeedForward(8, 32, activation=activation)
+    x = torch.randn(2, 5, 8, requires_grad=True)
+    ff(x).square().sum().backward()
+    act = torch.relu if activation == "relu" else torch.nn.functional.gelu
+    x_ref = x.detach().clone().requires_grad_()
+    params = [p.detach().clone().requires_grad_() for p in (ff.linear1.weight, ff.linear1.bias, ff.linear2.weight, ff.linear2.bias)]
+    w1, b1, w2, b2 = params
+    (act(x_ref @ w1.T + b1) @ w2.T + b2).square().sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    for p, ref in zip((ff.linear1.weight, ff.linear1.bias, ff.linear2.weight, ff.linear2.bias), params):
+        torch.testing.assert_close(p.grad, ref.grad)
+
+
 def test_relu_and_gelu_differ() -> None:
     torch.manual_seed(0)
     relu = FeedForward(8, 16, activation="relu")

@@ -83,6 +83,35 @@ def test_gradients_match_torch_cross_entropy(monkeypatch, chunk_elements):
     torch.testing.assert_close(logits.grad, ref_logits.grad)
 
 
+@pytest.mark.parametrize("chunk_elements", [1 << 20, 24])
+def test_overwriting_the_logits_gives_the_same_gradients(monkeypatch, chunk_elements):
+    """``overwrite_logits``: the gradient lands in the logits' own memory and equals the usual one."""
+    monkeypatch.setattr(loss_module, "CPU_CHUNK_ELEMENTS", chunk_elements)
+    torch.manual_seed(0)
+    weight = torch.randn(11, 6)
+    hidden = torch.randn(3, 5, 6)
+    target = torch.randint(1, 11, (3, 5))
+    target[1, 2:] = PAD
+    grads = []
+    for overwrite in (False, True):
+        w = weight.clone().requires_grad_()
+        logits = hidden @ w.T  # an intermediate, as in training
+        before = logits.detach().clone()
+        loss, nll = label_smoothed_nll_loss(logits, target, smoothing=0.1, ignore_index=PAD, overwrite_logits=overwrite)
+        (loss + 2.0 * nll).backward()
+        assert torch.equal(logits.detach(), before) != overwrite  # overwritten exactly when asked
+        grads.append(w.grad)
+    torch.testing.assert_close(grads[1], grads[0])
+
+
+def test_a_leaf_is_never_overwritten():
+    logits = torch.randn(2, 3, 9, requires_grad=True)
+    before = logits.detach().clone()
+    loss, _ = label_smoothed_nll_loss(logits, torch.randint(1, 9, (2, 3)), smoothing=0.1, ignore_index=PAD, overwrite_logits=True)
+    loss.backward()
+    assert torch.equal(logits.detach(), before)
+
+
 def test_bf16_logits_get_bf16_gradients():
     logits = torch.randn(2, 3, 9).bfloat16().requires_grad_()
     loss, _ = label_smoothed_nll_loss(logits, torch.randint(1, 9, (2, 3)), smoothing=0.1, ignore_index=PAD)

@@ -18,9 +18,13 @@ class FeedForward(nn.Module):
             raise ValueError(f"activation must be 'relu' or 'gelu', got {activation!r}")
         self.linear1 = nn.Linear(d_model, d_ff)
         self.linear2 = nn.Linear(d_ff, d_model)
-        self.activation = F.relu if activation == "relu" else F.gelu
+        self.activation = activation
         self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, D) -> (B, T, D)."""
-        return self.linear2(self.dropout(self.activation(self.linear1(x))))
+        hidden = self.linear1(x)
+        # ReLU in place: the (B, T, d_ff) hidden is the largest activation of the layer, and its backward needs
+        # only the ReLU's output, so one buffer serves both (no second allocation and its page faults on a CPU).
+        hidden = F.relu(hidden, inplace=True) if self.activation == "relu" else F.gelu(hidden)
+        return self.linear2(self.dropout(hidden))

@@ -10,7 +10,8 @@ For logits x of one position, gold token y, vocabulary size V and ``lse = logsum
 A hand-written backward uses this closed form, so neither the (N, V) log-probabilities nor their
 gradient graph are ever materialised: the forward pass reads the logits, the backward pass writes one
 (N, V) gradient. On the CPU both walk the rows in cache-sized chunks (large fresh tensors cost page
-faults there); on a GPU one chunk is all rows.
+faults there); on a GPU one chunk is all rows. A caller that no longer needs the logits after the backward
+pass (the trainer) can let the gradient overwrite them (``overwrite_logits``): no second (N, V) buffer at all.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ class _LabelSmoothedCrossEntropy(torch.autograd.Function):
     """(N, V) logits, (N,) targets -> summed smoothed loss and summed NLL over non-pad rows (float32)."""
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, target: torch.Tensor, smoothing: float, ignore_index: int):
+    def forward(
+        ctx, logits: torch.Tensor, target: torch.Tensor, smoothing: float, ignore_index: int, overwrite: bool
+    ):
         rows = _chunk_rows(logits)
         lse = torch.empty(logits.size(0), dtype=torch.float32, device=logits.device)
         mean = torch.empty_like(lse)
@@ -39,6 +42,7 @@ class _LabelSmoothedCrossEntropy(torch.autograd.Function):
         zero = torch.zeros((), device=logits.device)
         ctx.save_for_backward(logits, lse, gold, keep)
         ctx.smoothing = smoothing
+        ctx.overwrite = overwrite and logits.dtype == torch.float32
         ctx.set_materialize_grads(False)
         return torch.where(keep, loss, zero).sum(), torch.where(keep, nll, zero).sum()
 
@@ -53,14 +57,14 @@ class _LabelSmoothedCrossEntropy(torch.autograd.Function):
         on_softmax = w * (g_loss + g_nll)
         on_uniform = w * (g_loss * s / vocab)
         on_gold = -w * (g_loss * (1.0 - s) + g_nll)
-        grad = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
+        grad = logits if ctx.overwrite else torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
         lse = lse.unsqueeze(-1)
         rows = _chunk_rows(logits)
         for i in range(0, logits.size(0), rows):
             j = slice(i, i + rows)
             torch.sub(logits[j], lse[j], out=grad[j]).exp_().mul_(on_softmax[j]).sub_(on_uniform[j])  # softmax
         grad.scatter_add_(-1, gold.unsqueeze(-1), on_gold)
-        return grad.to(logits.dtype), None, None, None
+        return grad.to(logits.dtype), None, None, None, None
 
 
 def _chunk_rows(logits: torch.Tensor) -> int:
@@ -70,7 +74,12 @@ def _chunk_rows(logits: torch.Tensor) -> int:
 
 
 def label_smoothed_nll_loss(
-    logits: torch.Tensor, target: torch.Tensor, *, smoothing: float, ignore_index: int
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    smoothing: float,
+    ignore_index: int,
+    overwrite_logits: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed label-smoothed loss and summed NLL over the non-pad targets.
 
@@ -82,9 +91,13 @@ def label_smoothed_nll_loss(
     Args:
         logits: (B, T, V) unnormalised scores (any float dtype; the softmax runs in float32).
         target: (B, T) gold ids, ``ignore_index`` at padding.
+        overwrite_logits: let the backward pass write the gradient over ``logits`` (float32 non-leaf
+            logits only; others are left alone). Their values are then gone: for callers that are done
+            with them, like a training step.
 
     Returns:
         (loss_sum, nll_sum): 0-dim float32 tensors; both are 0 for an all-pad target.
     """
-    vocab = logits.size(-1)
-    return _LabelSmoothedCrossEntropy.apply(logits.reshape(-1, vocab), target.reshape(-1), smoothing, ignore_index)
+    overwrite = overwrite_logits and not logits.is_leaf  # a leaf is the caller's own data: never overwritten
+    flat = logits.reshape(-1, logits.size(-1))
+    return _LabelSmoothedCrossEntropy.apply(flat, target.reshape(-1), smoothing, ignore_index, overwrite)

@@ -209,8 +209,8 @@ class Trainer:
             with sync:
                 with self.autocast:
                     logits = self.train_model(batch.src, batch.tgt_in)
-                loss, nll = label_smoothed_nll_loss(
-                    logits, batch.tgt_out, smoothing=t.label_smoothing, ignore_index=PAD_ID
+                loss, nll = label_smoothed_nll_loss(  # the backward reuses the logits' memory for their gradient
+                    logits, batch.tgt_out, smoothing=t.label_smoothing, ignore_index=PAD_ID, overwrite_logits=True
                 )
                 self.scaler.scale(loss / n_tokens).backward()
             loss_total += loss.detach()
