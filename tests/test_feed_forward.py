@@ -29,11 +29,12 @@ def test_gradients_match_an_out_of_place_reference(activation: str) -> None:
     ff(x).square().sum().backward()
     act = torch.relu if activation == "relu" else torch.nn.functional.gelu
     x_ref = x.detach().clone().requires_grad_()
-    params = [p.detach().clone().requires_grad_() for p in (ff.linear1.weight, ff.linear1.bias, ff.linear2.weight, ff.linear2.bias)]
-    w1, b1, w2, b2 = params
+    params = (ff.linear1.weight, ff.linear1.bias, ff.linear2.weight, ff.linear2.bias)
+    refs = [p.detach().clone().requires_grad_() for p in params]
+    w1, b1, w2, b2 = refs
     (act(x_ref @ w1.T + b1) @ w2.T + b2).square().sum().backward()
     torch.testing.assert_close(x.grad, x_ref.grad)
-    for p, ref in zip((ff.linear1.weight, ff.linear1.bias, ff.linear2.weight, ff.linear2.bias), params):
+    for p, ref in zip(params, refs):
         torch.testing.assert_close(p.grad, ref.grad)
 
 

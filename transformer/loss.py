@@ -42,7 +42,7 @@ class _LabelSmoothedCrossEntropy(torch.autograd.Function):
         zero = torch.zeros((), device=logits.device)
         ctx.save_for_backward(logits, lse, gold, keep)
         ctx.smoothing = smoothing
-        ctx.overwrite = overwrite and logits.dtype == torch.float32
+        ctx.overwrite = overwrite
         ctx.set_materialize_grads(False)
         return torch.where(keep, loss, zero).sum(), torch.where(keep, nll, zero).sum()
 
@@ -98,6 +98,7 @@ def label_smoothed_nll_loss(
     Returns:
         (loss_sum, nll_sum): 0-dim float32 tensors; both are 0 for an all-pad target.
     """
-    overwrite = overwrite_logits and not logits.is_leaf  # a leaf is the caller's own data: never overwritten
+    # A leaf is the caller's own data, and other dtypes get a float32 gradient anyway: neither is overwritten.
+    overwrite = overwrite_logits and logits.dtype == torch.float32 and not logits.is_leaf
     flat = logits.reshape(-1, logits.size(-1))
     return _LabelSmoothedCrossEntropy.apply(flat, target.reshape(-1), smoothing, ignore_index, overwrite)
