@@ -53,6 +53,17 @@ def test_causal_self_attention_equals_by_hand(mha: MultiHeadAttention) -> None:
     torch.testing.assert_close(mha(x, mask=causal_mask(6))[0], expected, atol=1e-5, rtol=1e-5)
 
 
+def test_self_attention_gradients_equal_by_hand(mha: MultiHeadAttention) -> None:
+    """The one-product Q/K/V projection must give each projection its own, exact gradient."""
+    x = torch.randn(2, 5, D_MODEL)
+    allowed = torch.ones(5, 5, dtype=torch.bool).tril().expand(2, 5, 5)
+    params = list(mha.parameters())
+    grads = torch.autograd.grad(mha(x, is_causal=True)[0].square().sum(), params)
+    expected = torch.autograd.grad(by_hand(mha, x, x, allowed).square().sum(), params)
+    for (name, _), got, want in zip(mha.named_parameters(), grads, expected):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4, msg=name)
+
+
 def test_causal_and_padding_together(mha: MultiHeadAttention) -> None:
     x = torch.randn(2, 5, D_MODEL)
     real = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.bool)

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 import transformer.loss as loss_module
-from transformer.loss import label_smoothed_nll_loss
+from transformer.loss import label_smoothed_nll_loss, linear_label_smoothed_nll_loss
 
 PAD = 0
 
@@ -117,3 +117,34 @@ def test_bf16_logits_get_bf16_gradients():
     loss, _ = label_smoothed_nll_loss(logits, torch.randint(1, 9, (2, 3)), smoothing=0.1, ignore_index=PAD)
     loss.backward()
     assert logits.grad.dtype == torch.bfloat16 and torch.isfinite(logits.grad.float()).all()
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 4, 0])
+@pytest.mark.parametrize(("on_loss", "on_nll"), [(1.0, 0.0), (0.3, 0.7), (0.0, 1.0)])
+def test_fused_projection_equals_logits_then_loss(chunk_rows, on_loss, on_nll):
+    """Sums and both gradients (hidden and weight) equal the two-step path, for any mix of d loss and d nll."""
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 5, 8, requires_grad=True)
+    weight = torch.randn(11, 8, requires_grad=True)
+    target = torch.randint(1, 11, (3, 5))
+    target[0, 3:] = PAD
+    target[2, 1:] = PAD
+    target[1, :] = 4  # one token many times: its weight row gathers several gradients
+    fused = linear_label_smoothed_nll_loss(hidden, weight, target, smoothing=0.1, ignore_index=PAD, chunk_rows=chunk_rows)
+    fused_grads = torch.autograd.grad(on_loss * fused[0] + on_nll * fused[1], (hidden, weight))
+    plain = label_smoothed_nll_loss(hidden @ weight.T, target, smoothing=0.1, ignore_index=PAD)
+    plain_grads = torch.autograd.grad(on_loss * plain[0] + on_nll * plain[1], (hidden, weight))
+    for got, want in zip(fused + fused_grads, plain + plain_grads):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_fused_projection_without_gradients_and_all_pad():
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(2, 3, 8), torch.randn(11, 8)
+    target = torch.tensor([[3, 4, PAD], [PAD, PAD, PAD]])
+    with torch.no_grad():
+        loss, nll = linear_label_smoothed_nll_loss(hidden, weight, target, smoothing=0.1, ignore_index=PAD)
+    ref_loss, ref_nll = label_smoothed_nll_loss(hidden @ weight.T, target, smoothing=0.1, ignore_index=PAD)
+    torch.testing.assert_close((loss, nll), (ref_loss, ref_nll))
+    pad_only = torch.full((2, 3), PAD)
+    assert linear_label_smoothed_nll_loss(hidden, weight, pad_only, smoothing=0.1, ignore_index=PAD)[0].item() == 0.0

@@ -153,6 +153,26 @@ def test_gradient_accumulation_equals_one_large_batch(tmp_path, tokenizer):
     assert grads_one["output.weight"].abs().sum() > 0
 
 
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")  # the test swaps in a plain SGD
+def test_fused_projection_and_loss_give_the_update_of_the_plain_path(tmp_path, tokenizer):
+    """On the CPU in fp32 the trainer fuses the output projection into the loss; the update must not change."""
+    config = make_config(tmp_path, tokenizer)
+    config.model = replace(config.model, dropout=0.0)
+    src, tgt = zip(*PAIRS)
+    batch = collate(ParallelDataset.from_texts(list(src), list(tgt), tokenizer, config.data), list(range(12)))
+    fused, plain = make_trainer(config, tokenizer), make_trainer(config, tokenizer)
+    assert fused.fused_loss
+    plain.fused_loss = False
+    for trainer in (fused, plain):
+        trainer.optimizer = torch.optim.SGD(trainer.model.parameters(), lr=1.0)  # the change is the gradient
+    loss_fused, nll_fused = fused._update([batch])
+    loss_plain, nll_plain = plain._update([batch])
+    torch.testing.assert_close((loss_fused, nll_fused), (loss_plain, nll_plain))
+    after_fused, after_plain = params(fused), params(plain)
+    for name in after_plain:
+        torch.testing.assert_close(after_fused[name], after_plain[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_validation_keeps_best_checkpoint_and_early_stopping_stops(tmp_path, tokenizer, monkeypatch):
     config = make_config(tmp_path, tokenizer, max_steps=50, eval_every=2, patience=2, best_metric="loss")
     trainer = make_trainer(config, tokenizer, validation=True)

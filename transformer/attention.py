@@ -63,6 +63,18 @@ class MultiHeadAttention(nn.Module):
         """Keys and values of ``x``: (B, S, D) -> two (B, H, S, Dh)."""
         return self._split_heads(self.k_proj(x)), self._split_heads(self.v_proj(x))
 
+    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values of ``x`` for self-attention, in one matrix product: three (B, H, T, Dh).
+
+        One (D -> 3D) product reads ``x`` once and, in the backward pass, gives its gradient in one product
+        instead of three products and two additions. The three projections stay separate parameters.
+        """
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        weight = torch.cat([p.weight for p in projections])
+        bias = None if self.q_proj.bias is None else torch.cat([p.bias for p in projections])
+        q, k, v = F.linear(x, weight, bias).chunk(3, dim=-1)
+        return self._split_heads(q), self._split_heads(k), self._split_heads(v)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -84,15 +96,13 @@ class MultiHeadAttention(nn.Module):
         Returns:
             (B, T, D) output and the attention probabilities or None.
         """
-        q = self._split_heads(self.q_proj(x))
         if memory is None:
-            k, v = self.project_kv(x)
+            q, k, v = self.project_qkv(x)
             if cache is not None:
                 k, v = cache.append(k, v)
-        elif cache is not None:
-            k, v = cache.keys_values()
         else:
-            k, v = self.project_kv(memory)
+            q = self._split_heads(self.q_proj(x))
+            k, v = cache.keys_values() if cache is not None else self.project_kv(memory)
         if is_causal and q.size(2) != k.size(2):
             raise ValueError("is_causal needs as many queries as keys; pass an explicit mask with a cache")
 

@@ -21,6 +21,7 @@ import torch
 CPU_CHUNK_ELEMENTS = 1 << 20  # 4 MiB of float32 per chunk: served from the heap, no page faults
 
 
+
 class _LabelSmoothedCrossEntropy(torch.autograd.Function):
     """(N, V) logits, (N,) targets -> summed smoothed loss and summed NLL over non-pad rows (float32)."""
 
@@ -102,3 +103,90 @@ def label_smoothed_nll_loss(
     overwrite = overwrite_logits and logits.dtype == torch.float32 and not logits.is_leaf
     flat = logits.reshape(-1, logits.size(-1))
     return _LabelSmoothedCrossEntropy.apply(flat, target.reshape(-1), smoothing, ignore_index, overwrite)
+
+
+class _LinearLabelSmoothedCrossEntropy(torch.autograd.Function):
+    """(N, D) hidden, (V, D) weight, (N,) targets -> the sums of ``_LabelSmoothedCrossEntropy`` on
+    ``hidden @ weight.T``, with the (N, V) logits alive one chunk of rows at a time.
+
+    The gradient of both sums is a mix of softmax(x), onehot(y) and the uniform 1/V (module docstring). When
+    gradients are needed, the forward pass multiplies each chunk's softmax with the weight and the hidden states
+    at once (the two products a backward pass through the logits would make), so the backward pass only adds the
+    gold and uniform terms for the mix of d loss and d nll it is given.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, smoothing: float,
+                ignore_index: int, rows: int):
+        n, vocab = hidden.size(0), weight.size(0)
+        keep = target != ignore_index
+        gold = target.masked_fill(~keep, 0)  # pad rows look up a dummy id; their weight ``w`` is 0
+        w = keep.to(torch.float32).unsqueeze(-1)
+        grads = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        loss = torch.empty(n, dtype=torch.float32, device=hidden.device)
+        nll = torch.empty_like(loss)
+        softmax_weight = torch.empty(n, hidden.size(1), dtype=torch.float32, device=hidden.device) if grads else None
+        softmax_hidden = torch.zeros(vocab, hidden.size(1), dtype=torch.float32, device=hidden.device) if grads else None
+        for i in range(0, n, rows):
+            j = slice(i, i + rows)
+            logits = torch.mm(hidden[j], weight.t()).float()
+            lse = torch.logsumexp(logits, dim=-1)
+            nll[j] = lse - logits.gather(-1, gold[j].unsqueeze(-1)).squeeze(-1)
+            loss[j] = (1.0 - smoothing) * nll[j] + smoothing * (lse - logits.mean(dim=-1))
+            if grads:
+                probs = logits.sub_(lse.unsqueeze(-1)).exp_().mul_(w[j])  # pad rows: no gradient
+                torch.mm(probs, weight.float(), out=softmax_weight[j])
+                softmax_hidden.addmm_(probs.t(), hidden[j].float())
+        ctx.save_for_backward(hidden, weight, gold, w, softmax_weight, softmax_hidden)
+        ctx.smoothing = smoothing
+        ctx.set_materialize_grads(False)
+        return (loss * w.squeeze(-1)).sum(), (nll * w.squeeze(-1)).sum()
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor | None, grad_nll: torch.Tensor | None):
+        hidden, weight, gold, w, softmax_weight, softmax_hidden = ctx.saved_tensors
+        s, vocab = ctx.smoothing, weight.size(0)
+        zero = torch.zeros((), device=hidden.device)
+        g_loss = grad_loss if grad_loss is not None else zero
+        g_nll = grad_nll if grad_nll is not None else zero
+        on_softmax = g_loss + g_nll
+        on_gold = w * (g_loss * (1.0 - s) + g_nll)  # (N, 1)
+        on_uniform = w * (g_loss * s / vocab)  # (N, 1)
+        w_float, h_float = weight.float(), hidden.float()
+        grad_hidden = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_hidden = on_softmax * softmax_weight - on_gold * w_float[gold] - on_uniform * w_float.sum(0)
+            grad_hidden = grad_hidden.to(hidden.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_weight = on_softmax * softmax_hidden - (on_uniform * h_float).sum(0)
+            grad_weight.index_add_(0, gold, -on_gold * h_float)
+            grad_weight = grad_weight.to(weight.dtype)
+        return grad_hidden, grad_weight, None, None, None, None
+
+
+def linear_label_smoothed_nll_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    smoothing: float,
+    ignore_index: int,
+    chunk_rows: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``label_smoothed_nll_loss(hidden @ weight.T, target, ...)`` without the (tokens x vocabulary) logits.
+
+    The output projection and the loss are computed together, a chunk of rows at a time: the largest
+    tensor of a training step then never exists whole, nor does its gradient.
+
+    Args:
+        hidden: (B, T, D) decoder states; weight: (V, D) output projection (no bias).
+        target: (B, T) gold ids, ``ignore_index`` at padding.
+        chunk_rows: rows per chunk; 0 picks about 1M logits (4 MiB) per chunk on the CPU, all rows on a GPU.
+
+    Returns:
+        (loss_sum, nll_sum), as ``label_smoothed_nll_loss``.
+    """
+    flat = hidden.reshape(-1, hidden.size(-1))
+    if chunk_rows <= 0:
+        chunk_rows = flat.size(0) if flat.device.type != "cpu" else max(1, CPU_CHUNK_ELEMENTS // weight.size(0))
+    return _LinearLabelSmoothedCrossEntropy.apply(flat, weight, target.reshape(-1), smoothing, ignore_index, chunk_rows)

@@ -27,7 +27,7 @@ from transformer.config import Config
 from transformer.data import Batch, BatchIterator
 from transformer.distributed import DistributedContext
 from transformer.evaluate import evaluate_model
-from transformer.loss import label_smoothed_nll_loss
+from transformer.loss import label_smoothed_nll_loss, linear_label_smoothed_nll_loss
 from transformer.schedule import build_scheduler
 from transformer.tokenizer import PAD_ID, Tokenizer
 
@@ -97,6 +97,10 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, t, d_model=config.model.d_model, total_steps=self.total_steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
         self.autocast = autocast_context(t.precision, self.device)
+        # fp32 on the CPU: the output projection and the loss run together, chunk by chunk, so the step never
+        # allocates the (tokens x vocabulary) logits, whose fresh pages are slow to touch there. Elsewhere the
+        # projection stays under autocast, and its gradient stays free of CUDA's non-deterministic index_add_.
+        self.fused_loss = t.precision == "fp32" and self.device.type == "cpu" and self.model.output.bias is None
         self.step = 0
         self.best_score: float | None = None
         self.bad_evals = 0  # validations in a row without improvement (early stopping)
@@ -207,11 +211,17 @@ class Trainer:
             # DDP: gradients are all-reduced on the last micro-batch only.
             sync = contextlib.nullcontext() if last or not self.context.enabled else self.train_model.no_sync()
             with sync:
-                with self.autocast:
-                    logits = self.train_model(batch.src, batch.tgt_in)
-                loss, nll = label_smoothed_nll_loss(  # the backward reuses the logits' memory for their gradient
-                    logits, batch.tgt_out, smoothing=t.label_smoothing, ignore_index=PAD_ID, overwrite_logits=True
-                )
+                if self.fused_loss:
+                    hidden = self.train_model(batch.src, batch.tgt_in, return_hidden=True)
+                    loss, nll = linear_label_smoothed_nll_loss(
+                        hidden, self.model.output.weight, batch.tgt_out, smoothing=t.label_smoothing, ignore_index=PAD_ID
+                    )
+                else:
+                    with self.autocast:
+                        logits = self.train_model(batch.src, batch.tgt_in)
+                    loss, nll = label_smoothed_nll_loss(  # the backward reuses the logits' memory for their gradient
+                        logits, batch.tgt_out, smoothing=t.label_smoothing, ignore_index=PAD_ID, overwrite_logits=True
+                    )
                 self.scaler.scale(loss / n_tokens).backward()
             loss_total += loss.detach()
             nll_total += nll.detach()
