@@ -21,7 +21,7 @@ from transformer.config import Config, ConfigError, load_config
 from transformer.data import BatchIterator, DataError, ParallelDataset, load_or_train_tokenizer, load_split
 from transformer.distributed import DistributedContext, setup, teardown
 from transformer.model import Transformer, count_parameters
-from transformer.tokenizer import PAD_ID
+from transformer.tokenizer import PAD_ID, Tokenizer
 from transformer.trainer import Trainer, ValidationData
 
 logger = logging.getLogger("transformer")
@@ -34,7 +34,14 @@ def build_trainer(config: Config, context: DistributedContext) -> Trainer:
     d = config.data
     train_src, train_tgt = load_split(d, "train")
     valid_src, valid_tgt = load_split(d, "valid")
-    tokenizer = load_or_train_tokenizer(d, Path(config.train.run_dir) / "tokenizer", train_src, train_tgt)
+    # Rank 0 trains (or checks) the vocabulary; the others wait and read its files, so that no two processes
+    # write the same files at once.
+    tokenizer_dir = Path(config.train.run_dir) / "tokenizer"
+    if context.is_main:
+        tokenizer = load_or_train_tokenizer(d, tokenizer_dir, train_src, train_tgt)
+    context.barrier()
+    if not context.is_main:
+        tokenizer = Tokenizer.load(tokenizer_dir)
     # The vocabulary decides the embedding sizes; the resolved sizes are what checkpoints record.
     config.model = dataclasses.replace(
         config.model, src_vocab_size=tokenizer.src_vocab_size, tgt_vocab_size=tokenizer.tgt_vocab_size, pad_id=PAD_ID

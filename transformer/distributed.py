@@ -26,6 +26,11 @@ class DistributedContext:
     def enabled(self) -> bool:
         return self.world_size > 1
 
+    def barrier(self) -> None:
+        """Wait until every rank gets here (nothing to wait for in a single process)."""
+        if self.enabled:
+            dist.barrier()
+
 
 def resolve_device(name: str, *, local_rank: int = 0) -> torch.device:
     """"auto" picks this process's CUDA device when there is one, else the CPU."""
