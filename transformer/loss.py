@@ -21,7 +21,6 @@ import torch
 CPU_CHUNK_ELEMENTS = 1 << 20  # 4 MiB of float32 per chunk: served from the heap, no page faults
 
 
-
 class _LabelSmoothedCrossEntropy(torch.autograd.Function):
     """(N, V) logits, (N,) targets -> summed smoothed loss and summed NLL over non-pad rows (float32)."""
 
@@ -29,7 +28,7 @@ class _LabelSmoothedCrossEntropy(torch.autograd.Function):
     def forward(
         ctx, logits: torch.Tensor, target: torch.Tensor, smoothing: float, ignore_index: int, overwrite: bool
     ):
-        rows = _chunk_rows(logits)
+        rows = _chunk_rows(logits.device, *logits.shape)
         lse = torch.empty(logits.size(0), dtype=torch.float32, device=logits.device)
         mean = torch.empty_like(lse)
         for i in range(0, logits.size(0), rows):
@@ -50,17 +49,12 @@ class _LabelSmoothedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor | None, grad_nll: torch.Tensor | None):
         logits, lse, gold, keep = ctx.saved_tensors
-        s, vocab = ctx.smoothing, logits.size(-1)
-        zero = torch.zeros((), device=logits.device)
-        g_loss = grad_loss if grad_loss is not None else zero
-        g_nll = grad_nll if grad_nll is not None else zero
         w = keep.float().unsqueeze(-1)  # (N, 1): pad rows get no gradient
-        on_softmax = w * (g_loss + g_nll)
-        on_uniform = w * (g_loss * s / vocab)
-        on_gold = -w * (g_loss * (1.0 - s) + g_nll)
+        a, b, c = _gradient_coefficients(grad_loss, grad_nll, ctx.smoothing, logits.size(-1), logits.device)
+        on_softmax, on_gold, on_uniform = w * a, -w * b, w * c
         grad = logits if ctx.overwrite else torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
         lse = lse.unsqueeze(-1)
-        rows = _chunk_rows(logits)
+        rows = _chunk_rows(logits.device, *logits.shape)
         for i in range(0, logits.size(0), rows):
             j = slice(i, i + rows)
             torch.sub(logits[j], lse[j], out=grad[j]).exp_().mul_(on_softmax[j]).sub_(on_uniform[j])  # softmax
@@ -68,10 +62,19 @@ class _LabelSmoothedCrossEntropy(torch.autograd.Function):
         return grad.to(logits.dtype), None, None, None, None
 
 
-def _chunk_rows(logits: torch.Tensor) -> int:
-    if logits.device.type != "cpu":
-        return max(1, logits.size(0))
-    return max(1, CPU_CHUNK_ELEMENTS // logits.size(-1))
+def _chunk_rows(device: torch.device, n: int, vocab: int) -> int:
+    """Rows of (n, vocab) scores per chunk: about ``CPU_CHUNK_ELEMENTS`` on the CPU, all n elsewhere."""
+    return max(1, CPU_CHUNK_ELEMENTS // vocab if device.type == "cpu" else n)
+
+
+def _gradient_coefficients(
+    grad_loss: torch.Tensor | None, grad_nll: torch.Tensor | None, smoothing: float, vocab: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(a, b, c) such that, per non-pad row, the incoming gradients give d/dx = a*softmax(x) - b*onehot(y) - c."""
+    zero = torch.zeros((), device=device)
+    g_loss = grad_loss if grad_loss is not None else zero
+    g_nll = grad_nll if grad_nll is not None else zero
+    return g_loss + g_nll, g_loss * (1.0 - smoothing) + g_nll, g_loss * smoothing / vocab
 
 
 def label_smoothed_nll_loss(
@@ -119,6 +122,7 @@ class _LinearLabelSmoothedCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, smoothing: float,
                 ignore_index: int, rows: int):
         n, vocab = hidden.size(0), weight.size(0)
+        rows = _chunk_rows(hidden.device, n, vocab) if rows <= 0 else rows
         keep = target != ignore_index
         gold = target.masked_fill(~keep, 0)  # pad rows look up a dummy id; their weight ``w`` is 0
         w = keep.to(torch.float32).unsqueeze(-1)
@@ -127,6 +131,7 @@ class _LinearLabelSmoothedCrossEntropy(torch.autograd.Function):
         nll = torch.empty_like(loss)
         softmax_weight = torch.empty(n, hidden.size(1), dtype=torch.float32, device=hidden.device) if grads else None
         softmax_hidden = torch.zeros(vocab, hidden.size(1), dtype=torch.float32, device=hidden.device) if grads else None
+        weight_f = weight.float()
         for i in range(0, n, rows):
             j = slice(i, i + rows)
             logits = torch.mm(hidden[j], weight.t()).float()
@@ -135,31 +140,27 @@ class _LinearLabelSmoothedCrossEntropy(torch.autograd.Function):
             loss[j] = (1.0 - smoothing) * nll[j] + smoothing * (lse - logits.mean(dim=-1))
             if grads:
                 probs = logits.sub_(lse.unsqueeze(-1)).exp_().mul_(w[j])  # pad rows: no gradient
-                torch.mm(probs, weight.float(), out=softmax_weight[j])
+                torch.mm(probs, weight_f, out=softmax_weight[j])
                 softmax_hidden.addmm_(probs.t(), hidden[j].float())
         ctx.save_for_backward(hidden, weight, gold, w, softmax_weight, softmax_hidden)
         ctx.smoothing = smoothing
         ctx.set_materialize_grads(False)
-        return (loss * w.squeeze(-1)).sum(), (nll * w.squeeze(-1)).sum()
+        zero = torch.zeros((), device=hidden.device)
+        return torch.where(keep, loss, zero).sum(), torch.where(keep, nll, zero).sum()
 
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor | None, grad_nll: torch.Tensor | None):
         hidden, weight, gold, w, softmax_weight, softmax_hidden = ctx.saved_tensors
-        s, vocab = ctx.smoothing, weight.size(0)
-        zero = torch.zeros((), device=hidden.device)
-        g_loss = grad_loss if grad_loss is not None else zero
-        g_nll = grad_nll if grad_nll is not None else zero
-        on_softmax = g_loss + g_nll
-        on_gold = w * (g_loss * (1.0 - s) + g_nll)  # (N, 1)
-        on_uniform = w * (g_loss * s / vocab)  # (N, 1)
-        w_float, h_float = weight.float(), hidden.float()
+        on_softmax, b, c = _gradient_coefficients(grad_loss, grad_nll, ctx.smoothing, weight.size(0), hidden.device)
+        on_gold, on_uniform = w * b, w * c  # (N, 1); the softmax part already carries ``w``
+        weight_f, hidden_f = weight.float(), hidden.float()
         grad_hidden = grad_weight = None
         if ctx.needs_input_grad[0]:
-            grad_hidden = on_softmax * softmax_weight - on_gold * w_float[gold] - on_uniform * w_float.sum(0)
+            grad_hidden = on_softmax * softmax_weight - on_gold * weight_f[gold] - on_uniform * weight_f.sum(0)
             grad_hidden = grad_hidden.to(hidden.dtype)
         if ctx.needs_input_grad[1]:
-            grad_weight = on_softmax * softmax_hidden - (on_uniform * h_float).sum(0)
-            grad_weight.index_add_(0, gold, -on_gold * h_float)
+            grad_weight = on_softmax * softmax_hidden - (on_uniform * hidden_f).sum(0)
+            grad_weight.index_add_(0, gold, -on_gold * hidden_f)
             grad_weight = grad_weight.to(weight.dtype)
         return grad_hidden, grad_weight, None, None, None, None
 
@@ -181,12 +182,10 @@ def linear_label_smoothed_nll_loss(
     Args:
         hidden: (B, T, D) decoder states; weight: (V, D) output projection (no bias).
         target: (B, T) gold ids, ``ignore_index`` at padding.
-        chunk_rows: rows per chunk; 0 picks about 1M logits (4 MiB) per chunk on the CPU, all rows on a GPU.
+        chunk_rows: rows per chunk; 0: about ``CPU_CHUNK_ELEMENTS`` logits per chunk on the CPU, all rows elsewhere.
 
     Returns:
         (loss_sum, nll_sum), as ``label_smoothed_nll_loss``.
     """
     flat = hidden.reshape(-1, hidden.size(-1))
-    if chunk_rows <= 0:
-        chunk_rows = flat.size(0) if flat.device.type != "cpu" else max(1, CPU_CHUNK_ELEMENTS // weight.size(0))
     return _LinearLabelSmoothedCrossEntropy.apply(flat, weight, target.reshape(-1), smoothing, ignore_index, chunk_rows)

@@ -100,7 +100,7 @@ class Trainer:
         # fp32 on the CPU: the output projection and the loss run together, chunk by chunk, so the step never
         # allocates the (tokens x vocabulary) logits, whose fresh pages are slow to touch there. Elsewhere the
         # projection stays under autocast, and its gradient stays free of CUDA's non-deterministic index_add_.
-        self.fused_loss = t.precision == "fp32" and self.device.type == "cpu" and self.model.output.bias is None
+        self.fused_loss = t.precision == "fp32" and self.device.type == "cpu"
         self.step = 0
         self.best_score: float | None = None
         self.bad_evals = 0  # validations in a row without improvement (early stopping)
