@@ -23,6 +23,7 @@ import torch
 
 from transformer.config import ConfigError, DataConfig
 from transformer.data import (
+    SubwordSampler,
     Batch,
     BatchIterator,
     DataError,
@@ -361,6 +362,80 @@ def test_sharding_gives_disjoint_equal_shares_of_the_epoch(dataset):
     usable = full[: len(full) // world_size * world_size]  # the remainder (< world_size batches) is dropped
     assert sorted(flat) == sorted(int(i) for batch in usable for i in batch)
     assert len(usable) >= len(full) - world_size + 1
+
+
+# ---- subword sampling ----------------------------------------------------------------------------
+
+
+def pieces(dataset: ParallelDataset) -> list[tuple[list[int], list[int]]]:
+    return [(dataset.src_ids(i).tolist(), dataset.tgt_ids(i).tolist()) for i in range(len(dataset))]
+
+
+def test_subword_sampling_depends_only_on_seed_and_epoch_and_keeps_the_text(dataset, tokenizer):
+    sampler = SubwordSampler(dataset, tokenizer, 0.1, seed=3)
+    epoch3 = sampler(3)
+    sampler(4)  # another epoch in between must not shift the generator
+    assert pieces(SubwordSampler(dataset, tokenizer, 0.1, seed=3)(3)) == pieces(epoch3) == pieces(sampler(3))
+    assert pieces(sampler(4)) != pieces(epoch3)
+    assert pieces(SubwordSampler(dataset, tokenizer, 0.1, seed=4)(3)) != pieces(epoch3)
+    # Other segmentations of the same pairs, in the same order: more pieces, the same text.
+    assert pieces(epoch3) != pieces(dataset)
+    assert epoch3.src_lengths.sum() > dataset.src_lengths.sum() and epoch3.tgt_lengths.sum() > dataset.tgt_lengths.sum()
+    assert epoch3.src_texts == dataset.src_texts and np.array_equal(epoch3.input_index, dataset.input_index)
+    assert tokenizer.decode_tgt([y for _, y in pieces(epoch3)]) == tokenizer.decode_tgt([y for _, y in pieces(dataset)])
+    assert tokenizer.decode_src([x for x, _ in pieces(epoch3)]) == tokenizer.decode_src([x for x, _ in pieces(dataset)])
+
+
+def test_subword_sampling_keeps_the_length_limits(dataset, tokenizer):
+    limit_src, limit_tgt = int(dataset.src_lengths.max()), int(dataset.tgt_lengths.max())
+    free = SubwordSampler(dataset, tokenizer, 0.3, seed=1)(0)
+    assert free.src_lengths.max() > limit_src or free.tgt_lengths.max() > limit_tgt  # the limits matter here
+    bounded = SubwordSampler(dataset, tokenizer, 0.3, seed=1, max_src_tokens=limit_src, max_tgt_tokens=limit_tgt)(0)
+    assert bounded.src_lengths.max() <= limit_src and bounded.tgt_lengths.max() <= limit_tgt
+    over = (free.src_lengths > limit_src) | (free.tgt_lengths > limit_tgt)
+    for i in range(len(dataset)):  # an over-long sampled pair falls back to its deterministic pieces
+        expected = pieces(dataset)[i] if over[i] else pieces(free)[i]
+        assert (bounded.src_ids(i).tolist(), bounded.tgt_ids(i).tolist()) == expected
+
+
+def test_resampled_epochs_batch_their_own_pieces_and_resume_mid_epoch(dataset, tokenizer):
+    def iterator() -> BatchIterator:
+        sampler = SubwordSampler(dataset, tokenizer, 0.1, seed=5)
+        return BatchIterator(dataset, 256, shuffle=True, seed=5, pad_to_multiple=1, resample=sampler)
+
+    uninterrupted = iterator()
+    expected, counts = [], []
+    for e in range(3):
+        counts.append(len(uninterrupted))
+        batches = list(uninterrupted)
+        assert len(batches) == counts[-1]
+        sampled = SubwordSampler(dataset, tokenizer, 0.1, seed=5)(e)
+        for batch in batches:  # each batch holds the epoch's sampled pieces, within the budget
+            rows = batch.indices.tolist()
+            assert batch.src.numel() <= 256 and batch.tgt_out.numel() <= 256
+            assert batch.src[0, : sampled.src_lengths[rows[0]] - 1].tolist() == sampled.src_ids(rows[0]).tolist()
+        assert sorted(i for b in batches for i in b.indices.tolist()) == list(range(len(dataset)))
+        expected += [b.src for b in batches]
+    assert len(set(counts)) > 1 or counts[0] != len(BatchIterator(dataset, 256, shuffle=True, seed=5))
+
+    first = iterator()
+    first.set_epoch(1)
+    done = [b.src for _, b in zip(range(4), first)]
+    resumed = iterator()
+    resumed.load_state_dict(first.state_dict())
+    got = [b.src for b in iterator()] + done + [b.src for b in resumed] + [b.src for b in resumed]
+    assert len(got) == len(expected) and all(torch.equal(a, b) for a, b in zip(got, expected))
+
+
+def test_subword_sampling_arguments_are_checked(dataset, tokenizer):
+    with pytest.raises(ValueError, match="alpha"):
+        SubwordSampler(dataset, tokenizer, 0.0)
+    with pytest.raises(ValueError, match="texts"):
+        SubwordSampler(ParallelDataset([[5]], [[6]]), tokenizer, 0.1)
+    with pytest.raises(ValueError, match="training mode"):
+        BatchIterator(dataset, 256, shuffle=False, resample=SubwordSampler(dataset, tokenizer, 0.1))
+    with pytest.raises(ConfigError, match="data.subword_sampling"):
+        DataConfig(subword_sampling=1.0)
 
 
 def test_evaluation_order_is_sorted_fixed_and_restorable(dataset, tokenizer):

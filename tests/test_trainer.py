@@ -15,7 +15,7 @@ import torch
 
 from transformer.checkpoint import load_checkpoint
 from transformer.config import Config, DataConfig, ModelConfig, TrainConfig
-from transformer.data import BatchIterator, ParallelDataset, collate
+from transformer.data import BatchIterator, ParallelDataset, SubwordSampler, collate
 from transformer.decoding import greedy_decode
 from transformer.model import Transformer
 from transformer.tokenizer import Tokenizer
@@ -48,7 +48,11 @@ def make_trainer(config: Config, tokenizer: Tokenizer, *, validation: bool = Fal
     torch.manual_seed(config.train.seed)
     src, tgt = zip(*PAIRS)
     dataset = ParallelDataset.from_texts(list(src), list(tgt), tokenizer, config.data)
-    batches = BatchIterator(dataset, config.data.max_tokens, shuffle=True, seed=config.train.seed, pad_to_multiple=1)
+    alpha = config.data.subword_sampling
+    resample = SubwordSampler(dataset, tokenizer, alpha, seed=config.train.seed) if alpha > 0 else None
+    batches = BatchIterator(
+        dataset, config.data.max_tokens, shuffle=True, seed=config.train.seed, pad_to_multiple=1, resample=resample
+    )
     valid = None
     if validation:
         valid_batches = BatchIterator(dataset, 512, shuffle=False, pad_to_multiple=1)
@@ -85,15 +89,22 @@ def test_a_tiny_corpus_is_learned_until_greedy_decoding_reproduces_it(tmp_path, 
     assert nll[-1] < 0.2 and nll[0] > 10 * nll[-1]  # with smoothing 0.1 the NLL floor is about 0.1
 
 
-def test_resume_equals_an_uninterrupted_run_bitwise(tmp_path, tokenizer):
-    # Dropout on, several batches per epoch, the interruption mid-epoch and the run crossing an epoch end.
-    full = make_trainer(make_config(tmp_path / "a", tokenizer, max_steps=9), tokenizer)
+@pytest.mark.parametrize("subword_sampling", [0.0, 0.3])
+def test_resume_equals_an_uninterrupted_run_bitwise(tmp_path, tokenizer, subword_sampling):
+    # Dropout on, several batches per epoch, the interruption mid-epoch and the run crossing an epoch end;
+    # with subword sampling, each epoch's own segmentation too.
+    def config(run: str, max_steps: int) -> Config:
+        c = make_config(tmp_path / run, tokenizer, max_steps=max_steps)
+        c.data = replace(c.data, subword_sampling=subword_sampling)
+        return c
+
+    full = make_trainer(config("a", 9), tokenizer)
     assert len(full.train_batches) >= 3
     full.fit()
 
-    first = make_trainer(make_config(tmp_path / "b", tokenizer, max_steps=4), tokenizer)
+    first = make_trainer(config("b", 4), tokenizer)
     first.fit()
-    resumed = make_trainer(make_config(tmp_path / "b", tokenizer, max_steps=9), tokenizer)
+    resumed = make_trainer(config("b", 9), tokenizer)
     assert not torch.equal(resumed.model.output.weight, first.model.output.weight)  # really rebuilt
     resumed.resume()
     assert resumed.step == 4

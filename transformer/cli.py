@@ -18,7 +18,14 @@ import yaml
 
 from transformer.checkpoint import CheckpointError
 from transformer.config import Config, ConfigError, load_config
-from transformer.data import BatchIterator, DataError, ParallelDataset, load_or_train_tokenizer, load_split
+from transformer.data import (
+    BatchIterator,
+    DataError,
+    ParallelDataset,
+    SubwordSampler,
+    load_or_train_tokenizer,
+    load_split,
+)
 from transformer.distributed import DistributedContext, setup, teardown
 from transformer.model import Transformer, count_parameters
 from transformer.tokenizer import PAD_ID, Tokenizer
@@ -48,6 +55,12 @@ def build_trainer(config: Config, context: DistributedContext) -> Trainer:
     )
     train_set = ParallelDataset.from_texts(train_src, train_tgt, tokenizer, d)
     valid_set = ParallelDataset.from_texts(valid_src, valid_tgt, tokenizer, d)
+    resample = None
+    if d.subword_sampling > 0:
+        resample = SubwordSampler(
+            train_set, tokenizer, d.subword_sampling, seed=config.train.seed,
+            max_src_tokens=d.max_src_tokens, max_tgt_tokens=d.max_tgt_tokens,
+        )
     train_batches = BatchIterator(
         train_set,
         d.max_tokens,
@@ -56,6 +69,7 @@ def build_trainer(config: Config, context: DistributedContext) -> Trainer:
         rank=context.rank,
         world_size=context.world_size,
         pad_to_multiple=d.pad_to_multiple,
+        resample=resample,
     )
     valid_batches = BatchIterator(valid_set, d.max_tokens, shuffle=False, pad_to_multiple=d.pad_to_multiple)
     model = Transformer(config.model)

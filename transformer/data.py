@@ -25,7 +25,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -376,6 +376,58 @@ def _flatten(seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
     return flat, offsets
 
 
+class SubwordSampler:
+    """A fresh sampled segmentation of the training pairs for each epoch (subword regularisation).
+
+    Calling it with an epoch returns a ``ParallelDataset`` of the same pairs, in the same order, each
+    side encoded with ``Tokenizer.encode_src/encode_tgt(sample_alpha=alpha)`` (BPE-dropout for a BPE
+    vocabulary). The segmentation depends only on ``(seed, epoch)``, so a resumed run and every rank of a
+    distributed one see the same pieces as an uninterrupted single process. A pair whose sampled form is
+    longer than ``max_src_tokens``/``max_tgt_tokens`` keeps its deterministic form: the limits hold.
+
+    Args:
+        dataset: the deterministically encoded, filtered pairs (with their texts).
+        tokenizer: the vocabulary they were encoded with.
+        alpha: the sampling parameter (BPE merge-dropout probability), > 0.
+        seed: seeds the sampling together with the epoch (>= 0).
+        max_src_tokens, max_tgt_tokens: the length limits, as for ``ParallelDataset.from_texts``.
+
+    Raises:
+        ValueError: ``alpha`` or ``seed`` is out of range, or the dataset carries no texts.
+    """
+
+    def __init__(
+        self,
+        dataset: ParallelDataset,
+        tokenizer: Tokenizer,
+        alpha: float,
+        *,
+        seed: int = 0,
+        max_src_tokens: int = 256,
+        max_tgt_tokens: int = 256,
+    ):
+        if not 0.0 < alpha < 1.0 or seed < 0:
+            raise ValueError(f"need 0 < alpha < 1 and seed >= 0, got alpha={alpha}, seed={seed}")
+        if len(dataset.src_texts) != len(dataset) or len(dataset.tgt_texts) != len(dataset):
+            raise ValueError("subword sampling needs a dataset built with its texts (ParallelDataset.from_texts)")
+        self.dataset = dataset
+        self.tokenizer = tokenizer
+        self.alpha = alpha
+        self.seed = seed
+        self.max_src_tokens = max_src_tokens
+        self.max_tgt_tokens = max_tgt_tokens
+
+    def __call__(self, epoch: int) -> ParallelDataset:
+        d = self.dataset
+        src_seed, tgt_seed = np.random.SeedSequence([self.seed, epoch]).generate_state(2).tolist()
+        src = self.tokenizer.encode_src(d.src_texts, sample_alpha=self.alpha, seed=src_seed)
+        tgt = self.tokenizer.encode_tgt(d.tgt_texts, sample_alpha=self.alpha, seed=tgt_seed)
+        for i in range(len(d)):
+            if len(src[i]) + 1 > self.max_src_tokens or len(tgt[i]) + 1 > self.max_tgt_tokens:
+                src[i], tgt[i] = d.src_ids(i).tolist(), d.tgt_ids(i).tolist()
+        return ParallelDataset(src, tgt, src_texts=d.src_texts, tgt_texts=d.tgt_texts, input_index=d.input_index)
+
+
 # ---- batches -----------------------------------------------------------------------------------
 
 
@@ -507,6 +559,10 @@ class BatchIterator:
     ``load_state_dict`` the iteration continues with exactly the batches an uninterrupted run would
     have yielded. ``set_epoch(e)`` with a new epoch starts it from its first batch.
 
+    With ``resample`` (training mode; e.g. a ``SubwordSampler``), epoch ``e`` batches and collates the
+    pairs of ``resample(e)`` instead of ``dataset``: the lengths, and so the batch count, may differ from
+    one epoch to the next. ``len()`` is then the count of the current epoch.
+
     Args:
         dataset: the encoded pairs.
         max_tokens: token budget per batch, padding included (see ``token_batches``).
@@ -514,6 +570,7 @@ class BatchIterator:
         seed: seeds the shuffling together with the epoch (>= 0).
         rank: this process's rank; world_size: the number of processes.
         pad_to_multiple: pad S and T to a multiple of this.
+        resample: the dataset of each epoch (a function of the epoch), or None for ``dataset`` throughout.
 
     Raises:
         ValueError: an argument is out of range, or there are fewer batches than ranks in training mode.
@@ -529,7 +586,10 @@ class BatchIterator:
         rank: int = 0,
         world_size: int = 1,
         pad_to_multiple: int = 8,
+        resample: Callable[[int], ParallelDataset] | None = None,
     ):
+        if resample is not None and not shuffle:
+            raise ValueError("resample is for training mode (shuffle=True) only")
         if max_tokens <= 0 or pad_to_multiple <= 0 or seed < 0:
             raise ValueError(
                 f"need max_tokens > 0, pad_to_multiple > 0, seed >= 0; got {max_tokens}, {pad_to_multiple}, {seed}"
@@ -543,36 +603,48 @@ class BatchIterator:
         self.rank = rank
         self.world_size = world_size
         self.pad_to_multiple = pad_to_multiple
+        self.resample = resample
         self.epoch = 0
         self.position = 0
-        # Random tie-breaking does not change the sorted length sequence, so the batch count is fixed.
-        batches = self._batches(self._order(None))
-        self._n_total = len(batches)
-        if shuffle and self._n_total < world_size:
-            raise ValueError(f"only {self._n_total} batches for {world_size} ranks; lower max_tokens")
-        n_over = sum(1 for b in batches if len(b) == 1 and self._cost(b) > max_tokens)
+        self._cached: tuple[int, ParallelDataset, int] | None = None  # (epoch, its dataset, its batch count)
+        dataset = self.epoch_dataset(0)
+        batches = self._batches(dataset, self._order(dataset, None))
+        if shuffle and len(batches) < world_size:
+            raise ValueError(f"only {len(batches)} batches for {world_size} ranks; lower max_tokens")
+        n_over = sum(1 for b in batches if len(b) == 1 and self._cost(dataset, b) > max_tokens)
         if n_over:
             logger.warning("%d sentence pairs exceed max_tokens=%d alone; each gets its own batch", n_over, max_tokens)
 
     def __len__(self) -> int:
-        """Batches per epoch for this rank."""
+        """Batches of the current epoch for this rank."""
+        self.epoch_dataset(self.epoch)
+        n_total = self._cached[2]
         if self.shuffle:
-            return self._n_total // self.world_size
-        return len(range(self.rank, self._n_total, self.world_size))
+            return n_total // self.world_size
+        return len(range(self.rank, n_total, self.world_size))
 
     def __iter__(self) -> Iterator[Batch]:
         batches = self.epoch_batches(self.epoch)
+        dataset = self.epoch_dataset(self.epoch)
         while self.position < len(batches):
             indices = batches[self.position]
             self.position += 1
-            yield collate(self.dataset, indices, self.pad_to_multiple)
+            yield collate(dataset, indices, self.pad_to_multiple)
         self.epoch, self.position = self.epoch + 1, 0
+
+    def epoch_dataset(self, epoch: int) -> ParallelDataset:
+        """The pairs that ``epoch`` batches: ``dataset``, or ``resample(epoch)`` (made once per epoch)."""
+        if self._cached is None or self._cached[0] != epoch:
+            dataset = self.dataset if self.resample is None else self.resample(epoch)
+            # Random tie-breaking does not change the sorted length sequence, so the count needs no generator.
+            self._cached = (epoch, dataset, len(self._batches(dataset, self._order(dataset, None))))
+        return self._cached[1]
 
     def epoch_batches(self, epoch: int) -> list[np.ndarray]:
         """This rank's batches of ``epoch``, as arrays of dataset positions (no tensors built)."""
         rng = np.random.default_rng([self.seed, epoch]) if self.shuffle else None
-        order = self._order(rng)
-        batches = self._batches(order)
+        dataset = self.epoch_dataset(epoch)
+        batches = self._batches(dataset, self._order(dataset, rng))
         if not self.shuffle:
             return batches[self.rank :: self.world_size]
         batches = [batches[i] for i in rng.permutation(len(batches))]
@@ -595,33 +667,35 @@ class BatchIterator:
         """
         if set(state) != {"epoch", "position"}:
             raise ValueError(f"expected a state with keys epoch and position, got {sorted(state)}")
-        if not 0 <= state["position"] <= len(self):
-            raise ValueError(f"position {state['position']} is outside this epoch's {len(self)} batches")
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        epoch, position = int(state["epoch"]), int(state["position"])
+        n_batches = len(self.epoch_batches(epoch))
+        if not 0 <= position <= n_batches:
+            raise ValueError(f"position {position} is outside epoch {epoch}'s {n_batches} batches")
+        self.epoch, self.position = epoch, position
 
-    def _order(self, rng: np.random.Generator | None) -> np.ndarray:
+    def _order(self, dataset: ParallelDataset, rng: np.random.Generator | None) -> np.ndarray:
         """Dataset positions sorted by length; ``rng`` breaks ties (training), else position does.
 
         Training sorts by padded width max(S, T) first (it sets a batch's cost), then by the padded
         target and source lengths, then the exact ones: neighbours share padded shapes, so little
         padding. Evaluation sorts by source length (it drives decoding), then target length.
         """
-        src_len, tgt_len = self.dataset.src_lengths, self.dataset.tgt_lengths
+        src_len, tgt_len = dataset.src_lengths, dataset.tgt_lengths
         ties = rng.permutation(len(src_len)) if rng is not None else np.arange(len(src_len))
         if not self.shuffle:
             return np.lexsort((ties, tgt_len, src_len))  # the last key is the primary one
         src_pad, tgt_pad = _round_up(src_len, self.pad_to_multiple), _round_up(tgt_len, self.pad_to_multiple)
         return np.lexsort((ties, src_len, tgt_len, src_pad, tgt_pad, np.maximum(src_pad, tgt_pad)))
 
-    def _batches(self, order: np.ndarray) -> list[np.ndarray]:
-        d = self.dataset
+    def _batches(self, dataset: ParallelDataset, order: np.ndarray) -> list[np.ndarray]:
+        d = dataset
         return token_batches(order, d.src_lengths, d.tgt_lengths, self.max_tokens, self.pad_to_multiple)
 
-    def _cost(self, indices: np.ndarray) -> int:
+    def _cost(self, dataset: ParallelDataset, indices: np.ndarray) -> int:
         """Tokens of a batch, padding included: B * max(S, T)."""
         m = self.pad_to_multiple
-        S = _round_up(int(self.dataset.src_lengths[indices].max()), m)
-        T = _round_up(int(self.dataset.tgt_lengths[indices].max()), m)
+        S = _round_up(int(dataset.src_lengths[indices].max()), m)
+        T = _round_up(int(dataset.tgt_lengths[indices].max()), m)
         return len(indices) * max(S, T)
 
 

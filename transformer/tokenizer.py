@@ -221,13 +221,13 @@ class Tokenizer:
     def tgt_vocab_size(self) -> int:
         return self._tgt.get_piece_size()
 
-    def encode_src(self, texts: list[str]) -> list[list[int]]:
-        """Subword ids of each source sentence, without BOS/EOS (batched, multithreaded)."""
-        return self._src.encode(list(texts), out_type=int)
+    def encode_src(self, texts: list[str], *, sample_alpha: float = 0.0, seed: int = 0) -> list[list[int]]:
+        """Subword ids of each source sentence, without BOS/EOS (see ``_encode`` for sampling)."""
+        return _encode(self._src, texts, sample_alpha, seed)
 
-    def encode_tgt(self, texts: list[str]) -> list[list[int]]:
-        """Subword ids of each target sentence, without BOS/EOS (batched, multithreaded)."""
-        return self._tgt.encode(list(texts), out_type=int)
+    def encode_tgt(self, texts: list[str], *, sample_alpha: float = 0.0, seed: int = 0) -> list[list[int]]:
+        """Subword ids of each target sentence, without BOS/EOS (see ``_encode`` for sampling)."""
+        return _encode(self._tgt, texts, sample_alpha, seed)
 
     def decode_src(self, ids: Sequence[Sequence[int]]) -> list[str]:
         """Plain text of source id sequences (same rules as ``decode_tgt``)."""
@@ -243,6 +243,21 @@ class Tokenizer:
             ValueError: an id is outside the target vocabulary.
         """
         return _decode(self._tgt, ids)
+
+
+def _encode(sp: spm.SentencePieceProcessor, texts: Sequence[str], sample_alpha: float, seed: int) -> list[list[int]]:
+    """The best segmentation of each text (``sample_alpha=0``), or a sampled one.
+
+    Sampling is subword regularisation: BPE-dropout with merge-dropout probability ``sample_alpha`` for a
+    BPE model, sampling from all segmentations with smoothing ``sample_alpha`` for a unigram model. The
+    same ``seed`` always gives the same segmentations: SentencePiece seeds the generator of each worker
+    thread it starts from its global seed and hands sentences to threads in no fixed order, so sampling
+    sets that seed and encodes on one (fresh) thread. The deterministic path stays multithreaded.
+    """
+    if sample_alpha <= 0.0:
+        return sp.encode(list(texts), out_type=int)
+    spm.set_random_generator_seed(seed)
+    return sp.encode(list(texts), out_type=int, enable_sampling=True, alpha=sample_alpha, nbest_size=-1, num_threads=1)
 
 
 def _processor(model: bytes, side: str) -> spm.SentencePieceProcessor:
