@@ -372,12 +372,12 @@ def pieces(dataset: ParallelDataset) -> list[tuple[list[int], list[int]]]:
 
 
 def test_subword_sampling_depends_only_on_seed_and_epoch_and_keeps_the_text(dataset, tokenizer):
-    sampler = SubwordSampler(dataset, tokenizer, 0.1, seed=3)
+    sampler = SubwordSampler(dataset, tokenizer, 0.1, 0.1, seed=3)
     epoch3 = sampler(3)
     sampler(4)  # another epoch in between must not shift the generator
-    assert pieces(SubwordSampler(dataset, tokenizer, 0.1, seed=3)(3)) == pieces(epoch3) == pieces(sampler(3))
+    assert pieces(SubwordSampler(dataset, tokenizer, 0.1, 0.1, seed=3)(3)) == pieces(epoch3) == pieces(sampler(3))
     assert pieces(sampler(4)) != pieces(epoch3)
-    assert pieces(SubwordSampler(dataset, tokenizer, 0.1, seed=4)(3)) != pieces(epoch3)
+    assert pieces(SubwordSampler(dataset, tokenizer, 0.1, 0.1, seed=4)(3)) != pieces(epoch3)
     # Other segmentations of the same pairs, in the same order: more pieces, the same text.
     assert pieces(epoch3) != pieces(dataset)
     assert epoch3.src_lengths.sum() > dataset.src_lengths.sum() and epoch3.tgt_lengths.sum() > dataset.tgt_lengths.sum()
@@ -386,11 +386,20 @@ def test_subword_sampling_depends_only_on_seed_and_epoch_and_keeps_the_text(data
     assert tokenizer.decode_src([x for x, _ in pieces(epoch3)]) == tokenizer.decode_src([x for x, _ in pieces(dataset)])
 
 
+def test_subword_sampling_of_one_side_keeps_the_other_deterministic(dataset, tokenizer):
+    src_only = SubwordSampler(dataset, tokenizer, 0.1, 0.0, seed=3)(0)
+    assert [y for _, y in pieces(src_only)] == [y for _, y in pieces(dataset)]
+    assert [x for x, _ in pieces(src_only)] == [x for x, _ in pieces(SubwordSampler(dataset, tokenizer, 0.1, 0.1, seed=3)(0))]
+    tgt_only = SubwordSampler(dataset, tokenizer, 0.0, 0.1, seed=3)(0)
+    assert [x for x, _ in pieces(tgt_only)] == [x for x, _ in pieces(dataset)]
+    assert [y for _, y in pieces(tgt_only)] != [y for _, y in pieces(dataset)]
+
+
 def test_subword_sampling_keeps_the_length_limits(dataset, tokenizer):
     limit_src, limit_tgt = int(dataset.src_lengths.max()), int(dataset.tgt_lengths.max())
-    free = SubwordSampler(dataset, tokenizer, 0.3, seed=1)(0)
+    free = SubwordSampler(dataset, tokenizer, 0.3, 0.3, seed=1)(0)
     assert free.src_lengths.max() > limit_src or free.tgt_lengths.max() > limit_tgt  # the limits matter here
-    bounded = SubwordSampler(dataset, tokenizer, 0.3, seed=1, max_src_tokens=limit_src, max_tgt_tokens=limit_tgt)(0)
+    bounded = SubwordSampler(dataset, tokenizer, 0.3, 0.3, seed=1, max_src_tokens=limit_src, max_tgt_tokens=limit_tgt)(0)
     assert bounded.src_lengths.max() <= limit_src and bounded.tgt_lengths.max() <= limit_tgt
     over = (free.src_lengths > limit_src) | (free.tgt_lengths > limit_tgt)
     for i in range(len(dataset)):  # an over-long sampled pair falls back to its deterministic pieces
@@ -400,7 +409,7 @@ def test_subword_sampling_keeps_the_length_limits(dataset, tokenizer):
 
 def test_resampled_epochs_batch_their_own_pieces_and_resume_mid_epoch(dataset, tokenizer):
     def iterator() -> BatchIterator:
-        sampler = SubwordSampler(dataset, tokenizer, 0.1, seed=5)
+        sampler = SubwordSampler(dataset, tokenizer, 0.1, 0.1, seed=5)
         return BatchIterator(dataset, 256, shuffle=True, seed=5, pad_to_multiple=1, resample=sampler)
 
     uninterrupted = iterator()
@@ -409,7 +418,7 @@ def test_resampled_epochs_batch_their_own_pieces_and_resume_mid_epoch(dataset, t
         counts.append(len(uninterrupted))
         batches = list(uninterrupted)
         assert len(batches) == counts[-1]
-        sampled = SubwordSampler(dataset, tokenizer, 0.1, seed=5)(e)
+        sampled = SubwordSampler(dataset, tokenizer, 0.1, 0.1, seed=5)(e)
         for batch in batches:  # each batch holds the epoch's sampled pieces, within the budget
             rows = batch.indices.tolist()
             assert batch.src.numel() <= 256 and batch.tgt_out.numel() <= 256
@@ -429,13 +438,15 @@ def test_resampled_epochs_batch_their_own_pieces_and_resume_mid_epoch(dataset, t
 
 def test_subword_sampling_arguments_are_checked(dataset, tokenizer):
     with pytest.raises(ValueError, match="alpha"):
-        SubwordSampler(dataset, tokenizer, 0.0)
+        SubwordSampler(dataset, tokenizer, 0.0, 0.0)
+    with pytest.raises(ValueError, match="alpha"):
+        SubwordSampler(dataset, tokenizer, 0.1, 1.0)
     with pytest.raises(ValueError, match="texts"):
-        SubwordSampler(ParallelDataset([[5]], [[6]]), tokenizer, 0.1)
+        SubwordSampler(ParallelDataset([[5]], [[6]]), tokenizer, 0.1, 0.1)
     with pytest.raises(ValueError, match="training mode"):
-        BatchIterator(dataset, 256, shuffle=False, resample=SubwordSampler(dataset, tokenizer, 0.1))
-    with pytest.raises(ConfigError, match="data.subword_sampling"):
-        DataConfig(subword_sampling=1.0)
+        BatchIterator(dataset, 256, shuffle=False, resample=SubwordSampler(dataset, tokenizer, 0.1, 0.1))
+    with pytest.raises(ConfigError, match="data.tgt_subword_sampling"):
+        DataConfig(tgt_subword_sampling=1.0)
 
 
 def test_evaluation_order_is_sorted_fixed_and_restorable(dataset, tokenizer):

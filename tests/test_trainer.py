@@ -48,8 +48,8 @@ def make_trainer(config: Config, tokenizer: Tokenizer, *, validation: bool = Fal
     torch.manual_seed(config.train.seed)
     src, tgt = zip(*PAIRS)
     dataset = ParallelDataset.from_texts(list(src), list(tgt), tokenizer, config.data)
-    alpha = config.data.subword_sampling
-    resample = SubwordSampler(dataset, tokenizer, alpha, seed=config.train.seed) if alpha > 0 else None
+    alphas = config.data.src_subword_sampling, config.data.tgt_subword_sampling
+    resample = SubwordSampler(dataset, tokenizer, *alphas, seed=config.train.seed) if any(alphas) else None
     batches = BatchIterator(
         dataset, config.data.max_tokens, shuffle=True, seed=config.train.seed, pad_to_multiple=1, resample=resample
     )
@@ -95,7 +95,7 @@ def test_resume_equals_an_uninterrupted_run_bitwise(tmp_path, tokenizer, subword
     # with subword sampling, each epoch's own segmentation too.
     def config(run: str, max_steps: int) -> Config:
         c = make_config(tmp_path / run, tokenizer, max_steps=max_steps)
-        c.data = replace(c.data, subword_sampling=subword_sampling)
+        c.data = replace(c.data, src_subword_sampling=subword_sampling, tgt_subword_sampling=subword_sampling)
         return c
 
     full = make_trainer(config("a", 9), tokenizer)

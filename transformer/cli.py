@@ -56,9 +56,9 @@ def build_trainer(config: Config, context: DistributedContext) -> Trainer:
     train_set = ParallelDataset.from_texts(train_src, train_tgt, tokenizer, d)
     valid_set = ParallelDataset.from_texts(valid_src, valid_tgt, tokenizer, d)
     resample = None
-    if d.subword_sampling > 0:
+    if d.src_subword_sampling > 0 or d.tgt_subword_sampling > 0:
         resample = SubwordSampler(
-            train_set, tokenizer, d.subword_sampling, seed=config.train.seed,
+            train_set, tokenizer, d.src_subword_sampling, d.tgt_subword_sampling, seed=config.train.seed,
             max_src_tokens=d.max_src_tokens, max_tgt_tokens=d.max_tgt_tokens,
         )
     train_batches = BatchIterator(

@@ -123,9 +123,11 @@ class DataConfig:
     spm_model_type: str = "bpe"  # "bpe" or "unigram"
     joint_vocab: bool = True  # one model for both languages (needed for shared embeddings)
     spm_character_coverage: float = 1.0
-    # Subword regularisation of the training pairs: each epoch sees a fresh sampled segmentation (BPE-dropout
-    # with this merge-dropout probability for "bpe"; the sampling smoothing alpha for "unigram"). 0 disables.
-    subword_sampling: float = 0.0
+    # Subword regularisation of the training pairs, per side: each epoch sees a fresh sampled segmentation
+    # (BPE-dropout with this merge-dropout probability for "bpe"; the sampling smoothing alpha for "unigram").
+    # 0 disables. Validation, test and translation always use the deterministic segmentation.
+    src_subword_sampling: float = 0.0
+    tgt_subword_sampling: float = 0.0
     # Filtering and batching. Lengths count ids as fed to the model: source pieces + EOS, target pieces + 1.
     max_src_tokens: int = 256
     max_tgt_tokens: int = 256
@@ -144,8 +146,9 @@ class DataConfig:
             raise ConfigError(f"data.src_lang and data.tgt_lang are both {self.src_lang!r}")
         if self.max_length_ratio != 0 and self.max_length_ratio < 1:
             raise ConfigError(f"data.max_length_ratio must be >= 1 (or 0 to disable), got {self.max_length_ratio}")
-        if not 0.0 <= self.subword_sampling < 1.0:
-            raise ConfigError(f"data.subword_sampling must be in [0, 1), got {self.subword_sampling}")
+        for name in ("src_subword_sampling", "tgt_subword_sampling"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"data.{name} must be in [0, 1), got {getattr(self, name)}")
         if not 0.0 < self.spm_character_coverage <= 1.0:
             raise ConfigError(f"data.spm_character_coverage must be in (0, 1], got {self.spm_character_coverage}")
         if self.source == "hub" and not self.hub_name:
@@ -193,7 +196,7 @@ class TrainConfig:
     schedule: str = "inverse_sqrt"  # "noam" (the paper's), "inverse_sqrt" (fairseq's), "cosine", "constant"
     warmup_steps: int = 4000
     max_steps: int = 0  # 0: limited by max_epochs only
-    # Sets the update count: max_epochs x the updates of the first epoch (with data.subword_sampling, later
+    # Sets the update count: max_epochs x the updates of the first epoch (with subword sampling, later
     # epochs differ by a few batches; the run still stops after exactly that many updates).
     max_epochs: int = 10
     max_minutes: float = 0.0  # wall-clock budget of training (validation included); 0: no limit

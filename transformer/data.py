@@ -379,40 +379,47 @@ def _flatten(seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
 class SubwordSampler:
     """A fresh sampled segmentation of the training pairs for each epoch (subword regularisation).
 
-    Calling it with an epoch returns a ``ParallelDataset`` of the same pairs, in the same order, each
-    side encoded with ``Tokenizer.encode_src/encode_tgt(sample_alpha=alpha)`` (BPE-dropout for a BPE
-    vocabulary). The segmentation depends only on ``(seed, epoch)``, so a resumed run and every rank of a
-    distributed one see the same pieces as an uninterrupted single process. A pair whose sampled form is
-    longer than ``max_src_tokens``/``max_tgt_tokens`` keeps its deterministic form: the limits hold.
+    Calling it with an epoch returns a ``ParallelDataset`` of the same pairs, in the same order, with
+    each side whose alpha is positive encoded by ``Tokenizer.encode_src/encode_tgt(sample_alpha=alpha)``
+    (BPE-dropout for a BPE vocabulary); a side with alpha 0 keeps its deterministic pieces. The
+    segmentation depends only on ``(seed, epoch)``, so a resumed run and every rank of a distributed one
+    see the same pieces as an uninterrupted single process. A pair whose sampled form is longer than
+    ``max_src_tokens``/``max_tgt_tokens`` keeps its deterministic form: the limits hold.
 
     Args:
         dataset: the deterministically encoded, filtered pairs (with their texts).
         tokenizer: the vocabulary they were encoded with.
-        alpha: the sampling parameter (BPE merge-dropout probability), > 0.
+        src_alpha, tgt_alpha: the sampling parameter of each side (BPE merge-dropout probability), in
+            [0, 1), at least one positive.
         seed: seeds the sampling together with the epoch (>= 0).
         max_src_tokens, max_tgt_tokens: the length limits, as for ``ParallelDataset.from_texts``.
 
     Raises:
-        ValueError: ``alpha`` or ``seed`` is out of range, or the dataset carries no texts.
+        ValueError: an alpha or the seed is out of range, or the dataset carries no texts.
     """
 
     def __init__(
         self,
         dataset: ParallelDataset,
         tokenizer: Tokenizer,
-        alpha: float,
+        src_alpha: float,
+        tgt_alpha: float,
         *,
         seed: int = 0,
         max_src_tokens: int = 256,
         max_tgt_tokens: int = 256,
     ):
-        if not 0.0 < alpha < 1.0 or seed < 0:
-            raise ValueError(f"need 0 < alpha < 1 and seed >= 0, got alpha={alpha}, seed={seed}")
+        if not (0.0 <= src_alpha < 1.0 and 0.0 <= tgt_alpha < 1.0 and src_alpha + tgt_alpha > 0) or seed < 0:
+            raise ValueError(
+                f"need alphas in [0, 1), one of them positive, and seed >= 0; got src_alpha={src_alpha}, "
+                f"tgt_alpha={tgt_alpha}, seed={seed}"
+            )
         if len(dataset.src_texts) != len(dataset) or len(dataset.tgt_texts) != len(dataset):
             raise ValueError("subword sampling needs a dataset built with its texts (ParallelDataset.from_texts)")
         self.dataset = dataset
         self.tokenizer = tokenizer
-        self.alpha = alpha
+        self.src_alpha = src_alpha
+        self.tgt_alpha = tgt_alpha
         self.seed = seed
         self.max_src_tokens = max_src_tokens
         self.max_tgt_tokens = max_tgt_tokens
@@ -420,8 +427,8 @@ class SubwordSampler:
     def __call__(self, epoch: int) -> ParallelDataset:
         d = self.dataset
         src_seed, tgt_seed = np.random.SeedSequence([self.seed, epoch]).generate_state(2).tolist()
-        src = self.tokenizer.encode_src(d.src_texts, sample_alpha=self.alpha, seed=src_seed)
-        tgt = self.tokenizer.encode_tgt(d.tgt_texts, sample_alpha=self.alpha, seed=tgt_seed)
+        src = self.tokenizer.encode_src(d.src_texts, sample_alpha=self.src_alpha, seed=src_seed)
+        tgt = self.tokenizer.encode_tgt(d.tgt_texts, sample_alpha=self.tgt_alpha, seed=tgt_seed)
         for i in range(len(d)):
             if len(src[i]) + 1 > self.max_src_tokens or len(tgt[i]) + 1 > self.max_tgt_tokens:
                 src[i], tgt[i] = d.src_ids(i).tolist(), d.tgt_ids(i).tolist()
