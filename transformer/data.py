@@ -613,9 +613,9 @@ class BatchIterator:
         self.resample = resample
         self.epoch = 0
         self.position = 0
-        self._cached: tuple[int, ParallelDataset, int] | None = None  # (epoch, its dataset, its batch count)
-        dataset = self.epoch_dataset(0)
-        batches = self._batches(dataset, self._order(dataset, None))
+        # The epoch in hand, its pairs and their batches in untied length order (see ``_epoch``).
+        self._cached: tuple[int, ParallelDataset, list[np.ndarray]] | None = None
+        dataset, batches = self._epoch(0)
         if shuffle and len(batches) < world_size:
             raise ValueError(f"only {len(batches)} batches for {world_size} ranks; lower max_tokens")
         n_over = sum(1 for b in batches if len(b) == 1 and self._cost(dataset, b) > max_tokens)
@@ -624,8 +624,10 @@ class BatchIterator:
 
     def __len__(self) -> int:
         """Batches of the current epoch for this rank."""
-        self.epoch_dataset(self.epoch)
-        n_total = self._cached[2]
+        return self._n_batches(self.epoch)
+
+    def _n_batches(self, epoch: int) -> int:
+        n_total = len(self._epoch(epoch)[1])
         if self.shuffle:
             return n_total // self.world_size
         return len(range(self.rank, n_total, self.world_size))
@@ -641,19 +643,23 @@ class BatchIterator:
 
     def epoch_dataset(self, epoch: int) -> ParallelDataset:
         """The pairs that ``epoch`` batches: ``dataset``, or ``resample(epoch)`` (made once per epoch)."""
+        return self._epoch(epoch)[0]
+
+    def _epoch(self, epoch: int) -> tuple[ParallelDataset, list[np.ndarray]]:
+        """``epoch``'s pairs and their batches in untied length order (evaluation's batches; in training,
+        random tie-breaking keeps the sorted lengths, so the same count). Kept for one epoch at a time."""
         if self._cached is None or self._cached[0] != epoch:
             dataset = self.dataset if self.resample is None else self.resample(epoch)
-            # Random tie-breaking does not change the sorted length sequence, so the count needs no generator.
-            self._cached = (epoch, dataset, len(self._batches(dataset, self._order(dataset, None))))
-        return self._cached[1]
+            self._cached = (epoch, dataset, self._batches(dataset, self._order(dataset, None)))
+        return self._cached[1], self._cached[2]
 
     def epoch_batches(self, epoch: int) -> list[np.ndarray]:
         """This rank's batches of ``epoch``, as arrays of dataset positions (no tensors built)."""
-        rng = np.random.default_rng([self.seed, epoch]) if self.shuffle else None
-        dataset = self.epoch_dataset(epoch)
-        batches = self._batches(dataset, self._order(dataset, rng))
+        dataset, batches = self._epoch(epoch)
         if not self.shuffle:
             return batches[self.rank :: self.world_size]
+        rng = np.random.default_rng([self.seed, epoch])
+        batches = self._batches(dataset, self._order(dataset, rng))
         batches = [batches[i] for i in rng.permutation(len(batches))]
         usable = len(batches) // self.world_size * self.world_size
         return batches[self.rank : usable : self.world_size]
@@ -675,7 +681,7 @@ class BatchIterator:
         if set(state) != {"epoch", "position"}:
             raise ValueError(f"expected a state with keys epoch and position, got {sorted(state)}")
         epoch, position = int(state["epoch"]), int(state["position"])
-        n_batches = len(self.epoch_batches(epoch))
+        n_batches = self._n_batches(epoch)
         if not 0 <= position <= n_batches:
             raise ValueError(f"position {position} is outside epoch {epoch}'s {n_batches} batches")
         self.epoch, self.position = epoch, position
@@ -695,8 +701,7 @@ class BatchIterator:
         return np.lexsort((ties, src_len, tgt_len, src_pad, tgt_pad, np.maximum(src_pad, tgt_pad)))
 
     def _batches(self, dataset: ParallelDataset, order: np.ndarray) -> list[np.ndarray]:
-        d = dataset
-        return token_batches(order, d.src_lengths, d.tgt_lengths, self.max_tokens, self.pad_to_multiple)
+        return token_batches(order, dataset.src_lengths, dataset.tgt_lengths, self.max_tokens, self.pad_to_multiple)
 
     def _cost(self, dataset: ParallelDataset, indices: np.ndarray) -> int:
         """Tokens of a batch, padding included: B * max(S, T)."""
