@@ -4,6 +4,7 @@
     python scripts/evaluate.py --checkpoint runs/x/checkpoints/best.pt                 # the test split
     python scripts/evaluate.py --checkpoint best.pt --split valid --beam-size 1 --output hyp.de
     python scripts/evaluate.py --checkpoint best.pt --split test_2017_flickr --data-dir ~/multi30k
+    python scripts/evaluate.py --checkpoint a/avg10.pt b/avg10.pt --split valid           # an ensemble
     python scripts/evaluate.py --hypotheses hyp.de --references ref.de                   # no model
 
 ``--split`` is a role (train, valid, test) or a split name of the corpus (evaluated in the test role).
@@ -20,7 +21,7 @@ import logging
 import sys
 from pathlib import Path
 
-from transformer.checkpoint import CheckpointError, load_for_inference
+from transformer.checkpoint import CheckpointError, load_ensemble_for_inference
 from transformer.config import ConfigError, DataConfig
 from transformer.data import DataError, load_split
 from transformer.distributed import resolve_device
@@ -31,7 +32,9 @@ ROLES = ("train", "valid", "test")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="evaluate", description="sacreBLEU score of a checkpoint or of a file.")
-    parser.add_argument("--checkpoint", type=Path, help="a .pt file written by training")
+    parser.add_argument(
+        "--checkpoint", type=Path, nargs="+", help="a .pt file written by training; several decode as an ensemble"
+    )
     parser.add_argument("--split", default="test", help="train, valid, test, or a split name (default: test)")
     parser.add_argument("--data-dir", help="corpus folder (default: the checkpoint's data.data_dir)")
     parser.add_argument("--src-lang", help="override the checkpoint's data.src_lang")
@@ -101,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
 
         device = resolve_device(args.device)
-        model, tokenizer, config = load_for_inference(args.checkpoint, device)
+        model, tokenizer, config = load_ensemble_for_inference(args.checkpoint, device)
         changes = {"beam_size": args.beam_size, "length_penalty": args.length_penalty, "batch_size": args.batch_size}
         cfg = dataclasses.replace(config.decode, n_best=1, **{k: v for k, v in changes.items() if v is not None})
         data_cfg, role = data_settings(config.data, args)
@@ -116,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     references = ref_texts[: len(hypotheses)]
     split = {"train": data_cfg.train_split, "valid": data_cfg.valid_split, "test": data_cfg.test_split}[role]
     print(
-        f"{args.checkpoint}: {data_cfg.src_lang}-{data_cfg.tgt_lang} {role} split ({split}), "
+        f"{' + '.join(map(str, args.checkpoint))}: {data_cfg.src_lang}-{data_cfg.tgt_lang} {role} split ({split}), "
         f"{len(hypotheses)} sentences, "
         f"beam {cfg.beam_size}, length penalty {cfg.length_penalty}, "
         f"max length {cfg.max_len_a} * src_len + {cfg.max_len_b}, {scores['seconds']:.1f} s"

@@ -5,11 +5,14 @@
     python scripts/translate.py --checkpoint best.pt < input.en > output.de     # one sentence per line
     python scripts/translate.py --checkpoint best.pt                            # interactive prompt (a TTY)
     python scripts/translate.py --checkpoint best.pt --beam-size 5 --n-best 3 "A dog runs."
+    python scripts/translate.py --checkpoint a/avg10.pt b/avg10.pt < input.en   # an ensemble of two models
 
 Output: one line per input line (an empty line gives an empty line). With ``--n-best N > 1``, N lines per
 input, ``index<TAB>score<TAB>translation`` (index counts inputs from 0; score is length-normalised).
-Decoding settings default to those saved in the checkpoint. Mistakes (a bad checkpoint, a bad option)
-end with one line on stderr and exit status 2.
+Several checkpoints decode as an ensemble (their probabilities averaged); they must share one vocabulary.
+The checkpoints after the first must end in ``.pt``: the first value that does not starts the sentences.
+Decoding settings default to those saved in the (first) checkpoint. Mistakes (a bad checkpoint, a bad
+option) end with one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -24,10 +27,11 @@ from pathlib import Path
 
 import torch
 
-from transformer.checkpoint import CheckpointError, load_for_inference
+from transformer.checkpoint import CheckpointError, load_ensemble_for_inference
 from transformer.config import ConfigError, DecodeConfig
 from transformer.decoding import decode_texts
 from transformer.distributed import resolve_device
+from transformer.ensemble import Ensemble
 from transformer.model import Transformer
 from transformer.tokenizer import Tokenizer
 
@@ -37,14 +41,25 @@ LINES_PER_CHUNK = 10_000  # stdin is translated in chunks this big (sorted by le
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="translate", description="Translate sentences with a trained checkpoint.")
     parser.add_argument("text", nargs="*", help="sentences to translate; none: read stdin (one per line) or prompt")
-    parser.add_argument("--checkpoint", required=True, type=Path, help="a .pt file written by training")
+    parser.add_argument(
+        "--checkpoint", required=True, nargs="+", metavar="CHECKPOINT",
+        help="a .pt file written by training; several (each after the first ending in .pt) decode as an ensemble",
+    )
     parser.add_argument("--beam-size", type=int, help="1 = greedy (default: the checkpoint's decode.beam_size)")
     parser.add_argument("--n-best", type=int, help="print the N best translations with their scores")
     parser.add_argument("--length-penalty", type=float, help="GNMT alpha (0 = none)")
     parser.add_argument("--batch-size", type=int, help="sentences per decoding batch")
     parser.add_argument("--max-src-tokens", type=int, help="truncate longer inputs, with a warning")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # "--checkpoint best.pt 'A dog.'" gives argparse's nargs="+" both values: the checkpoints are the first
+    # value and those after it that end in .pt, the sentences start at the first value that does not.
+    paths = args.checkpoint
+    n = 1
+    while n < len(paths) and paths[n].lower().endswith(".pt"):
+        n += 1
+    args.checkpoint, args.text = [Path(p) for p in paths[:n]], args.text + paths[n:]
+    return args
 
 
 def decode_settings(saved: DecodeConfig, args: argparse.Namespace) -> DecodeConfig:
@@ -62,7 +77,7 @@ def decode_settings(saved: DecodeConfig, args: argparse.Namespace) -> DecodeConf
 
 
 def translate_lines(
-    model: Transformer, tokenizer: Tokenizer, lines: list[str], cfg: DecodeConfig, args: argparse.Namespace,
+    model: Transformer | Ensemble, tokenizer: Tokenizer, lines: list[str], cfg: DecodeConfig, args: argparse.Namespace,
     device: torch.device, first_index: int = 0,
 ) -> list[str]:
     """Output lines for ``lines``: translations, or ``index<TAB>score<TAB>text`` n-best lines."""
@@ -92,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.max_src_tokens is not None and args.max_src_tokens < 2:
             raise ValueError("--max-src-tokens must be at least 2 (one token and EOS)")
         device = resolve_device(args.device)
-        model, tokenizer, config = load_for_inference(args.checkpoint, device)
+        model, tokenizer, config = load_ensemble_for_inference(args.checkpoint, device)
         cfg = decode_settings(config.decode, args)
     except (CheckpointError, ConfigError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -17,6 +17,7 @@ from torch import nn
 from transformer.checkpoint import save_checkpoint
 from transformer.config import Config, DataConfig, DecodeConfig, ModelConfig
 from transformer.decoding import decode_texts, translate_texts
+from transformer.ensemble import Ensemble
 from transformer.evaluate import corpus_scores, evaluate_model
 from transformer.model import Transformer
 from transformer.tokenizer import Tokenizer
@@ -43,9 +44,9 @@ def tokenizer(tmp_path_factory) -> Tokenizer:
     return Tokenizer.train(SRC, TGT, tmp_path_factory.mktemp("tok"), vocab_size=80)
 
 
-def make_model(tokenizer: Tokenizer) -> Transformer:
+def make_model(tokenizer: Tokenizer, seed: int = 0) -> Transformer:
     """Untrained tiny model, untied output scaled so that outputs vary and end early."""
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     config = ModelConfig.preset(
         "tiny", src_vocab_size=tokenizer.src_vocab_size, tgt_vocab_size=tokenizer.tgt_vocab_size, tie_output=False
     )
@@ -142,6 +143,7 @@ def run(tmp_path_factory, tokenizer) -> Path:
     )
     state = {"model": model.state_dict(), "config": config.to_dict(), "tokenizer": tokenizer.to_state()}
     save_checkpoint(state, folder / "model.pt")
+    save_checkpoint({**state, "model": make_model(tokenizer, seed=1).state_dict()}, folder / "model1.pt")
     del state["tokenizer"]
     save_checkpoint(state, folder / "no_vocab.pt")
     (folder / "garbage.pt").write_bytes(b"not a checkpoint")
@@ -224,3 +226,44 @@ def test_evaluate_script_decodes_a_split(run, tmp_path, capsys, tokenizer):
     assert "5 sentences" in capsys.readouterr().out
     assert evaluate.main(["--checkpoint", str(run / "model.pt"), "--split", "train"]) == 2
     assert "train_tsv" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ ensembles
+def test_translate_script_decodes_several_checkpoints_as_an_ensemble(run, capsys, tokenizer, tmp_path):
+    translate = load_script("translate")
+    texts = [SRC[0], SRC[7], SRC[13]]
+    # The sentences follow the checkpoints: the first value not ending in .pt starts them.
+    assert translate.main(["--checkpoint", str(run / "model.pt"), str(run / "model1.pt"), *texts]) == 0
+    out = capsys.readouterr().out.splitlines()
+    ensemble = Ensemble([make_model(tokenizer), make_model(tokenizer, seed=1)])
+    cfg = DecodeConfig(beam_size=2, max_len_a=0.2, max_len_b=3)  # the checkpoint's settings
+    assert out == translate_texts(ensemble, tokenizer, texts, cfg, device="cpu")
+    assert out != translate_texts(make_model(tokenizer), tokenizer, texts, cfg, device="cpu")  # not model.pt alone
+    # A checkpoint of another vocabulary: one line on stderr, exit status 2.
+    other = Tokenizer.train([s.lower() for s in SRC], [t.lower() for t in TGT], tmp_path / "tok", vocab_size=80)
+    config = Config(model=ModelConfig.preset("tiny", src_vocab_size=other.src_vocab_size,
+                                             tgt_vocab_size=other.tgt_vocab_size))
+    model = Transformer(config.model)
+    save_checkpoint({"model": model.state_dict(), "config": config.to_dict(), "tokenizer": other.to_state()},
+                    tmp_path / "other.pt")
+    assert translate.main(["--checkpoint", str(run / "model.pt"), str(tmp_path / "other.pt"), "hi"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "other.pt" in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_evaluate_script_scores_an_ensemble(run, tmp_path, capsys, tokenizer):
+    evaluate = load_script("evaluate")
+    hyp_path = tmp_path / "hyp.txt"
+    paths = [str(run / "model.pt"), str(run / "model1.pt")]
+    assert evaluate.main(["--checkpoint", *paths, "--output", str(hyp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{paths[0]} + {paths[1]}: ") and "7 sentences" in out
+    ensemble = Ensemble([make_model(tokenizer), make_model(tokenizer, seed=1)])
+    cfg = DecodeConfig(beam_size=2, max_len_a=0.2, max_len_b=3)
+    expected, hyps = evaluate_model(ensemble, tokenizer, SRC[5:12], TGT[5:12], cfg, device="cpu")
+    assert hyp_path.read_text(encoding="utf-8").splitlines() == hyps
+    assert expected["bleu_text"] in out
+    _, alone = evaluate_model(make_model(tokenizer), tokenizer, SRC[5:12], TGT[5:12], cfg, device="cpu")
+    assert hyps != alone  # the second checkpoint changed the translations
+    assert evaluate.main(["--checkpoint", paths[0], str(tmp_path / "missing.pt")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err

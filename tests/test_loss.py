@@ -148,3 +148,26 @@ def test_fused_projection_without_gradients_and_all_pad():
     torch.testing.assert_close((loss, nll), (ref_loss, ref_nll))
     pad_only = torch.full((2, 3), PAD)
     assert linear_label_smoothed_nll_loss(hidden, weight, pad_only, smoothing=0.1, ignore_index=PAD)[0].item() == 0.0
+
+
+def test_fused_projection_with_bf16_products_matches_bf16_logits():
+    """``matmul_dtype=bfloat16`` (the CPU bf16 path): the sums equal scoring bf16 logits in float32, and the
+    gradients agree with the float32 ones to bf16 precision, each in its input's dtype."""
+    torch.manual_seed(0)
+    hidden = torch.randn(4, 6, 16).bfloat16().requires_grad_()  # what the decoder gives under bf16 autocast
+    weight = torch.randn(37, 16, requires_grad=True)  # the float32 parameter
+    target = torch.randint(1, 37, (4, 6))
+    target[1, 2:] = PAD
+    fused = linear_label_smoothed_nll_loss(
+        hidden, weight, target, smoothing=0.1, ignore_index=PAD, chunk_rows=5, matmul_dtype=torch.bfloat16
+    )
+    grads = torch.autograd.grad(fused[0], (hidden, weight))
+    logits = hidden.detach() @ weight.detach().bfloat16().T  # bf16 logits, as autocast would make them
+    torch.testing.assert_close(fused, label_smoothed_nll_loss(logits, target, smoothing=0.1, ignore_index=PAD))
+    hidden32 = hidden.detach().float().requires_grad_()
+    weight32 = weight.detach().clone().requires_grad_()
+    plain = label_smoothed_nll_loss(hidden32 @ weight32.T, target, smoothing=0.1, ignore_index=PAD)
+    want = torch.autograd.grad(plain[0], (hidden32, weight32))
+    assert grads[0].dtype == torch.bfloat16 and grads[1].dtype == torch.float32
+    for got, ref in zip(grads, want):
+        torch.testing.assert_close(got.float(), ref, atol=0.05, rtol=0.05)

@@ -13,9 +13,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import sentencepiece as spm
 import torch
 
 from transformer.config import Config, ConfigError
+from transformer.ensemble import Ensemble
 from transformer.model import Transformer
 from transformer.tokenizer import Tokenizer
 
@@ -91,6 +93,52 @@ def load_for_inference(
     model = Transformer(config.model)
     load_model_state(model, state["model"], where=str(path))
     return model.to(device).eval(), tokenizer, config
+
+
+def load_ensemble_for_inference(
+    paths: list[str | Path], device: str | torch.device = "cpu"
+) -> tuple[Transformer | Ensemble, Tokenizer, Config]:
+    """``load_for_inference`` of one or more checkpoints; several make an ``Ensemble``.
+
+    The tokenizer and config returned are those of the first checkpoint (its decoding and data settings).
+
+    Raises:
+        CheckpointError: no paths, an unreadable checkpoint, or checkpoints whose vocabularies differ.
+    """
+    if not paths:
+        raise CheckpointError("no checkpoints given")
+    model, tokenizer, config = load_for_inference(paths[0], device)
+    if len(paths) == 1:
+        return model, tokenizer, config
+    models = [model]
+    for path in paths[1:]:
+        other, other_tokenizer, _ = load_for_inference(path, device)
+        if _pieces(other_tokenizer) != _pieces(tokenizer):
+            raise CheckpointError(
+                f"{path} has another vocabulary than {paths[0]}: an ensemble needs models trained on one vocabulary"
+            )
+        models.append(other)
+    try:
+        ensemble = Ensemble(models)
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
+    return ensemble.eval(), tokenizer, config
+
+
+def _pieces(tokenizer: Tokenizer) -> tuple[list[str], list[str]]:
+    """The source and target pieces, by id: what two models must agree on to decode together.
+
+    Not the serialized SentencePiece models: those also record training options such as ``num_threads``
+    (the machine's CPU count), so one vocabulary trained on two machines has other bytes.
+    """
+    sides = []
+    for model in (tokenizer.to_state()["src_model"], tokenizer.to_state()["tgt_model"]):
+        if model is None:  # a joint vocabulary: the target side is the source model
+            sides.append(sides[0])
+            continue
+        sp = spm.SentencePieceProcessor(model_proto=model)
+        sides.append([sp.id_to_piece(i) for i in range(sp.get_piece_size())])
+    return sides[0], sides[1]
 
 
 def rng_states() -> dict[str, Any]:

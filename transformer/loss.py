@@ -120,7 +120,7 @@ class _LinearLabelSmoothedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, smoothing: float,
-                ignore_index: int, rows: int):
+                ignore_index: int, rows: int, matmul_dtype: torch.dtype | None):
         n, vocab = hidden.size(0), weight.size(0)
         rows = _chunk_rows(hidden.device, n, vocab) if rows <= 0 else rows
         keep = target != ignore_index
@@ -131,17 +131,26 @@ class _LinearLabelSmoothedCrossEntropy(torch.autograd.Function):
         nll = torch.empty_like(loss)
         softmax_weight = torch.empty(n, hidden.size(1), dtype=torch.float32, device=hidden.device) if grads else None
         softmax_hidden = torch.zeros(vocab, hidden.size(1), dtype=torch.float32, device=hidden.device) if grads else None
-        weight_f = weight.float()
+        # The three products run in ``matmul_dtype`` (bf16: the CPU's AMX units, several times the float32
+        # rate); the softmax and all sums across chunks stay in float32.
+        low = matmul_dtype not in (None, torch.float32)
+        mm_dtype = matmul_dtype if low else torch.float32
+        h, wt = hidden.to(mm_dtype), weight.to(mm_dtype)
         for i in range(0, n, rows):
             j = slice(i, i + rows)
-            logits = torch.mm(hidden[j], weight.t()).float()
+            logits = torch.mm(h[j], wt.t()).float()
             lse = torch.logsumexp(logits, dim=-1)
             nll[j] = lse - logits.gather(-1, gold[j].unsqueeze(-1)).squeeze(-1)
             loss[j] = (1.0 - smoothing) * nll[j] + smoothing * (lse - logits.mean(dim=-1))
             if grads:
                 probs = logits.sub_(lse.unsqueeze(-1)).exp_().mul_(w[j])  # pad rows: no gradient
-                torch.mm(probs, weight_f, out=softmax_weight[j])
-                softmax_hidden.addmm_(probs.t(), hidden[j].float())
+                if low:
+                    probs = probs.to(mm_dtype)
+                    softmax_weight[j] = torch.mm(probs, wt)
+                    softmax_hidden += torch.mm(probs.t(), h[j])
+                else:
+                    torch.mm(probs, wt, out=softmax_weight[j])
+                    softmax_hidden.addmm_(probs.t(), h[j])
         ctx.save_for_backward(hidden, weight, gold, w, softmax_weight, softmax_hidden)
         ctx.smoothing = smoothing
         ctx.set_materialize_grads(False)
@@ -162,7 +171,7 @@ class _LinearLabelSmoothedCrossEntropy(torch.autograd.Function):
             grad_weight = on_softmax * softmax_hidden - (on_uniform * hidden_f).sum(0)
             grad_weight.index_add_(0, gold, -on_gold * hidden_f)
             grad_weight = grad_weight.to(weight.dtype)
-        return grad_hidden, grad_weight, None, None, None, None
+        return grad_hidden, grad_weight, None, None, None, None, None
 
 
 def linear_label_smoothed_nll_loss(
@@ -173,6 +182,7 @@ def linear_label_smoothed_nll_loss(
     smoothing: float,
     ignore_index: int,
     chunk_rows: int = 0,
+    matmul_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``label_smoothed_nll_loss(hidden @ weight.T, target, ...)`` without the (tokens x vocabulary) logits.
 
@@ -183,9 +193,13 @@ def linear_label_smoothed_nll_loss(
         hidden: (B, T, D) decoder states; weight: (V, D) output projection (no bias).
         target: (B, T) gold ids, ``ignore_index`` at padding.
         chunk_rows: rows per chunk; 0: about ``CPU_CHUNK_ELEMENTS`` logits per chunk on the CPU, all rows elsewhere.
+        matmul_dtype: run the products with the logits in this dtype (e.g. bfloat16, as autocast would);
+            None or float32: float32.
 
     Returns:
         (loss_sum, nll_sum), as ``label_smoothed_nll_loss``.
     """
     flat = hidden.reshape(-1, hidden.size(-1))
-    return _LinearLabelSmoothedCrossEntropy.apply(flat, weight, target.reshape(-1), smoothing, ignore_index, chunk_rows)
+    return _LinearLabelSmoothedCrossEntropy.apply(
+        flat, weight, target.reshape(-1), smoothing, ignore_index, chunk_rows, matmul_dtype
+    )

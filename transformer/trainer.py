@@ -97,10 +97,12 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, t, d_model=config.model.d_model, total_steps=self.total_steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
         self.autocast = autocast_context(t.precision, self.device)
-        # fp32 on the CPU: the output projection and the loss run together, chunk by chunk, so the step never
-        # allocates the (tokens x vocabulary) logits, whose fresh pages are slow to touch there. Elsewhere the
-        # projection stays under autocast, and its gradient stays free of CUDA's non-deterministic index_add_.
-        self.fused_loss = t.precision == "fp32" and self.device.type == "cpu"
+        # On the CPU the output projection and the loss run together, chunk by chunk, so the step never
+        # allocates the (tokens x vocabulary) logits, whose fresh pages are slow to touch there; with bf16 their
+        # products run in bf16 like the rest of the model. On a GPU the projection stays under autocast, and its
+        # gradient stays free of CUDA's non-deterministic index_add_.
+        self.fused_loss = self.device.type == "cpu" and t.precision in ("fp32", "bf16")
+        self.loss_matmul_dtype = torch.bfloat16 if t.precision == "bf16" else None
         self.step = 0
         self.best_score: float | None = None
         self.bad_evals = 0  # validations in a row without improvement (early stopping)
@@ -212,9 +214,11 @@ class Trainer:
             sync = contextlib.nullcontext() if last or not self.context.enabled else self.train_model.no_sync()
             with sync:
                 if self.fused_loss:
-                    hidden = self.train_model(batch.src, batch.tgt_in, return_hidden=True)
+                    with self.autocast:
+                        hidden = self.train_model(batch.src, batch.tgt_in, return_hidden=True)
                     loss, nll = linear_label_smoothed_nll_loss(
-                        hidden, self.model.output.weight, batch.tgt_out, smoothing=t.label_smoothing, ignore_index=PAD_ID
+                        hidden, self.model.output.weight, batch.tgt_out, smoothing=t.label_smoothing,
+                        ignore_index=PAD_ID, matmul_dtype=self.loss_matmul_dtype,
                     )
                 else:
                     with self.autocast:
