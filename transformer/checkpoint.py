@@ -13,7 +13,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import sentencepiece as spm
 import torch
 
 from transformer.config import Config, ConfigError
@@ -110,10 +109,10 @@ def load_ensemble_for_inference(
     model, tokenizer, config = load_for_inference(paths[0], device)
     if len(paths) == 1:
         return model, tokenizer, config
-    models = [model]
+    models, pieces = [model], tokenizer.pieces()
     for path in paths[1:]:
         other, other_tokenizer, _ = load_for_inference(path, device)
-        if _pieces(other_tokenizer) != _pieces(tokenizer):
+        if other_tokenizer.pieces() != pieces:
             raise CheckpointError(
                 f"{path} has another vocabulary than {paths[0]}: an ensemble needs models trained on one vocabulary"
             )
@@ -123,22 +122,6 @@ def load_ensemble_for_inference(
     except ValueError as err:
         raise CheckpointError(str(err)) from None
     return ensemble.eval(), tokenizer, config
-
-
-def _pieces(tokenizer: Tokenizer) -> tuple[list[str], list[str]]:
-    """The source and target pieces, by id: what two models must agree on to decode together.
-
-    Not the serialized SentencePiece models: those also record training options such as ``num_threads``
-    (the machine's CPU count), so one vocabulary trained on two machines has other bytes.
-    """
-    sides = []
-    for model in (tokenizer.to_state()["src_model"], tokenizer.to_state()["tgt_model"]):
-        if model is None:  # a joint vocabulary: the target side is the source model
-            sides.append(sides[0])
-            continue
-        sp = spm.SentencePieceProcessor(model_proto=model)
-        sides.append([sp.id_to_piece(i) for i in range(sp.get_piece_size())])
-    return sides[0], sides[1]
 
 
 def rng_states() -> dict[str, Any]:

@@ -101,6 +101,4 @@ class Ensemble(nn.Module):
             F.log_softmax(m.decode(tgt, part, src_mask, tgt_mask, cache=c).float(), dim=-1)
             for m, part, c in zip(self.models, self._split(memory), caches)
         ]
-        if len(log_probs) == 1:
-            return log_probs[0]
         return torch.logsumexp(torch.stack(log_probs), dim=0) - math.log(len(log_probs))

@@ -133,8 +133,8 @@ class _LinearLabelSmoothedCrossEntropy(torch.autograd.Function):
         softmax_hidden = torch.zeros(vocab, hidden.size(1), dtype=torch.float32, device=hidden.device) if grads else None
         # The three products run in ``matmul_dtype`` (bf16: the CPU's AMX units, several times the float32
         # rate); the softmax and all sums across chunks stay in float32.
-        low = matmul_dtype not in (None, torch.float32)
-        mm_dtype = matmul_dtype if low else torch.float32
+        mm_dtype = matmul_dtype or torch.float32
+        low = mm_dtype != torch.float32
         h, wt = hidden.to(mm_dtype), weight.to(mm_dtype)
         for i in range(0, n, rows):
             j = slice(i, i + rows)

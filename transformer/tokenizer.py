@@ -221,6 +221,15 @@ class Tokenizer:
     def tgt_vocab_size(self) -> int:
         return self._tgt.get_piece_size()
 
+    def pieces(self) -> tuple[list[str], list[str]]:
+        """The source and target pieces, by id: what two models must share to decode together.
+
+        Two tokenizers can have the same pieces but other model bytes: the serialized models also record
+        training options such as ``num_threads`` (the machine's CPU count).
+        """
+        src = [self._src.id_to_piece(i) for i in range(self._src.get_piece_size())]
+        return src, src if self.joint else [self._tgt.id_to_piece(i) for i in range(self._tgt.get_piece_size())]
+
     def encode_src(self, texts: list[str], *, sample_alpha: float = 0.0, seed: int = 0) -> list[list[int]]:
         """Subword ids of each source sentence, without BOS/EOS (see ``_encode`` for sampling)."""
         return _encode(self._src, texts, sample_alpha, seed)
