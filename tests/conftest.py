@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from transformer.config import ModelConfig
-from transformer.model import Transformer
+from transformer.model.transformer import Transformer
 
 VOCAB = 23  # small, and not a multiple of anything in the tiny preset
 PAD = 0
@@ -47,8 +47,8 @@ def tokens() -> Callable[..., torch.Tensor]:
 
 @pytest.fixture(scope="session")
 def multi30k() -> Path:
-    """The Multi30k folder ($MULTI30K_DIR, else ../shared/data/multi30k beside the project); skips if absent."""
-    folder = Path(os.environ.get("MULTI30K_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k")
+    """The Multi30k folder ($MULTI30K_DIR, else the project's data/multi30k); skips if absent."""
+    folder = Path(os.environ.get("MULTI30K_DIR") or Path(__file__).resolve().parents[1] / "data" / "multi30k")
     if not folder.is_dir():
         pytest.skip(f"Multi30k not found at {folder} (set MULTI30K_DIR)")
     return folder

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from transformer.attention import MultiHeadAttention, attention_weights
-from transformer.kv_cache import KVCache
-from transformer.masks import causal_mask
+from transformer.model.attention import MultiHeadAttention, attention_weights
+from transformer.model.kv_cache import KVCache
+from transformer.model.masks import causal_mask
 
 D_MODEL, N_HEADS = 16, 4
 

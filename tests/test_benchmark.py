@@ -14,21 +14,21 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from transformer.config import ModelConfig
-from transformer.data import Batch
-from transformer.loss import label_smoothed_nll_loss
-from transformer.model import Transformer
+from transformer.data.batching import Batch
+from transformer.model.transformer import Transformer
+from transformer.training.loss import label_smoothed_nll_loss
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import benchmark  # noqa: E402  (scripts/ is not a package)
+import benchmark  # noqa: E402  (benchmarks/ is not a package)
 from stock_baseline import StockTransformer, stock_greedy  # noqa: E402
 
 
 def test_tiny_run_writes_every_figure_and_passes_its_checks(tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--presets", "tiny", "--steps", "2", "--warmup", "1",
+        [sys.executable, str(ROOT / "benchmarks" / "benchmark.py"), "--presets", "tiny", "--steps", "2", "--warmup", "1",
          "--repeats", "1", "--data-dir", "data/sample", "--test-split", "test", "--vocab-size", "300",
          "--decode-preset", "tiny", "--decode-sentences", "12", "--beam-size", "3", "--device", "cpu",
          "--threads", "1", "--json", str(out)],

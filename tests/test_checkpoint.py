@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from transformer.checkpoint import (
+from transformer.config import Config, ModelConfig
+from transformer.data.tokenizer import Tokenizer
+from transformer.model.transformer import Transformer
+from transformer.training.checkpoint import (
     CheckpointError,
     average_checkpoints,
     load_checkpoint,
@@ -19,9 +22,6 @@ from transformer.checkpoint import (
     load_model_state,
     save_checkpoint,
 )
-from transformer.config import Config, ModelConfig
-from transformer.model import Transformer
-from transformer.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,7 +106,7 @@ def test_average_script_and_its_errors(tmp_path, tokenizer):
     run = tmp_path / "run" / "checkpoints"
     for seed in range(3):
         save_checkpoint(make_state(tokenizer, seed)[0], run / f"step_{seed:08d}.pt")
-    script = [sys.executable, str(ROOT / "scripts" / "average_checkpoints.py")]
+    script = [sys.executable, "-m", "transformer", "average"]
     ok = subprocess.run(script + ["--run-dir", str(tmp_path / "run"), "--last", "2", "--output", str(tmp_path / "a.pt")],
                         capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr

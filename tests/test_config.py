@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from transformer.config import PRESETS, Config, ConfigError, DataConfig, ModelConfig, TrainConfig, load_config
-from transformer.model import Transformer, count_parameters
+from transformer.model.transformer import Transformer, count_parameters
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

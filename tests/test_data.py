@@ -16,23 +16,17 @@ import json
 import logging
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+from transformer.cli import main as cli_main
 from transformer.config import ConfigError, DataConfig
-from transformer.data import (
-    SubwordSampler,
-    Batch,
-    BatchIterator,
-    DataError,
-    ParallelDataset,
-    collate,
-    load_or_train_tokenizer,
-    load_split,
-)
-from transformer.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from transformer.data.batching import Batch, BatchIterator, ParallelDataset, SubwordSampler, collate
+from transformer.data.corpus import DataError, load_split
+from transformer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, load_or_train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample"
@@ -51,12 +45,9 @@ def write(path: Path, lines: list[str], *, gz: bool = False) -> Path:
     return path
 
 
-def load_script(name: str):
-    """Import scripts/<name>.py as a module (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def load_script(name: str) -> SimpleNamespace:
+    """The subcommand ``name`` of the ``transformer`` command, called in-process as ``.main(argv)``."""
+    return SimpleNamespace(main=lambda argv: cli_main([name, *argv]))
 
 
 @pytest.fixture(scope="module")
@@ -102,9 +93,8 @@ def test_multi30k_folder_from_env_then_default(tmp_path, monkeypatch):
     env_dir, repo = tmp_path / "elsewhere", tmp_path / "repo"
     write(env_dir / "train.en", EN[:1])
     write(env_dir / "train.de", DE[:1])
-    write(tmp_path / "shared" / "data" / "multi30k" / "train.en", EN[1:3])
-    write(tmp_path / "shared" / "data" / "multi30k" / "train.de", DE[1:3])
-    repo.mkdir()
+    write(repo / "data" / "multi30k" / "train.en", EN[1:3])  # the default: data/multi30k of the working folder
+    write(repo / "data" / "multi30k" / "train.de", DE[1:3])
     monkeypatch.chdir(repo)
     monkeypatch.setenv("MULTI30K_DIR", str(env_dir))
     assert load_split(DataConfig(), "train") == (EN[:1], DE[:1])
@@ -199,7 +189,7 @@ def test_missing_split_or_language_lists_the_folder(tmp_path):
 
 
 def test_missing_folder_says_how_to_get_the_corpus(tmp_path):
-    with pytest.raises(DataError, match="download_multi30k.py") as info:
+    with pytest.raises(DataError, match="transformer download multi30k") as info:
         load_split(DataConfig(data_dir=str(tmp_path / "nope")), "train")
     assert str(tmp_path / "nope") in str(info.value)
 
@@ -523,8 +513,8 @@ def test_real_multi30k_batches_are_dense(tmp_path, multi30k):
 
 
 def test_download_script_without_network_fails_clearly(tmp_path, capsys):
-    download = load_script("download_multi30k")
-    code = download.main(["--out", str(tmp_path), "--base-url", "http://127.0.0.1:9", "--timeout", "2"])
+    download = load_script("download")
+    code = download.main(["multi30k", "--out", str(tmp_path), "--base-url", "http://127.0.0.1:9", "--timeout", "2"])
     assert code == 1
     assert "cannot reach http://127.0.0.1:9/train.en.gz" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # no partial files left
@@ -540,12 +530,12 @@ def test_download_script_from_a_local_mirror(tmp_path, capsys):
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        download = load_script("download_multi30k")
+        download = load_script("download")
         url = f"http://127.0.0.1:{server.server_address[1]}"
         out = tmp_path / "out"
-        assert download.main(["--out", str(out), "--base-url", url, "--splits", "val"]) == 0
+        assert download.main(["multi30k", "--out", str(out), "--base-url", url, "--splits", "val"]) == 0
         assert load_split(DataConfig(data_dir=str(out)), "valid") == (EN, DE)
-        assert download.main(["--out", str(out), "--base-url", url, "--splits", "val", "--langs", "fr"]) == 1
+        assert download.main(["multi30k", "--out", str(out), "--base-url", url, "--splits", "val", "--langs", "fr"]) == 1
         assert "HTTP 404" in capsys.readouterr().err
     finally:
         server.shutdown()
@@ -553,6 +543,8 @@ def test_download_script_from_a_local_mirror(tmp_path, capsys):
 
 
 def test_benchmark_script_exits_clearly_without_the_corpus(tmp_path, capsys):
-    benchmark = load_script("benchmark_data")
+    spec = importlib.util.spec_from_file_location("benchmark_data", ROOT / "benchmarks" / "benchmark_data.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
     assert benchmark.main(["--data-dir", str(tmp_path / "missing")]) == 2
     assert "Multi30k folder" in capsys.readouterr().err

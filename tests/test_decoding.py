@@ -13,16 +13,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from transformer.config import DecodeConfig, ModelConfig
-from transformer.decoding import (
+from transformer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from transformer.decoding.search import (
     Hypothesis,
     beam_search,
     decode_batch,
     gnmt_length_penalty,
     greedy_decode,
 )
-from transformer.masks import padding_mask
-from transformer.model import Transformer
-from transformer.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from transformer.model.masks import padding_mask
+from transformer.model.transformer import Transformer
 
 A, B, C = 4, 5, 6  # the fake model's ordinary tokens
 FAKE_VOCAB = 7

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from transformer.dropout import Dropout
+from transformer.model.dropout import Dropout
 
 
 def test_identity_in_eval_mode_and_at_zero():

@@ -7,17 +7,18 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 # Helpers of the other test modules (pytest puts tests/ on sys.path): the same tiny models and checkpoints.
 from test_checkpoint import make_state, tokenizer  # noqa: F401  (tokenizer is a fixture)
 from test_decoding import one_thread, random_src, tiny_model  # noqa: F401  (one_thread is an autouse fixture)
-from transformer.checkpoint import CheckpointError, load_ensemble_for_inference, save_checkpoint
+from torch import nn
+
 from transformer.config import DecodeConfig, ModelConfig
-from transformer.decoding import decode_batch, greedy_decode, translate_texts
-from transformer.ensemble import Ensemble
-from transformer.model import Transformer
-from transformer.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from transformer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from transformer.decoding.ensemble import Ensemble
+from transformer.decoding.search import decode_batch, greedy_decode, translate_texts
+from transformer.model.transformer import Transformer
+from transformer.training.checkpoint import CheckpointError, load_ensemble_for_inference, save_checkpoint
 
 VOCAB = 23
 
@@ -208,7 +209,7 @@ def test_load_ensemble_accepts_one_vocabulary_trained_with_other_thread_counts(
     bytes for the same vocabulary, which must not stop them from forming an ensemble."""
     folder, _ = checkpoints
     texts = ["a man rides a bike", "two dogs play in the park", "a woman reads a book"] * 5  # as the fixture's
-    monkeypatch.setattr("transformer.tokenizer.os.cpu_count", lambda: 97)
+    monkeypatch.setattr("transformer.data.tokenizer.os.cpu_count", lambda: 97)
     retrained = Tokenizer.train(texts, texts, tmp_path / "spm", vocab_size=40, joint=True)
     assert retrained.to_state()["src_model"] != tokenizer.to_state()["src_model"]  # other bytes ...
     state, _ = make_state(retrained, seed=3)

@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import logging
 import sys
 from pathlib import Path
-from types import ModuleType
+from types import SimpleNamespace
 
 import pytest
 import sentencepiece as spm
 import torch
 from torch import nn
 
-from transformer.checkpoint import save_checkpoint
+from transformer.cli import main as cli_main
 from transformer.config import Config, DataConfig, DecodeConfig, ModelConfig
-from transformer.decoding import decode_texts, translate_texts
-from transformer.ensemble import Ensemble
-from transformer.evaluate import corpus_scores, evaluate_model
-from transformer.model import Transformer
-from transformer.tokenizer import Tokenizer
+from transformer.data.tokenizer import Tokenizer
+from transformer.decoding.ensemble import Ensemble
+from transformer.decoding.search import decode_texts, translate_texts
+from transformer.evaluation import corpus_scores, evaluate_model
+from transformer.model.transformer import Transformer
+from transformer.training.checkpoint import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBJECTS = ["A man", "Two women", "A little girl", "The old dog", "Three children", "A young boy"]
@@ -55,11 +55,9 @@ def make_model(tokenizer: Tokenizer, seed: int = 0) -> Transformer:
     return model.eval()
 
 
-def load_script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def load_script(name: str) -> SimpleNamespace:
+    """The subcommand ``name`` of the ``transformer`` command, called in-process as ``.main(argv)``."""
+    return SimpleNamespace(main=lambda argv: cli_main([name, *argv]))
 
 
 # ------------------------------------------------------------------------------------------- scoring
@@ -233,7 +231,7 @@ def test_translate_script_decodes_several_checkpoints_as_an_ensemble(run, capsys
     translate = load_script("translate")
     texts = [SRC[0], SRC[7], SRC[13]]
     # The sentences follow the checkpoints: the first value not ending in .pt starts them.
-    assert translate.main(["--checkpoint", str(run / "model.pt"), str(run / "model1.pt"), *texts]) == 0
+    assert translate.main(["--checkpoint", str(run / "model.pt"), "--checkpoint", str(run / "model1.pt"), *texts]) == 0
     out = capsys.readouterr().out.splitlines()
     ensemble = Ensemble([make_model(tokenizer), make_model(tokenizer, seed=1)])
     cfg = DecodeConfig(beam_size=2, max_len_a=0.2, max_len_b=3)  # the checkpoint's settings
@@ -246,7 +244,7 @@ def test_translate_script_decodes_several_checkpoints_as_an_ensemble(run, capsys
     model = Transformer(config.model)
     save_checkpoint({"model": model.state_dict(), "config": config.to_dict(), "tokenizer": other.to_state()},
                     tmp_path / "other.pt")
-    assert translate.main(["--checkpoint", str(run / "model.pt"), str(tmp_path / "other.pt"), "hi"]) == 2
+    assert translate.main(["--checkpoint", str(run / "model.pt"), "--checkpoint", str(tmp_path / "other.pt"), "hi"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "other.pt" in err and err.count("\n") == 1 and "Traceback" not in err
 
@@ -255,7 +253,7 @@ def test_evaluate_script_scores_an_ensemble(run, tmp_path, capsys, tokenizer):
     evaluate = load_script("evaluate")
     hyp_path = tmp_path / "hyp.txt"
     paths = [str(run / "model.pt"), str(run / "model1.pt")]
-    assert evaluate.main(["--checkpoint", *paths, "--output", str(hyp_path)]) == 0
+    assert evaluate.main(["--checkpoint", paths[0], "--checkpoint", paths[1], "--output", str(hyp_path)]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"{paths[0]} + {paths[1]}: ") and "7 sentences" in out
     ensemble = Ensemble([make_model(tokenizer), make_model(tokenizer, seed=1)])
@@ -265,5 +263,5 @@ def test_evaluate_script_scores_an_ensemble(run, tmp_path, capsys, tokenizer):
     assert expected["bleu_text"] in out
     _, alone = evaluate_model(make_model(tokenizer), tokenizer, SRC[5:12], TGT[5:12], cfg, device="cpu")
     assert hyps != alone  # the second checkpoint changed the translations
-    assert evaluate.main(["--checkpoint", paths[0], str(tmp_path / "missing.pt")]) == 2
+    assert evaluate.main(["--checkpoint", paths[0], "--checkpoint", str(tmp_path / "missing.pt")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from transformer.feed_forward import FeedForward
+from transformer.model.feed_forward import FeedForward
 
 
 @pytest.mark.parametrize(("activation", "fn"), [("relu", lambda h: h.clamp(min=0)), ("gelu", lambda h: 0.5 * h * (1 + torch.erf(h / 2**0.5)))])

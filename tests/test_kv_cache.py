@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from transformer.kv_cache import DecoderCache, KVCache, LayerCache
+from transformer.model.kv_cache import DecoderCache, KVCache, LayerCache
 
 B, H, DH = 3, 2, 4
 

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from transformer.config import ModelConfig
-from transformer.kv_cache import KVCache, LayerCache
-from transformer.layers import DecoderLayer, EncoderLayer, Residual
-from transformer.masks import causal_mask
+from transformer.model.kv_cache import KVCache, LayerCache
+from transformer.model.layers import DecoderLayer, EncoderLayer, Residual
+from transformer.model.masks import causal_mask
 
 
 def test_residual_post_ln_and_pre_ln() -> None:

@@ -2,8 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import transformer.loss as loss_module
-from transformer.loss import label_smoothed_nll_loss, linear_label_smoothed_nll_loss
+import transformer.training.loss as loss_module
+from transformer.training.loss import label_smoothed_nll_loss, linear_label_smoothed_nll_loss
 
 PAD = 0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from transformer.masks import causal_mask, padding_mask, target_mask
+from transformer.model.masks import causal_mask, padding_mask, target_mask
 
 PAD = 0
 

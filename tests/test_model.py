@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from transformer.config import PRESETS, ModelConfig
-from transformer.model import Transformer, count_parameters
+from transformer.model.transformer import Transformer, count_parameters
 
 PAD = 0
 TOL = dict(atol=1e-5, rtol=1e-5)

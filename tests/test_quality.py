@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from transformer.cli import train_main
+from transformer.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,7 +24,7 @@ MIN_BLEU = 8.0  # measured: 15.8 in 3.2 minutes on 2 CPU cores (docs/EXPERIMENTS
 @pytest.mark.slow
 def test_reduced_multi30k_run_translates_well_above_chance(tmp_path, multi30k):
     run_dir = tmp_path / "run"
-    status = train_main([
+    status = cli_main(["train",
         "--config", str(ROOT / "configs" / "multi30k_en_de.yaml"), "--data-dir", str(multi30k),
         "--run-dir", str(run_dir), f"train.max_steps={STEPS}", "train.max_minutes=0", f"train.eval_every={STEPS}",
         "train.eval_max_sentences=300", "train.keep_last=0", f"train.log_every={STEPS // 3}",

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from transformer.config import TrainConfig
-from transformer.schedule import build_scheduler, inverse_sqrt, noam, warmup_constant, warmup_cosine
+from transformer.training.schedule import build_scheduler, inverse_sqrt, noam, warmup_constant, warmup_cosine
 
 
 def test_noam_matches_the_paper_formula():

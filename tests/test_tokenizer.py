@@ -11,7 +11,7 @@ import pytest
 import sentencepiece as spm
 import torch
 
-from transformer.tokenizer import (
+from transformer.data.tokenizer import (
     BOS_ID,
     EOS_ID,
     JOINT_MODEL,

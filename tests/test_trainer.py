@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from transformer.checkpoint import load_checkpoint
 from transformer.config import Config, DataConfig, ModelConfig, TrainConfig
-from transformer.data import BatchIterator, ParallelDataset, SubwordSampler, collate
-from transformer.decoding import greedy_decode
-from transformer.model import Transformer
-from transformer.tokenizer import Tokenizer
-from transformer.trainer import Trainer, ValidationData
+from transformer.data.batching import BatchIterator, ParallelDataset, SubwordSampler, collate
+from transformer.data.tokenizer import Tokenizer
+from transformer.decoding.search import greedy_decode
+from transformer.model.transformer import Transformer
+from transformer.training.checkpoint import load_checkpoint
+from transformer.training.trainer import Trainer, ValidationData
 
 # 20 pairs: English number words -> German number words (a deterministic mapping a tiny model can learn).
 EN = "one two three four five six seven eight nine ten".split()
@@ -259,7 +259,7 @@ def test_interrupted_checkpoint_write_leaves_the_last_good_one(tmp_path, tokeniz
         f.write(b"partial bytes of a checkpoint")
         raise OSError("disk full")
 
-    monkeypatch.setattr("transformer.checkpoint.torch.save", crash)
+    monkeypatch.setattr("transformer.training.checkpoint.torch.save", crash)
     trainer.step += 1
     with pytest.raises(OSError, match="disk full"):
         trainer._save_step_checkpoint()

@@ -1,12 +1,12 @@
 """The original encoder-decoder Transformer for machine translation."""
 
-from transformer.checkpoint import CheckpointError, load_for_inference
 from transformer.config import Config, ConfigError, DataConfig, DecodeConfig, ModelConfig, TrainConfig, load_config
-from transformer.decoding import Hypothesis, beam_search, greedy_decode, translate_texts
-from transformer.evaluate import corpus_scores, evaluate_model
-from transformer.kv_cache import DecoderCache, KVCache
-from transformer.model import Transformer, count_parameters
-from transformer.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
+from transformer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
+from transformer.decoding.search import Hypothesis, beam_search, greedy_decode, translate_texts
+from transformer.evaluation import corpus_scores, evaluate_model
+from transformer.model.kv_cache import DecoderCache, KVCache
+from transformer.model.transformer import Transformer, count_parameters
+from transformer.training.checkpoint import CheckpointError, load_for_inference
 
 __all__ = [
     "BOS_ID",

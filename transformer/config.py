@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from transformer.errors import ConfigError
+
 # Model presets: plain values, applied by ``ModelConfig.preset`` or by ``model.preset`` in YAML.
 PRESETS: dict[str, dict[str, Any]] = {
     # For tests: runs in milliseconds.
@@ -28,9 +30,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "big": dict(d_model=1024, n_heads=16, d_ff=4096, n_encoder_layers=6, n_decoder_layers=6, dropout=0.3),
 }
 
-
-class ConfigError(ValueError):
-    """A configuration value or key is invalid; the message names the key at fault."""
 
 
 @dataclass

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import torch
 
-from transformer.checkpoint import CheckpointError, load_for_inference
 from transformer.config import ConfigError, DataConfig, DecodeConfig, ModelConfig
-from transformer.data import DataError, load_split
-from transformer.decoding import decode_texts
-from transformer.model import Transformer, count_parameters
-from transformer.tokenizer import Tokenizer
+from transformer.data.corpus import DataError, load_split
+from transformer.data.tokenizer import Tokenizer
+from transformer.decoding.search import decode_texts
+from transformer.model.transformer import Transformer, count_parameters
+from transformer.training.checkpoint import CheckpointError, load_for_inference
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 
 from transformer.config import DecodeConfig
-from transformer.kv_cache import DecoderCache
-from transformer.model import Transformer
-from transformer.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from transformer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from transformer.model.kv_cache import DecoderCache
+from transformer.model.transformer import Transformer
 
 logger = logging.getLogger(__name__)
 

@@ -1,16 +1,8 @@
-#!/usr/bin/env python
-"""Translate text with a trained checkpoint.
-
-    python scripts/translate.py --checkpoint runs/x/checkpoints/best.pt "A man rides a bike." "Two dogs play."
-    python scripts/translate.py --checkpoint best.pt < input.en > output.de     # one sentence per line
-    python scripts/translate.py --checkpoint best.pt                            # interactive prompt (a TTY)
-    python scripts/translate.py --checkpoint best.pt --beam-size 5 --n-best 3 "A dog runs."
-    python scripts/translate.py --checkpoint a/avg10.pt b/avg10.pt < input.en   # an ensemble of two models
+"""Translate sentences with a trained checkpoint (or several, as an ensemble).
 
 Output: one line per input line (an empty line gives an empty line). With ``--n-best N > 1``, N lines per
 input, ``index<TAB>score<TAB>translation`` (index counts inputs from 0; score is length-normalised).
 Several checkpoints decode as an ensemble (their probabilities averaged); they must share one vocabulary.
-The checkpoints after the first must end in ``.pt``: the first value that does not starts the sentences.
 Decoding settings default to those saved in the (first) checkpoint. Mistakes (a bad checkpoint, a bad
 option) end with one line on stderr and exit status 2.
 """
@@ -20,30 +12,41 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import logging
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 
-from transformer.checkpoint import CheckpointError, load_ensemble_for_inference
 from transformer.config import ConfigError, DecodeConfig
-from transformer.decoding import decode_texts
-from transformer.distributed import resolve_device
-from transformer.ensemble import Ensemble
-from transformer.model import Transformer
-from transformer.tokenizer import Tokenizer
+from transformer.data.tokenizer import Tokenizer
+from transformer.decoding.ensemble import Ensemble
+from transformer.decoding.search import decode_texts
+from transformer.model.transformer import Transformer
+from transformer.training.checkpoint import load_ensemble_for_inference
+from transformer.training.distributed import resolve_device
 
 LINES_PER_CHUNK = 10_000  # stdin is translated in chunks this big (sorted by length within a chunk)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="translate", description="Translate sentences with a trained checkpoint.")
+EXAMPLES = """\
+examples:
+  transformer translate --checkpoint runs/sample/checkpoints/best.pt "A man rides a bike." "Two dogs play."
+  transformer translate --checkpoint best.pt < input.en > output.de          # one sentence per line
+  transformer translate --checkpoint best.pt --beam-size 5 --n-best 3 "A dog runs."
+  transformer translate --checkpoint a/avg10.pt --checkpoint b/avg10.pt < input.en   # an ensemble
+"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "translate", help="translate sentences (arguments, stdin, or a prompt)",
+        description=__doc__.split("\n\n")[0], epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("text", nargs="*", help="sentences to translate; none: read stdin (one per line) or prompt")
     parser.add_argument(
-        "--checkpoint", required=True, nargs="+", metavar="CHECKPOINT",
-        help="a .pt file written by training; several (each after the first ending in .pt) decode as an ensemble",
+        "--checkpoint", required=True, action="append", type=Path, metavar="CKPT",
+        help="a .pt file written by training; repeat it to decode several models as an ensemble",
     )
     parser.add_argument("--beam-size", type=int, help="1 = greedy (default: the checkpoint's decode.beam_size)")
     parser.add_argument("--n-best", type=int, help="print the N best translations with their scores")
@@ -51,15 +54,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, help="sentences per decoding batch")
     parser.add_argument("--max-src-tokens", type=int, help="truncate longer inputs, with a warning")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
-    args = parser.parse_args(argv)
-    # "--checkpoint best.pt 'A dog.'" gives argparse's nargs="+" both values: the checkpoints are the first
-    # value and those after it that end in .pt, the sentences start at the first value that does not.
-    paths = args.checkpoint
-    n = 1
-    while n < len(paths) and paths[n].lower().endswith(".pt"):
-        n += 1
-    args.checkpoint, args.text = [Path(p) for p in paths[:n]], args.text + paths[n:]
-    return args
+    parser.set_defaults(run=run)
+    return parser
 
 
 def decode_settings(saved: DecodeConfig, args: argparse.Namespace) -> DecodeConfig:
@@ -100,18 +96,12 @@ def chunks(lines: Iterable[str], size: int) -> Iterable[list[str]]:
         yield chunk
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s: %(message)s")
-    try:
-        if args.max_src_tokens is not None and args.max_src_tokens < 2:
-            raise ValueError("--max-src-tokens must be at least 2 (one token and EOS)")
-        device = resolve_device(args.device)
-        model, tokenizer, config = load_ensemble_for_inference(args.checkpoint, device)
-        cfg = decode_settings(config.decode, args)
-    except (CheckpointError, ConfigError, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+def run(args: argparse.Namespace) -> int:
+    if args.max_src_tokens is not None and args.max_src_tokens < 2:
+        raise ConfigError("--max-src-tokens must be at least 2 (one token and EOS)")
+    device = resolve_device(args.device)
+    model, tokenizer, config = load_ensemble_for_inference(args.checkpoint, device)
+    cfg = decode_settings(config.decode, args)
 
     if args.text:
         for line in translate_lines(model, tokenizer, args.text, cfg, args, device):
@@ -139,6 +129,3 @@ def main(argv: list[str] | None = None) -> int:
             index += len(chunk)
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -22,14 +22,20 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from transformer.checkpoint import load_checkpoint, load_model_state, rng_states, save_checkpoint, set_rng_states
 from transformer.config import Config
-from transformer.data import Batch, BatchIterator
-from transformer.distributed import DistributedContext
-from transformer.evaluate import evaluate_model
-from transformer.loss import label_smoothed_nll_loss, linear_label_smoothed_nll_loss
-from transformer.schedule import build_scheduler
-from transformer.tokenizer import PAD_ID, Tokenizer
+from transformer.data.batching import Batch, BatchIterator
+from transformer.data.tokenizer import PAD_ID, Tokenizer
+from transformer.evaluation import evaluate_model
+from transformer.training.checkpoint import (
+    load_checkpoint,
+    load_model_state,
+    rng_states,
+    save_checkpoint,
+    set_rng_states,
+)
+from transformer.training.distributed import DistributedContext
+from transformer.training.loss import label_smoothed_nll_loss, linear_label_smoothed_nll_loss
+from transformer.training.schedule import build_scheduler
 
 logger = logging.getLogger(__name__)
 

@@ -1,8 +1,4 @@
-"""The ``train`` command: config + overrides -> data, vocabulary, model -> ``Trainer.fit()``.
-
-User mistakes (a bad config key, a missing file, a broken checkpoint) end with one clear line on stderr and
-exit status 2, never a traceback.
-"""
+"""``transformer train``: config + overrides -> data, vocabulary, model -> ``Trainer.fit()``."""
 
 from __future__ import annotations
 
@@ -10,30 +6,20 @@ import argparse
 import dataclasses
 import logging
 import random
-import sys
 from pathlib import Path
 
 import torch
 import yaml
 
-from transformer.checkpoint import CheckpointError
-from transformer.config import Config, ConfigError, load_config
-from transformer.data import (
-    BatchIterator,
-    DataError,
-    ParallelDataset,
-    SubwordSampler,
-    load_or_train_tokenizer,
-    load_split,
-)
-from transformer.distributed import DistributedContext, setup, teardown
-from transformer.model import Transformer, count_parameters
-from transformer.tokenizer import PAD_ID, Tokenizer
-from transformer.trainer import Trainer, ValidationData
+from transformer.config import Config, load_config
+from transformer.data.batching import BatchIterator, ParallelDataset, SubwordSampler
+from transformer.data.corpus import load_split
+from transformer.data.tokenizer import PAD_ID, Tokenizer, load_or_train_tokenizer
+from transformer.model.transformer import Transformer, count_parameters
+from transformer.training.distributed import DistributedContext, setup, teardown
+from transformer.training.trainer import Trainer, ValidationData
 
 logger = logging.getLogger("transformer")
-
-USER_ERRORS = (ConfigError, DataError, CheckpointError, FileNotFoundError)
 
 
 def build_trainer(config: Config, context: DistributedContext) -> Trainer:
@@ -78,23 +64,35 @@ def build_trainer(config: Config, context: DistributedContext) -> Trainer:
     return Trainer(config, model, tokenizer, train_batches, validation, context=context)
 
 
-def train_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="train", description="Train an encoder-decoder Transformer for translation."
+EXAMPLES = """\
+examples:
+  transformer train --config configs/sample.yaml
+  transformer train --config configs/multi30k_en_de.yaml train.lr=1e-3 model.dropout=0.3
+  transformer train --config configs/sample.yaml --resume          # continue RUN_DIR/checkpoints/last.pt
+  torchrun --standalone --nproc_per_node 2 -m transformer train --config configs/sample.yaml
+"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "train", help="train a model from a config", description="Train an encoder-decoder Transformer for translation.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", "-c", type=Path, help="YAML config (see configs/)")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.lr=5e-4")
     parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints/last.pt")
-    parser.add_argument("--data-dir", help="shortcut for data.data_dir=... (the Multi30k folder)")
+    parser.add_argument("--data-dir", help="shortcut for data.data_dir=... (the corpus folder)")
     parser.add_argument("--run-dir", help="shortcut for train.run_dir=...")
     parser.add_argument("--device", help="shortcut for train.device=... (auto, cpu, cuda)")
-    args, extra = parser.parse_known_args(argv)
-    overrides = list(args.overrides) + extra  # lets `--train.lr=5e-4` work as well as `train.lr=5e-4`
+    parser.set_defaults(run=run, accepts_overrides=True)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides)
     for key, value in (("data.data_dir", args.data_dir), ("train.run_dir", args.run_dir), ("train.device", args.device)):
         if value is not None:
             overrides.append(f"{key}={value}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
     context = None
     try:
         config = load_config(args.config, overrides)
@@ -109,12 +107,6 @@ def train_main(argv: list[str] | None = None) -> int:
         if args.resume:
             trainer.resume()
         metrics = trainer.fit()
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
     finally:
         if context is not None:
             teardown(context)
@@ -122,4 +114,3 @@ def train_main(argv: list[str] | None = None) -> int:
         print(f"done at step {trainer.step}; last validation: {metrics}")
         print(f"checkpoints: {trainer.checkpoint_dir}")
     return 0
-

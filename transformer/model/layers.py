@@ -12,11 +12,11 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from transformer.attention import MultiHeadAttention
 from transformer.config import ModelConfig
-from transformer.dropout import Dropout
-from transformer.feed_forward import FeedForward
-from transformer.kv_cache import LayerCache
+from transformer.model.attention import MultiHeadAttention
+from transformer.model.dropout import Dropout
+from transformer.model.feed_forward import FeedForward
+from transformer.model.kv_cache import LayerCache
 
 
 class Residual(nn.Module):

@@ -15,9 +15,10 @@ import torch
 from sacrebleu.metrics import BLEU, CHRF
 
 from transformer.config import DecodeConfig
-from transformer.decoding import translate_texts
-from transformer.model import Transformer
-from transformer.tokenizer import Tokenizer
+from transformer.data.tokenizer import Tokenizer
+from transformer.decoding.search import translate_texts
+from transformer.errors import DataError
+from transformer.model.transformer import Transformer
 
 logger = logging.getLogger(__name__)
 
@@ -35,14 +36,14 @@ def corpus_scores(hypotheses: Sequence[str], references: Sequence[str], *, lower
         "sentences": int}``; ``bleu_text`` is sacreBLEU's one-line summary (n-gram precisions, brevity penalty).
 
     Raises:
-        ValueError: the two lists differ in length, or are empty.
+        DataError: the two lists differ in length, or are empty.
     """
     if len(hypotheses) != len(references):
-        raise ValueError(
+        raise DataError(
             f"{len(hypotheses)} hypotheses but {len(references)} references: they must match line by line"
         )
     if not hypotheses:
-        raise ValueError("no sentences to score")
+        raise DataError("no sentences to score")
     hyps, refs = list(hypotheses), [list(references)]
     bleu, chrf = BLEU(lowercase=lowercase), CHRF()
     bleu_score, chrf_score = bleu.corpus_score(hyps, refs), chrf.corpus_score(hyps, refs)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from transformer.kv_cache import KVCache
+from transformer.model.kv_cache import KVCache
 
 
 def attention_weights(

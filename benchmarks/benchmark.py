@@ -64,18 +64,19 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from stock_baseline import StockTransformer, stock_beam_search, stock_greedy
-from transformer.checkpoint import CheckpointError, load_for_inference
+
 from transformer.config import Config, DataConfig, DecodeConfig, ModelConfig, TrainConfig
-from transformer.data import Batch, BatchIterator, DataError, ParallelDataset, collate, load_split
-from transformer.decoding import decode_batch
-from transformer.distributed import DistributedContext, resolve_device
-from transformer.loss import label_smoothed_nll_loss
-from transformer.model import Transformer, count_parameters
-from transformer.schedule import build_scheduler
-from transformer.tokenizer import EOS_ID, PAD_ID, Tokenizer
-from transformer.trainer import Trainer, autocast_context, build_optimizer
+from transformer.data.batching import Batch, BatchIterator, ParallelDataset, collate
+from transformer.data.corpus import DataError, load_split
+from transformer.data.tokenizer import EOS_ID, PAD_ID, Tokenizer
+from transformer.decoding.search import decode_batch
+from transformer.model.transformer import Transformer, count_parameters
+from transformer.training.checkpoint import CheckpointError, load_for_inference
+from transformer.training.distributed import DistributedContext, resolve_device
+from transformer.training.loss import label_smoothed_nll_loss
+from transformer.training.schedule import build_scheduler
+from transformer.training.trainer import Trainer, autocast_context, build_optimizer
 
 # Dense peak TFLOP/s by (name fragment, precision); fp32 without TF32 (PyTorch's default for matmuls).
 PEAK_TFLOPS = {

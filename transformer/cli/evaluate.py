@@ -1,12 +1,4 @@
-#!/usr/bin/env python
 """Score a checkpoint on a split of its dataset with sacreBLEU (BLEU, chrF and their signatures).
-
-    python scripts/evaluate.py --checkpoint runs/x/checkpoints/best.pt                 # the test split
-    python scripts/evaluate.py --checkpoint best.pt --split valid --beam-size 1 --output hyp.de
-    python scripts/evaluate.py --checkpoint best.pt --split test_2017_flickr --data-dir ~/multi30k
-    python scripts/evaluate.py --checkpoint a/avg10.pt b/avg10.pt --split valid           # an ensemble
-    python scripts/evaluate.py --hypotheses hyp.de --references ref.de                   # no model
-
 ``--split`` is a role (train, valid, test) or a split name of the corpus (evaluated in the test role).
 The data settings (source, languages, folder) come from the checkpoint; the options override them.
 Decoding uses ``transformer.evaluate.evaluate_model``, the function the trainer's validation BLEU uses,
@@ -17,23 +9,35 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
-import sys
 from pathlib import Path
 
-from transformer.checkpoint import CheckpointError, load_ensemble_for_inference
-from transformer.config import ConfigError, DataConfig
-from transformer.data import DataError, load_split
-from transformer.distributed import resolve_device
-from transformer.evaluate import corpus_scores, evaluate_model
+from transformer.config import DataConfig
+from transformer.data.corpus import DataError, load_split
+from transformer.evaluation import corpus_scores, evaluate_model
+from transformer.training.checkpoint import load_ensemble_for_inference
+from transformer.training.distributed import resolve_device
 
 ROLES = ("train", "valid", "test")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="evaluate", description="sacreBLEU score of a checkpoint or of a file.")
+EXAMPLES = """\
+examples:
+  transformer evaluate --checkpoint runs/x/checkpoints/best.pt                  # the test split
+  transformer evaluate --checkpoint best.pt --split valid --beam-size 1 --output hyp.de
+  transformer evaluate --checkpoint best.pt --split test_2017_flickr --data-dir data/multi30k
+  transformer evaluate --checkpoint a/avg10.pt --checkpoint b/avg10.pt --split valid   # an ensemble
+  transformer evaluate --hypotheses hyp.de --references ref.de                  # score a file
+"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "evaluate", help="BLEU/chrF of a checkpoint on a split, or of a file",
+        description=__doc__.split("\n\n")[0], epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
-        "--checkpoint", type=Path, nargs="+", help="a .pt file written by training; several decode as an ensemble"
+        "--checkpoint", type=Path, action="append", metavar="CKPT",
+        help="a .pt file written by training; repeat it to decode several models as an ensemble",
     )
     parser.add_argument("--split", default="test", help="train, valid, test, or a split name (default: test)")
     parser.add_argument("--data-dir", help="corpus folder (default: the checkpoint's data.data_dir)")
@@ -48,7 +52,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--lowercase", action="store_true", help="report case-insensitive BLEU first")
     parser.add_argument("--hypotheses", type=Path, help="score this file instead of decoding (needs --references)")
     parser.add_argument("--references", type=Path, help="reference file for --hypotheses")
-    args = parser.parse_args(argv)
+    parser.set_defaults(run=run, parser=parser)
+    return parser
+
+
+def check_args(args: argparse.Namespace) -> None:
+    parser = args.parser
     if args.hypotheses is not None or args.references is not None:
         if args.hypotheses is None or args.references is None:
             parser.error("--hypotheses and --references go together")
@@ -58,7 +67,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("give --checkpoint (or --hypotheses and --references to score a file)")
     if args.max_sentences < 0:
         parser.error("--max-sentences must be >= 0")
-    return args
 
 
 def data_settings(saved: DataConfig, args: argparse.Namespace) -> tuple[DataConfig, str]:
@@ -75,9 +83,9 @@ def read_text(path: Path) -> list[str]:
     try:
         return path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
-        raise ValueError(f"file not found: {path}") from None
+        raise DataError(f"file not found: {path}") from None
     except UnicodeDecodeError as err:
-        raise ValueError(f"{path} is not UTF-8 text: {err}") from None
+        raise DataError(f"{path} is not UTF-8 text: {err}") from None
 
 
 def report(hypotheses: list[str], references: list[str], *, lowercase: bool) -> None:
@@ -92,29 +100,24 @@ def report(hypotheses: list[str], references: list[str], *, lowercase: bool) -> 
     print(f"  signature: {other['bleu_signature']}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        if args.hypotheses is not None:
-            hypotheses, references = read_text(args.hypotheses), read_text(args.references)
-            if args.max_sentences:
-                hypotheses, references = hypotheses[: args.max_sentences], references[: args.max_sentences]
-            report(hypotheses, references, lowercase=args.lowercase)
-            return 0
+def run(args: argparse.Namespace) -> int:
+    check_args(args)
+    if args.hypotheses is not None:
+        hypotheses, references = read_text(args.hypotheses), read_text(args.references)
+        if args.max_sentences:
+            hypotheses, references = hypotheses[: args.max_sentences], references[: args.max_sentences]
+        report(hypotheses, references, lowercase=args.lowercase)
+        return 0
 
-        device = resolve_device(args.device)
-        model, tokenizer, config = load_ensemble_for_inference(args.checkpoint, device)
-        changes = {"beam_size": args.beam_size, "length_penalty": args.length_penalty, "batch_size": args.batch_size}
-        cfg = dataclasses.replace(config.decode, n_best=1, **{k: v for k, v in changes.items() if v is not None})
-        data_cfg, role = data_settings(config.data, args)
-        src_texts, ref_texts = load_split(data_cfg, role)
-        scores, hypotheses = evaluate_model(
-            model, tokenizer, src_texts, ref_texts, cfg, device=device, max_sentences=args.max_sentences
-        )
-    except (CheckpointError, ConfigError, DataError, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    device = resolve_device(args.device)
+    model, tokenizer, config = load_ensemble_for_inference(args.checkpoint, device)
+    changes = {"beam_size": args.beam_size, "length_penalty": args.length_penalty, "batch_size": args.batch_size}
+    cfg = dataclasses.replace(config.decode, n_best=1, **{k: v for k, v in changes.items() if v is not None})
+    data_cfg, role = data_settings(config.data, args)
+    src_texts, ref_texts = load_split(data_cfg, role)
+    scores, hypotheses = evaluate_model(
+        model, tokenizer, src_texts, ref_texts, cfg, device=device, max_sentences=args.max_sentences
+    )
 
     references = ref_texts[: len(hypotheses)]
     split = {"train": data_cfg.train_split, "valid": data_cfg.valid_split, "test": data_cfg.test_split}[role]
@@ -130,11 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             args.output.parent.mkdir(parents=True, exist_ok=True)
             args.output.write_text("".join(h + "\n" for h in hypotheses), encoding="utf-8")
         except OSError as err:
-            print(f"error: cannot write {args.output}: {err}", file=sys.stderr)
-            return 2
+            raise DataError(f"cannot write {args.output}: {err.strerror or err}") from None
         print(f"hypotheses written to {args.output}")
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -28,6 +28,8 @@ from typing import Any
 
 import sentencepiece as spm
 
+from transformer.config import DataConfig
+
 logger = logging.getLogger(__name__)
 
 PAD_ID = 0
@@ -354,3 +356,18 @@ def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def load_or_train_tokenizer(
+    cfg: DataConfig, directory: str | Path, src_texts: Sequence[str], tgt_texts: Sequence[str]
+) -> Tokenizer:
+    """``Tokenizer.load_or_train`` with the vocabulary options of ``cfg`` (train on the train split only)."""
+    return Tokenizer.load_or_train(
+        directory,
+        src_texts,
+        tgt_texts,
+        vocab_size=cfg.vocab_size,
+        model_type=cfg.spm_model_type,
+        joint=cfg.joint_vocab,
+        character_coverage=cfg.spm_character_coverage,
+    )

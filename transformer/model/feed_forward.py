@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from transformer.dropout import Dropout
+from transformer.model.dropout import Dropout
 
 
 class FeedForward(nn.Module):

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from transformer.config import DataConfig
-from transformer.data import BatchIterator, DataError, ParallelDataset, load_split
-from transformer.tokenizer import Tokenizer
+from transformer.data.batching import BatchIterator, ParallelDataset
+from transformer.data.corpus import DataError, load_split
+from transformer.data.tokenizer import Tokenizer
 
 
 def non_pad_share(iterator: BatchIterator) -> tuple[float, int]:

@@ -16,15 +16,13 @@ from typing import Any
 import torch
 
 from transformer.config import Config, ConfigError
-from transformer.ensemble import Ensemble
-from transformer.model import Transformer
-from transformer.tokenizer import Tokenizer
+from transformer.data.tokenizer import Tokenizer
+from transformer.decoding.ensemble import Ensemble
+from transformer.errors import CheckpointError
+from transformer.model.transformer import Transformer
 
 FORMAT_VERSION = 1
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, unreadable, or does not match the model it is loaded into."""
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:

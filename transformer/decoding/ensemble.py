@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from transformer.config import ModelConfig
-from transformer.kv_cache import DecoderCache
-from transformer.model import Transformer
+from transformer.model.kv_cache import DecoderCache
+from transformer.model.transformer import Transformer
 
 
 class EnsembleCache:

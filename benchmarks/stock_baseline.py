@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from transformer.config import ModelConfig
-from transformer.model import Transformer
-from transformer.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from transformer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from transformer.model.transformer import Transformer
 
 
 def sinusoidal_positions(length: int, d_model: int) -> torch.Tensor:

@@ -6,11 +6,11 @@ import torch
 from torch import nn
 
 from transformer.config import ModelConfig
-from transformer.dropout import Dropout
-from transformer.embeddings import LearnedPositionalEmbedding, SinusoidalPositionalEncoding, TokenEmbedding
-from transformer.kv_cache import DecoderCache, KVCache, LayerCache
-from transformer.layers import DecoderLayer, EncoderLayer
-from transformer.masks import causal_mask, padding_mask
+from transformer.model.dropout import Dropout
+from transformer.model.embeddings import LearnedPositionalEmbedding, SinusoidalPositionalEncoding, TokenEmbedding
+from transformer.model.kv_cache import DecoderCache, KVCache, LayerCache
+from transformer.model.layers import DecoderLayer, EncoderLayer
+from transformer.model.masks import causal_mask, padding_mask
 
 
 def _positional(config: ModelConfig) -> nn.Module:

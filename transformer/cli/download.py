@@ -4,7 +4,7 @@ Files come from the multi30k/dataset GitHub repository (``data/task1/raw/{split}
 stored as they are, gzip-compressed: ``OUT/{split}.{lang}.gz``. Existing files are kept (use --force
 to fetch them again). Then train with ``data.data_dir=OUT`` or ``MULTI30K_DIR=OUT``.
 
-    python scripts/download_multi30k.py --out data/multi30k [--langs en de] [--splits train val test_2016_flickr]
+    transformer download multi30k --out data/multi30k [--langs en de] [--splits train val test_2016_flickr]
 
 Exit status: 0 when every requested file is present, 1 otherwise (no network, a file missing upstream).
 """
@@ -46,8 +46,12 @@ def download(url: str, path: Path, timeout: float) -> int:
     return n_lines
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "download", help="fetch a corpus (Multi30k) into a local folder",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("corpus", choices=["multi30k"], help="the corpus to fetch")
     parser.add_argument("--out", type=Path, default=Path("data/multi30k"), help="folder to write (created)")
     parser.add_argument("--langs", nargs="+", default=["en", "de"], choices=LANGS)
     parser.add_argument(
@@ -56,8 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-url", default=BASE_URL, help="where {split}.{lang}.gz live (a mirror)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
     parser.add_argument("--force", action="store_true", help="download files that are already there")
-    args = parser.parse_args(argv)
+    parser.set_defaults(run=run)
+    return parser
 
+
+def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     failed = []
     for split in args.splits:
@@ -96,6 +103,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"done: train with data.data_dir={args.out} (or MULTI30K_DIR={args.out})")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
