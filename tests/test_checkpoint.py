@@ -102,6 +102,25 @@ def test_average_is_the_elementwise_mean(tmp_path, tokenizer):
     assert torch.isfinite(next(model.parameters())).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_average_of_tied_weights_counts_each_checkpoint_once(tmp_path, tokenizer, dtype):
+    # Tied weights are one tensor under several names in the saved state; in float64 ``.double()`` returns that
+    # very tensor, so an in-place running sum once added it once per name.
+    paths, expected = [], {}
+    for seed in range(2):
+        state, model = make_state(tokenizer, seed)
+        assert model.output.weight is model.decoder.embedding.weight  # tied (the tiny preset's default)
+        state["model"] = model.to(dtype).state_dict()
+        for name, tensor in state["model"].items():
+            expected[name] = expected.get(name, 0) + tensor.detach().clone().double() / 2
+        paths.append(tmp_path / f"step_{seed}.pt")
+        save_checkpoint(state, paths[-1])
+    averaged = average_checkpoints(paths)["model"]
+    for name in ("output.weight", "decoder.embedding.embedding.weight", "encoder.layers.0.self_attn.q_proj.weight"):
+        assert averaged[name].dtype == dtype
+        torch.testing.assert_close(averaged[name].double(), expected[name], rtol=1e-6, atol=1e-7)
+
+
 def test_average_script_and_its_errors(tmp_path, tokenizer):
     run = tmp_path / "run" / "checkpoints"
     for seed in range(3):

@@ -163,10 +163,12 @@ def average_checkpoints(paths: list[str | Path]) -> dict[str, Any]:
         if total and (weights.keys() != total.keys() or any(weights[k].shape != total[k].shape for k in total)):
             raise CheckpointError(f"{path} has different weights than {paths[0]}; average checkpoints of one run")
         for name, tensor in weights.items():
-            if name in total:
-                total[name] += tensor.double() if tensor.is_floating_point() else 0
+            # Out of place: tied weights are one tensor under several names, and a float64 ``tensor.double()``
+            # is that very tensor, so an in-place sum would add it once per name.
+            if not tensor.is_floating_point():
+                total.setdefault(name, tensor.clone())
             else:
-                total[name] = tensor.double() if tensor.is_floating_point() else tensor.clone()
+                total[name] = total[name] + tensor.double() if name in total else tensor.double().clone()
     first = load_checkpoint(paths[0])["model"]
     model = {
         name: (t / len(paths)).to(first[name].dtype) if first[name].is_floating_point() else t
