@@ -7,7 +7,7 @@ set -u
 ROUND=$1
 OUT=$2
 MINUTES=${3:-2.5}
-DATA=${4:-../shared/data/multi30k}
+DATA=${4:-data/multi30k}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
 PY=${PYTHON:-python3}
@@ -18,7 +18,7 @@ run() {
     local name=$1 dir
     shift
     dir=$(mktemp -d)
-    timeout 600 $PY scripts/train.py "${common[@]}" --run-dir "$dir" "$@" >"$dir.log" 2>&1
+    timeout 600 $PY -m transformer train "${common[@]}" --run-dir "$dir" "$@" >"$dir.log" 2>&1
     cp "$dir/metrics.jsonl" "$OUT/$name.jsonl"
     grep -E "validation|rror" "$dir.log" | sed "s/^/$name /"
 }

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import datetime
+import errno
+import os
 import pickle
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +76,70 @@ def test_missing_truncated_and_foreign_files_are_clear_errors(tmp_path, tokenize
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not a checkpoint of this project"):
         load_checkpoint(tmp_path / "other.pt")
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EACCES, errno.EROFS])
+def test_a_failed_write_keeps_the_previous_file_and_names_path_and_reason(tmp_path, tokenizer, monkeypatch, code):
+    state, _ = make_state(tokenizer)
+    path = tmp_path / "last.pt"
+    save_checkpoint(state, path)
+    before = path.read_bytes()
+
+    def fail_midway(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(torch, "save", fail_midway)
+    with pytest.raises(CheckpointError) as info:
+        save_checkpoint(state, path)
+    assert isinstance(info.value, OSError)  # code that catches OSError around a save still does
+    message = str(info.value)
+    assert message.startswith(f"cannot write checkpoint {path} (the previous file is unchanged): {os.strerror(code)}")
+    assert errno.errorcode[code] in message
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # the temporary file is gone
+
+
+def test_a_path_through_a_regular_file_is_one_clear_error(tmp_path, tokenizer):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(CheckpointError) as info:
+        save_checkpoint(make_state(tokenizer)[0], tmp_path / "file" / "c.pt")
+    assert str(info.value).startswith(f"cannot write checkpoint {tmp_path / 'file' / 'c.pt'}: ")
+    assert f"File exists: {tmp_path / 'file'} [EEXIST]" in str(info.value)  # the file that is in the way
+
+
+def test_unreadable_files_never_advise_weights_only_false(tmp_path, tokenizer):
+    state, _ = make_state(tokenizer)
+    save_checkpoint(state, tmp_path / "real.pt")
+    (tmp_path / "random.pt").write_bytes(random.Random(0).randbytes(1000))
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "real.pt").read_bytes()[:5000])
+    torch.save(state | {"payload": datetime.date(2020, 1, 1)}, tmp_path / "pickled.pt", pickle_module=pickle)
+    cases = {
+        "random.pt": "not a checkpoint of this project, or it is truncated or corrupt",
+        "empty.pt": "the file is empty",
+        "cut.pt": "not a checkpoint of this project, or it is truncated or corrupt",
+        "pickled.pt": "not a checkpoint of this project, or it is truncated or corrupt",
+        "missing.pt": "does not exist",
+        ".": "is a folder, not a file",
+    }
+    for name, says in cases.items():
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(tmp_path / name)
+        message = str(info.value)
+        assert says in message and str(tmp_path / name) in message
+        assert "weights_only" not in message and "transformer train" in message  # what to give instead
+    save_checkpoint(state, tmp_path / "run" / "checkpoints" / "best.pt")
+    with pytest.raises(CheckpointError, match=f"e.g. {tmp_path / 'run' / 'checkpoints' / 'best.pt'}"):
+        load_checkpoint(tmp_path / "run")
+
+
+def test_a_damaged_vocabulary_in_a_checkpoint_is_a_checkpoint_error(tmp_path, tokenizer):
+    state, _ = make_state(tokenizer)
+    state["tokenizer"] = {**state["tokenizer"], "src_model": b"not a sentencepiece model"}
+    save_checkpoint(state, tmp_path / "c.pt")
+    with pytest.raises(CheckpointError, match=f"the vocabulary stored in {tmp_path / 'c.pt'} cannot be read"):
+        load_for_inference(tmp_path / "c.pt")
 
 
 def test_config_that_does_not_match_the_weights_names_the_mismatch(tokenizer):

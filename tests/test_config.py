@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 import torch
 
-from transformer.config import PRESETS, Config, ConfigError, DataConfig, ModelConfig, TrainConfig, load_config
+from transformer.config import (
+    PRESETS,
+    Config,
+    ConfigError,
+    DataConfig,
+    DecodeConfig,
+    ModelConfig,
+    TrainConfig,
+    _warn_old_source_name,
+    load_config,
+)
 from transformer.model.transformer import Transformer, count_parameters
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -256,3 +267,69 @@ def test_base_yaml_is_the_papers_setup() -> None:
 def test_negative_time_budget_or_thread_count_is_rejected(key):
     with pytest.raises(ConfigError, match=key):
         TrainConfig(**{key: -1})
+
+
+# ---------------------------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["seed", "warmup_steps", "max_steps", "max_epochs", "min_lr", "weight_decay", "clip_grad_norm", "eval_every",
+     "eval_max_sentences", "patience", "keep_last", "save_every"],
+)  # fmt: skip
+def test_negative_train_values_are_rejected(key):
+    with pytest.raises(ConfigError, match=f"train.{key} must be >= 0, got -1"):
+        load_config(None, [f"train.{key}=-1"])
+    TrainConfig(**{"max_steps": 1, key: 0})  # zero is allowed (with max_steps=1 when max_epochs=0)
+
+
+def test_noam_needs_warmup_steps():
+    with pytest.raises(ConfigError, match="train.warmup_steps must be positive with train.schedule=noam"):
+        load_config(None, ["train.schedule=noam", "train.warmup_steps=0"])
+    for schedule in ("inverse_sqrt", "cosine", "constant"):  # these start at full rate without warmup
+        TrainConfig(schedule=schedule, warmup_steps=0)
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: TrainConfig(eps=0.0), "train.eps must be positive"),
+        (lambda: TrainConfig(betas=(0.9, 1.0)), "train.betas must both be in [0, 1)"),
+        (lambda: TrainConfig(run_dir=" "), "train.run_dir must not be empty"),
+        (lambda: TrainConfig(schedule="cosine", lr=1e-3, min_lr=1e-2), "train.min_lr (0.01) must not exceed train.lr"),
+        (lambda: DataConfig(vocab_size=4), "data.vocab_size must be at least 5"),
+        (lambda: DataConfig(max_src_tokens=1), "data.max_src_tokens must be at least 2"),
+        (lambda: DataConfig(max_tgt_tokens=0), "data.max_tgt_tokens must be at least 2"),
+        (lambda: DataConfig(src_lang=""), "data.src_lang must not be empty"),
+        (lambda: DataConfig(test_split=""), "data.test_split must not be empty"),
+        (lambda: DecodeConfig(length_penalty=-0.5), "decode.length_penalty must be >= 0, got -0.5"),
+        (lambda: DecodeConfig(max_len_b=-1), "decode.max_len_b must be >= 0, got -1"),
+        (lambda: ModelConfig(layer_norm_eps=0.0), "model.layer_norm_eps must be positive"),
+    ],
+)
+def test_values_that_make_no_sense_name_the_key(build, message):
+    with pytest.raises(ConfigError) as info:
+        build()
+    assert message in str(info.value)
+
+
+def test_old_source_name_is_read_as_folder_with_one_warning(caplog):
+    _warn_old_source_name.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="transformer.config"):
+        assert DataConfig(source="multi30k").source == "folder"
+        old = Config().to_dict()
+        old["data"]["source"] = "multi30k"  # a checkpoint's config from before the rename
+        assert Config.from_dict(old).data.source == "folder"
+    warnings = [r.getMessage() for r in caplog.records if "multi30k" in r.getMessage()]
+    assert len(warnings) == 1 and "write 'folder'" in warnings[0]
+    assert DataConfig().source == "folder"
+
+
+def test_unreadable_config_files(tmp_path: Path) -> None:
+    (tmp_path / "latin1.yaml").write_bytes(b"train:\n  run_dir: caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"latin1.yaml: not UTF-8 text \(byte 0xe9"):
+        load_config(tmp_path / "latin1.yaml")
+    with pytest.raises(ConfigError, match="is a folder"):
+        load_config(tmp_path)
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['1', 'x'\]"):
+        load_config(write(tmp_path, "train:\n  1: a\n  x: b\n"))

@@ -11,7 +11,6 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import functools
 import gzip
 import http.server
-import importlib.util
 import json
 import logging
 import threading
@@ -160,7 +159,7 @@ def test_unreachable_hub_dataset_says_how_to_use_a_local_folder(hub_cache):
     cfg = DataConfig(source="hub", hub_name="bentrevett/multi30k")
     with pytest.raises(DataError, match="cannot load hub dataset 'bentrevett/multi30k'") as info:
         load_split(cfg, "train")
-    assert "data.source=multi30k data.data_dir=" in str(info.value)
+    assert "data.source=folder data.data_dir=" in str(info.value)
 
 
 def test_hub_config_needs_a_name_and_local_files():
@@ -202,6 +201,60 @@ def test_file_that_is_not_utf8_names_file_and_line(tmp_path, gz):
     write(tmp_path / "train.en", EN[:3])
     with pytest.raises(DataError, match=rf"{path}:3: not valid UTF-8"):
         load_split(DataConfig(data_dir=str(tmp_path)), "train")
+
+
+def gzip_that_is_cut_short() -> bytes:
+    data = gzip.compress("".join(line + "\n" for line in EN * 50).encode("utf-8"))
+    return data[: len(data) // 2]
+
+
+def gzip_with_damaged_data() -> bytes:
+    data = bytearray(gzip.compress("".join(line + "\n" for line in EN * 50).encode("utf-8")))
+    data[20:40] = bytes(20)  # inside the deflate stream: zlib.error
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [gzip_that_is_cut_short(), gzip_with_damaged_data(), bytes(range(256)) * 4],
+    ids=["truncated", "damaged", "not-gzip"],
+)
+def test_corrupt_gzip_file_is_a_data_error_naming_it(tmp_path, content):
+    path = tmp_path / "train.en.gz"
+    path.write_bytes(content)
+    write(tmp_path / "train.de", DE)
+    with pytest.raises(DataError, match=rf"{path}: not a valid gzip file, or cut short .*download or copy it again"):
+        load_split(DataConfig(data_dir=str(tmp_path)), "train")
+
+
+@pytest.mark.parametrize("lines", [[], ["", "   ", ""]], ids=["empty", "blank"])
+def test_training_files_without_sentences_name_both_files(tmp_path, lines):
+    src, tgt = write(tmp_path / "train.en", lines), write(tmp_path / "train.de", lines)
+    with pytest.raises(DataError) as info:
+        load_split(DataConfig(data_dir=str(tmp_path)), "train")
+    message = str(info.value)
+    assert message.startswith(f"no sentence pairs for the train split in {src} and {tgt}")
+    assert ("no lines" if not lines else "3 lines, none with text on both sides") in message
+    write(tmp_path / "train.en", ["", "A man.", ""])  # text on one side only is no pair either
+    write(tmp_path / "train.de", ["Ein Mann.", "", ""])
+    with pytest.raises(DataError, match="no sentence pairs"):
+        load_split(DataConfig(data_dir=str(tmp_path)), "train")
+
+
+def test_data_dir_that_is_a_file_or_a_file_that_is_a_folder(tmp_path):
+    path = write(tmp_path / "train.en", EN)
+    with pytest.raises(DataError, match=rf"data folder {path} \(data.data_dir\) is a file, not a folder"):
+        load_split(DataConfig(data_dir=str(path)), "train")
+    (tmp_path / "train.de").mkdir()
+    cfg = DataConfig(source="files", train_src=str(path), train_tgt=str(tmp_path / "train.de"))
+    with pytest.raises(DataError, match=rf"{tmp_path / 'train.de'} is a folder"):
+        load_split(cfg, "train")
+
+
+def test_old_source_name_reads_the_folder(tmp_path):
+    write(tmp_path / "train.en", EN)
+    write(tmp_path / "train.de", DE)
+    assert load_split(DataConfig(source="multi30k", data_dir=str(tmp_path)), "train") == (EN, DE)
 
 
 def test_filtering_counts_each_reason(tokenizer, caplog):
@@ -515,7 +568,7 @@ def test_real_multi30k_batches_are_dense(tmp_path, multi30k):
 def test_download_script_without_network_fails_clearly(tmp_path, capsys):
     download = load_script("download")
     code = download.main(["multi30k", "--out", str(tmp_path), "--base-url", "http://127.0.0.1:9", "--timeout", "2"])
-    assert code == 1
+    assert code == 2  # a UserError: one line, exit status 2
     assert "cannot reach http://127.0.0.1:9/train.en.gz" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # no partial files left
 
@@ -535,7 +588,7 @@ def test_download_script_from_a_local_mirror(tmp_path, capsys):
         out = tmp_path / "out"
         assert download.main(["multi30k", "--out", str(out), "--base-url", url, "--splits", "val"]) == 0
         assert load_split(DataConfig(data_dir=str(out)), "valid") == (EN, DE)
-        assert download.main(["multi30k", "--out", str(out), "--base-url", url, "--splits", "val", "--langs", "fr"]) == 1
+        assert download.main(["multi30k", "--out", str(out), "--base-url", url, "--splits", "val", "--langs", "fr"]) == 2
         assert "HTTP 404" in capsys.readouterr().err
     finally:
         server.shutdown()
@@ -543,8 +596,7 @@ def test_download_script_from_a_local_mirror(tmp_path, capsys):
 
 
 def test_benchmark_script_exits_clearly_without_the_corpus(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("benchmark_data", ROOT / "benchmarks" / "benchmark_data.py")
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
-    assert benchmark.main(["--data-dir", str(tmp_path / "missing")]) == 2
+    from transformer.benchmarks import data as benchmark_data
+
+    assert benchmark_data.main(["--data-dir", str(tmp_path / "missing")]) == 2
     assert "Multi30k folder" in capsys.readouterr().err

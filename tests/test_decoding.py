@@ -10,6 +10,7 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch.nn.functional as F
+from test_checkpoint import make_state, tokenizer  # noqa: F401  (tokenizer is a fixture)
 from torch import nn
 
 from transformer.config import DecodeConfig, ModelConfig
@@ -18,10 +19,11 @@ from transformer.decoding.search import (
     Hypothesis,
     beam_search,
     decode_batch,
+    decode_texts,
     gnmt_length_penalty,
     greedy_decode,
+    translate_texts,
 )
-from transformer.model.masks import padding_mask
 from transformer.model.transformer import Transformer
 
 A, B, C = 4, 5, 6  # the fake model's ordinary tokens
@@ -40,21 +42,28 @@ def one_thread():
 
 
 # ------------------------------------------------------------------------------------------ fake model
-class FakeCache:
-    """Stands in for ``DecoderCache``: remembers each row's prefix and sentence id, reordered like the real one."""
+class FakeState:
+    """Stands in for ``DecoderState``: a sentence id per sentence and (cached) a prefix per row.
 
-    def __init__(self, sentence: torch.Tensor) -> None:
-        self.sentence = sentence  # (R,)
-        self.prefix = torch.zeros(sentence.size(0), 0, dtype=torch.long)
+    ``reorder`` follows the real state's rule (per-sentence data re-indexed only when sentences leave) and
+    checks that the search keeps its contract: whole sentences, in order, beams never moved across them.
+    """
 
-    def reorder(self, index: torch.Tensor, cross_index: torch.Tensor | None = None) -> None:
-        cross_index = index if cross_index is None else cross_index
-        assert torch.equal(self.sentence[index], self.sentence[cross_index]), "beams moved across sentences"
-        self.sentence, self.prefix = self.sentence[cross_index], self.prefix[index]
+    def __init__(self, sentence: torch.Tensor, beam_size: int, use_cache: bool) -> None:
+        self.sentence = sentence  # (N,)
+        self.beam_size = beam_size
+        self.prefix = torch.zeros(sentence.size(0) * beam_size, 0, dtype=torch.long) if use_cache else None
 
-    def reorder_self(self, index: torch.Tensor) -> None:
-        assert torch.equal(self.sentence[index], self.sentence), "beams moved across sentences"
-        self.prefix = self.prefix[index]
+    def reorder(self, index: torch.Tensor) -> None:
+        k = self.beam_size
+        blocks = self.sentence.repeat_interleave(k)[index].view(-1, k)  # (N', K) sentence of each new row
+        assert bool((blocks == blocks[:, :1]).all()), "beams moved across sentences"
+        assert bool((blocks[1:, 0] > blocks[:-1, 0]).all()), "sentences out of order"  # fake_src's ids increase
+        if index.numel() < self.sentence.numel() * k:
+            self.sentence = self.sentence[index[::k] // k]
+        assert torch.equal(self.sentence, blocks[:, 0]), "sentences changed without leaving"
+        if self.prefix is not None:
+            self.prefix = self.prefix[index]
 
 
 class FakeModel(nn.Module):
@@ -62,7 +71,7 @@ class FakeModel(nn.Module):
 
     ``script(sentence_id, prefix)`` gives the probabilities after ``prefix`` (generated tokens, no BOS); the
     sentence id is the first source token. Tokens it leaves out get probability ~1e-9. With a cache only the
-    new token is passed, so a wrong ``reorder`` makes the cached run disagree with the uncached one.
+    new token is read, so a wrong ``reorder`` makes the cached run disagree with the uncached one.
     """
 
     def __init__(self, script: Script) -> None:
@@ -71,31 +80,24 @@ class FakeModel(nn.Module):
         self.script = script
         self.rows_per_call: list[int] = []
 
-    def src_mask(self, src: torch.Tensor) -> torch.Tensor:
-        return padding_mask(src, PAD_ID)
+    def init_state(self, src: torch.Tensor, max_len: int, *, beam_size: int = 1, use_cache: bool = True) -> FakeState:
+        return FakeState(src[:, 0].clone(), beam_size, use_cache)
 
-    def encode(self, src: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return src.float().unsqueeze(-1)  # (B, S, 1): memory[:, 0, 0] is the sentence id
-
-    def init_cache(self, memory: torch.Tensor, max_len: int) -> FakeCache:
-        return FakeCache(memory[:, 0, 0].long())
-
-    def decode(self, tgt, memory, src_mask=None, tgt_mask=None, *, cache=None) -> torch.Tensor:
-        if cache is not None:
-            assert tgt.size(1) == 1
-            cache.prefix = torch.cat([cache.prefix, tgt], dim=1)
-            prefix, sentence = cache.prefix, cache.sentence
+    def decode_step(self, tokens: torch.Tensor, state: FakeState) -> torch.Tensor:
+        if state.prefix is not None:
+            state.prefix = torch.cat([state.prefix, tokens[:, state.prefix.size(1) :]], dim=1)
+            assert state.prefix.size(1) == tokens.size(1)
+            prefix = state.prefix
         else:
-            prefix, sentence = tgt, memory[:, 0, 0].long()
-        assert bool((prefix[:, 0] == BOS_ID).all())
+            prefix = tokens
+        sentence = state.sentence.repeat_interleave(state.beam_size)
+        assert bool((prefix[:, 0] == BOS_ID).all()) and sentence.size(0) == prefix.size(0)
         self.rows_per_call.append(prefix.size(0))
         probs = torch.full((prefix.size(0), FAKE_VOCAB), 1e-9)
         for r in range(prefix.size(0)):
             for token, p in self.script(int(sentence[r]), tuple(prefix[r, 1:].tolist())).items():
                 probs[r, token] = p
-        logits = torch.zeros(prefix.size(0), prefix.size(1), FAKE_VOCAB)
-        logits[:, -1] = probs.log()
-        return logits
+        return probs.log()
 
 
 def fake_src(*lengths: int) -> torch.Tensor:
@@ -105,13 +107,24 @@ def fake_src(*lengths: int) -> torch.Tensor:
     return torch.tensor([r + [PAD_ID] * (width - len(r)) for r in rows])
 
 
+def settings(**kw) -> DecodeConfig:
+    """Decoding settings: greedy (beam 1) and no length penalty unless given."""
+    return DecodeConfig(**{"beam_size": 1, "length_penalty": 0.0, **kw})
+
+
+def best(results: list[list[Hypothesis]]) -> list[list[int]]:
+    """The tokens of each sentence's best hypothesis."""
+    return [hyps[0].tokens for hyps in results]
+
+
 def both_searches(model, src, **kw) -> tuple[list[list[int]], list[list[Hypothesis]]]:
     """Greedy tokens and beam (K=3, alpha 0) hypotheses; each checked equal with and without the cache."""
     results = []
     for use_cache in (True, False):
-        g = greedy_decode(model, src, use_cache=use_cache, **kw)
-        b = beam_search(model, src, beam_size=3, length_penalty=0.0, n_best=3, use_cache=use_cache, **kw)
-        results.append((g, [[h.tokens for h in hyps] for hyps in b], b))
+        g = greedy_decode(model, src, settings(**kw), use_cache=use_cache)
+        assert all(len(hyps) == 1 for hyps in g)  # greedy: one hypothesis per sentence
+        b = beam_search(model, src, settings(beam_size=3, n_best=3, **kw), use_cache=use_cache)
+        results.append((best(g), [[h.tokens for h in hyps] for hyps in b], b))
     assert results[0][:2] == results[1][:2]
     return results[0][0], results[0][2]
 
@@ -128,14 +141,14 @@ def test_beam_beats_greedy_with_correct_nbest_scores():
     model = FakeModel(lambda s, prefix: table.get(prefix, {EOS_ID: 1.0}))
     src = fake_src(4)
     kw = dict(max_len_a=0.0, max_len_b=5)
-    assert greedy_decode(model, src, **kw) == [[A, A]]
+    assert best(greedy_decode(model, src, settings(**kw))) == [[A, A]]
     for use_cache in (True, False):
-        (hyps,) = beam_search(model, src, beam_size=2, length_penalty=0.0, n_best=2, use_cache=use_cache, **kw)
+        (hyps,) = beam_search(model, src, settings(beam_size=2, n_best=2, **kw), use_cache=use_cache)
         assert [h.tokens for h in hyps] == [[B], [A, A]]
         assert [h.log_prob for h in hyps] == pytest.approx([math.log(0.36), math.log(0.27)], abs=1e-4)
         assert [h.score for h in hyps] == [h.log_prob for h in hyps]  # alpha = 0: no normalisation
     # With alpha = 1 each score is divided by (5 + len) / 6, len counting the EOS.
-    (hyps,) = beam_search(model, src, beam_size=2, length_penalty=1.0, n_best=2, **kw)
+    (hyps,) = beam_search(model, src, settings(beam_size=2, length_penalty=1.0, n_best=2, **kw))
     expected = {(B,): math.log(0.36) / (7 / 6), (A, A): math.log(0.27) / (8 / 6)}
     assert {tuple(h.tokens): h.score for h in hyps} == pytest.approx(expected, abs=1e-4)
     assert hyps[0].score >= hyps[1].score
@@ -185,10 +198,10 @@ def test_finished_sentences_leave_the_batch():
 
     model = FakeModel(script)
     src = fake_src(3, 8)
-    assert greedy_decode(model, src, max_len_a=0.0, max_len_b=5, min_len=0) == [[], [A] * 5]
+    assert best(greedy_decode(model, src, settings(max_len_a=0.0, max_len_b=5, min_len=0))) == [[], [A] * 5]
     assert model.rows_per_call == [2] + [1] * 5
     model.rows_per_call.clear()
-    hyps = beam_search(model, src, beam_size=2, length_penalty=0.0, max_len_a=0.0, max_len_b=5, min_len=0)
+    hyps = beam_search(model, src, settings(beam_size=2, max_len_a=0.0, max_len_b=5, min_len=0))
     assert [h[0].tokens for h in hyps] == [[], [A] * 5]
     # Sentence 10 needs a second finished hypothesis (K=2) before it can stop, then leaves.
     assert model.rows_per_call == [4, 4, 2, 2, 2, 2]
@@ -205,15 +218,12 @@ def test_random_script_cached_equals_uncached_and_alone():
     model = FakeModel(script)
     src = fake_src(6, 3, 9, 4)
     for k in (1, 2, 4):
-        batched = {
-            use_cache: beam_search(model, src, beam_size=k, length_penalty=0.8, n_best=k, max_len_a=1.0,
-                                   max_len_b=2, use_cache=use_cache)
-            for use_cache in (True, False)
-        }
+        cfg = settings(beam_size=k, length_penalty=0.8, n_best=k, max_len_a=1.0, max_len_b=2)
+        batched = {use_cache: beam_search(model, src, cfg, use_cache=use_cache) for use_cache in (True, False)}
         assert batched[True] == batched[False]
         for i in range(src.size(0)):
             row = src[i : i + 1, : int((src[i] != PAD_ID).sum())]
-            alone = beam_search(model, row, beam_size=k, length_penalty=0.8, n_best=k, max_len_a=1.0, max_len_b=2)
+            alone = beam_search(model, row, cfg)
             assert alone[0] == batched[True][i]
 
 
@@ -246,13 +256,14 @@ def teacher_forced_log_prob(model: Transformer, src_row: torch.Tensor, tokens: l
 
 def test_beam_size_one_equals_greedy():
     model, src = tiny_model(23), random_src(8, 23)
-    kw = dict(max_len_a=1.0, max_len_b=4)
-    greedy = greedy_decode(model, src, **kw)
-    beam = beam_search(model, src, beam_size=1, length_penalty=0.0, **kw)
-    assert [h[0].tokens for h in beam] == greedy
-    assert len({len(g) for g in greedy}) > 1  # outputs of several lengths: the check is not vacuous
-    via_cfg = decode_batch(model, src, DecodeConfig(beam_size=1, length_penalty=0.0, max_len_a=1.0, max_len_b=4))
-    assert [h[0].log_prob for h in via_cfg] == pytest.approx([h[0].log_prob for h in beam], abs=1e-4)
+    cfg = settings(max_len_a=1.0, max_len_b=4)
+    greedy = greedy_decode(model, src, cfg)
+    beam = beam_search(model, src, cfg)  # beam_size 1
+    assert best(beam) == best(greedy)
+    assert len({len(g) for g in best(greedy)}) > 1  # outputs of several lengths: the check is not vacuous
+    assert [h[0].log_prob for h in greedy] == pytest.approx([h[0].log_prob for h in beam], abs=1e-4)
+    assert [h[0].score for h in greedy] == pytest.approx([h[0].score for h in beam], abs=1e-4)
+    assert decode_batch(model, src, cfg) == greedy
 
 
 @pytest.mark.parametrize("beam_size", [1, 4])
@@ -280,7 +291,7 @@ def test_sentence_decodes_the_same_alone_and_in_a_padded_batch(beam_size):
 def test_nbest_sorted_distinct_and_scores_match_teacher_forcing():
     model, src = tiny_model(23, seed=6), random_src(4, 23, seed=7)
     alpha = 0.6
-    nbest = beam_search(model, src, beam_size=5, length_penalty=alpha, n_best=5, max_len_a=1.0, max_len_b=3)
+    nbest = beam_search(model, src, settings(beam_size=5, length_penalty=alpha, n_best=5, max_len_a=1.0, max_len_b=3))
     for i, hyps in enumerate(nbest):
         assert len(hyps) == 5
         scores = [h.score for h in hyps]
@@ -300,8 +311,8 @@ def test_large_beam_finds_the_exhaustive_best(alpha):
     words = [UNK_ID, 4, 5, 6]  # what the search may emit besides EOS (PAD and BOS are never generated)
     outputs = [list(t) for n in range(max_len + 1) for t in itertools.product(words, repeat=n)]  # 85
     # The beam is wide enough to never prune: it must return exactly the exhaustive ranking.
-    found = beam_search(model, src, beam_size=80, length_penalty=alpha, n_best=5, min_len=0,
-                        max_len_a=0.0, max_len_b=max_len)
+    cfg = settings(beam_size=80, length_penalty=alpha, n_best=5, min_len=0, max_len_a=0.0, max_len_b=max_len)
+    found = beam_search(model, src, cfg)
     for i in range(src.size(0)):
         exact = sorted(
             ((teacher_forced_log_prob(model, src[i], y) / gnmt_length_penalty(len(y) + 1, alpha), y) for y in outputs),
@@ -309,3 +320,17 @@ def test_large_beam_finds_the_exhaustive_best(alpha):
         )
         assert [h.tokens for h in found[i]] == [y for _, y in exact[:5]]
         assert [h.score for h in found[i]] == pytest.approx([s for s, _ in exact[:5]], abs=1e-4)
+
+
+def test_decode_texts_reports_progress_after_each_batch(tokenizer):  # noqa: F811  (the fixture imported above)
+    """``progress(n)`` after each decoded batch, n its sentences; blank texts are neither decoded nor counted."""
+    _, model = make_state(tokenizer)
+    texts = ["a man rides", "", "two dogs play in the park", "a book", "   ", "a woman reads a book", "a dog"]
+    calls: list[int] = []
+    cfg = DecodeConfig(beam_size=2, batch_size=2, max_len_a=0.0, max_len_b=3)
+    out = decode_texts(model.eval(), tokenizer, texts, cfg, device="cpu", progress=calls.append)
+    assert calls == [2, 2, 1] and [len(h) for h in out] == [1, 0, 1, 1, 0, 1, 1]
+    assert out == decode_texts(model, tokenizer, texts, cfg, device="cpu")  # the same without a callback
+    translations = []
+    assert translate_texts(model, tokenizer, texts, cfg, device="cpu", progress=translations.append)[1] == ""
+    assert translations == calls

@@ -67,9 +67,11 @@ def test_decode_is_the_log_of_the_mean_probability():
     g = torch.Generator().manual_seed(5)
     tgt_in = torch.cat([torch.full((5, 1), BOS_ID), torch.randint(4, VOCAB, (5, 6), generator=g)], dim=1)
     with torch.no_grad():
-        src_mask = ensemble.src_mask(src)
-        got = ensemble.decode(tgt_in, ensemble.encode(src, src_mask), src_mask)
+        got = ensemble(src, tgt_in)  # teacher forcing
+        state = ensemble.init_state(src, max_len=7)  # and step by step, each model with its own cached state
+        steps = torch.stack([ensemble.decode_step(tgt_in[:, : t + 1], state) for t in range(7)], dim=1)
     assert got.dtype == torch.float32 and got.shape == (5, 7, VOCAB)
+    torch.testing.assert_close(steps, got, atol=1e-5, rtol=0)
     expected = mean_probs_log(models, src, tgt_in)
     torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=0)
     torch.testing.assert_close(got.logsumexp(-1), torch.zeros(5, 7), atol=1e-5, rtol=0)  # normalised
@@ -122,8 +124,10 @@ def test_greedy_takes_the_argmax_of_the_averaged_distribution_and_scores_match()
             checked_eos += 1
         assert hyp.log_prob == pytest.approx(float(lprobs.gather(1, torch.tensor([y + [EOS_ID]]).T).sum()), abs=1e-4)
     assert checked_eos >= 2
-    # The same tokens without the cache, and through greedy_decode.
-    assert greedy_decode(ensemble, src, max_len_a=1.0, max_len_b=4, use_cache=False) == [h[0].tokens for h in results]
+    # The same hypotheses without the cache, and through greedy_decode.
+    uncached = greedy_decode(ensemble, src, cfg, use_cache=False)
+    assert hypotheses(uncached) == hypotheses(results)
+    assert [h[0].log_prob for h in uncached] == pytest.approx([h[0].log_prob for h in results], abs=1e-4)
 
 
 def test_beam_hypotheses_score_the_averaged_distribution():
@@ -139,14 +143,37 @@ def test_beam_hypotheses_score_the_averaged_distribution():
                                                abs=1e-4)
 
 
+@torch.no_grad()
+def test_the_models_states_reorder_together():
+    """One ``reorder`` on the ensemble's state moves every model's state (memories of different widths); the
+    next step then equals a fresh uncached ensemble state on the kept rows."""
+    models = [tiny_model(VOCAB, seed=20), other_model(seed=21)]
+    ensemble, src, k = Ensemble(models).eval(), random_src(3, VOCAB, seed=22), 2
+    state = ensemble.init_state(src, max_len=6, beam_size=k)
+    assert [s.memory.shape[-1] for s in state.states] == [32, 48]  # each model's own memory, no concatenation
+    g = torch.Generator().manual_seed(23)
+    tgt = torch.cat([torch.full((6, 1), BOS_ID), torch.randint(4, VOCAB, (6, 5), generator=g)], dim=1)
+    for t in range(2):
+        ensemble.decode_step(tgt[:, : t + 1], state)
+    index = torch.tensor([1, 1, 5, 4])  # sentence 1 leaves; beams chosen within sentences 0 and 2
+    state.reorder(index)
+    tgt = tgt[index]
+    assert all(s.rows == 4 and s.memory.size(0) == 2 and s.length == 2 for s in state.states)
+    fresh = ensemble.init_state(src[[0, 2]], max_len=6, beam_size=k, use_cache=False)
+    torch.testing.assert_close(ensemble.decode_step(tgt[:, :3], state), ensemble.decode_step(tgt[:, :3], fresh))
+    rows_src = src[[0, 2]].repeat_interleave(k, dim=0)
+    torch.testing.assert_close(ensemble.decode_step(tgt[:, :4], state), ensemble(rows_src, tgt[:, :4])[:, -1],
+                               atol=1e-5, rtol=0)
+
+
 def test_the_shortest_learned_position_table_caps_the_lengths():
     # Model 0 is sinusoidal (1024 positions); model 1's learned table has 10: lengths and inputs must fit it.
     models = [tiny_model(VOCAB, seed=17), other_model(seed=18, positional="learned", max_positions=10)]
     ensemble = Ensemble(models).eval()
     assert ensemble.config.positional == "learned" and ensemble.config.max_positions == 10
     src = random_src(3, VOCAB, seed=19, min_len=8, max_len=9)
-    out = greedy_decode(ensemble, src, max_len_a=2.0, max_len_b=20, min_len=30)  # never allowed to stop early
-    assert [len(y) for y in out] == [9, 9, 9]  # position 9 (fed after 9 tokens) is the table's last
+    cfg = DecodeConfig(beam_size=1, max_len_a=2.0, max_len_b=20, min_len=30)  # never allowed to stop early
+    assert [len(hyps[0].tokens) for hyps in greedy_decode(ensemble, src, cfg)] == [9, 9, 9]  # position 9 (fed after 9 tokens) is the table's last
 
 
 def test_models_must_share_the_vocabulary():

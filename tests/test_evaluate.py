@@ -154,7 +154,7 @@ def test_translate_script_arguments_and_stdin(run, capsys, monkeypatch):
     assert translate.main(["--checkpoint", ckpt, SRC[0], "", SRC[1]]) == 0
     lines = capsys.readouterr().out.split("\n")
     assert len(lines) == 4 and lines[1] == "" and lines[3] == ""  # 3 outputs, the empty input kept
-    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{SRC[2]}\n\n{SRC[3]}\n"))
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(f"{SRC[2]}\n\n{SRC[3]}\n".encode())))  # bytes, as a pipe
     assert translate.main(["--checkpoint", ckpt, "--beam-size", "1"]) == 0
     assert capsys.readouterr().out.count("\n") == 3
     assert translate.main(["--checkpoint", ckpt, "--beam-size", "3", "--n-best", "3", SRC[4]]) == 0
@@ -230,7 +230,7 @@ def test_evaluate_script_decodes_a_split(run, tmp_path, capsys, tokenizer):
 def test_translate_script_decodes_several_checkpoints_as_an_ensemble(run, capsys, tokenizer, tmp_path):
     translate = load_script("translate")
     texts = [SRC[0], SRC[7], SRC[13]]
-    # The sentences follow the checkpoints: the first value not ending in .pt starts them.
+    # --checkpoint repeated: the models decode as an ensemble.
     assert translate.main(["--checkpoint", str(run / "model.pt"), "--checkpoint", str(run / "model1.pt"), *texts]) == 0
     out = capsys.readouterr().out.splitlines()
     ensemble = Ensemble([make_model(tokenizer), make_model(tokenizer, seed=1)])

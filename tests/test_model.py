@@ -26,9 +26,6 @@ def test_output_shapes(make_model, tokens) -> None:
     src, tgt = tokens(2, 7), tokens(2, 5)
     logits = model(src, tgt)
     assert logits.shape == (2, 5, model.config.tgt_vocab_size) and torch.isfinite(logits).all()
-    hidden = model(src, tgt, return_hidden=True)
-    assert hidden.shape == (2, 5, model.config.d_model)
-    torch.testing.assert_close(model.output(hidden), logits)
     memory = model.encode(src, model.src_mask(src))
     assert memory.shape == (2, 7, model.config.d_model)
     torch.testing.assert_close(model.decode(tgt, memory, model.src_mask(src)), logits, **TOL)
@@ -161,24 +158,45 @@ def test_cached_decoding_of_a_chunk_after_a_prefix(make_model, tokens, norm_firs
 
 @pytest.mark.parametrize("norm_first", [False, True], ids=["post-LN", "pre-LN"])
 @torch.no_grad()
-def test_cached_decoding_after_reorder(make_model, tokens, norm_first: bool) -> None:
-    """Beam search: keep/repeat batch rows mid-way; the continuation must match the reordered full pass."""
+def test_decoder_state_reorder_equals_recomputing(make_model, tokens, norm_first: bool) -> None:
+    """Beam search's one operation, ``state.reorder``: selecting beams, then dropping a sentence. The next-step
+    logits of the kept rows must match a fresh uncached state and the teacher-forced pass of the same rows."""
     model = make_model(norm_first=norm_first)
-    src, tgt = padded_batch(tokens)
-    src_mask = model.src_mask(src)
-    memory = model.encode(src, src_mask)
-    cache = model.init_cache(memory, max_len=tgt.size(1))
-    before = torch.cat([model.decode(tgt[:, t : t + 1], memory, src_mask, cache=cache) for t in range(3)], dim=1)
+    src = tokens(3, 6)
+    src[1, 4:] = PAD  # the cross-attention must use the source mask
+    k = 2
+    state = model.init_state(src, max_len=8, beam_size=k)  # memory per sentence, self-attention per row
+    assert state.memory.shape == (3, 6, 32) and state.rows == 6
+    tgt = tokens(6, 8)  # (N*K, 8): row i*K + b is beam b of sentence i
+    for t in range(3):
+        model.decode_step(tgt[:, : t + 1], state)
 
-    index = torch.tensor([1, 1, 0])  # two hypotheses from sentence 1, one from sentence 0
-    cache.reorder(index)
-    memory, src_mask = memory[index], src_mask[index]
-    new_tgt = torch.cat([tgt[index, :3], tokens(3, 4)], dim=1)  # the two copies of row 1 now diverge
-    after = torch.cat([model.decode(new_tgt[:, t : t + 1], memory, src_mask, cache=cache) for t in range(3, 7)], dim=1)
+    def check(kept_sentences: list[int], length: int) -> None:
+        logits = model.decode_step(tgt[:, :length], state)  # (R, V)
+        fresh = model.init_state(src[kept_sentences], max_len=8, beam_size=k, use_cache=False)
+        torch.testing.assert_close(logits, model.decode_step(tgt[:, :length], fresh), **TOL)
+        rows_src = src[kept_sentences].repeat_interleave(k, dim=0)  # memory repeated per row: no folding
+        torch.testing.assert_close(logits, model(rows_src, tgt[:, :length])[:, -1], **TOL)
 
-    full = model.decode(new_tgt, memory, src_mask)
-    torch.testing.assert_close(before[index], full[:, :3], **TOL)
-    torch.testing.assert_close(after, full[:, 3:], **TOL)
+    index = torch.tensor([1, 1, 3, 2, 4, 5])  # beams chosen within their sentences; row 1 copied twice
+    state.reorder(index)
+    tgt = torch.cat([tgt[index, :3], tokens(6, 5)], dim=1)  # the two copies of row 1 now diverge
+    check([0, 1, 2], 4)
+    index = torch.tensor([1, 0, 5, 5])  # sentence 1 leaves, the beams of sentence 0 swap
+    state.reorder(index)
+    tgt = torch.cat([tgt[index, :4], tokens(4, 4)], dim=1)
+    assert state.memory.shape == (2, 6, 32) and state.length == 4
+    check([0, 2], 5)
+    check([0, 2], 8)  # several new positions at once after a reorder
+
+
+@torch.no_grad()
+def test_rows_must_be_whole_hypotheses_of_the_sentences(make_model, tokens) -> None:
+    model = make_model()
+    memory = model.encode(tokens(2, 4))
+    assert model.decode(tokens(6, 3), memory).shape == (6, 3, 23)  # 3 hypotheses per sentence
+    with pytest.raises(ValueError, match="whole number of hypotheses"):
+        model.decode(tokens(5, 3), memory)
 
 
 def test_cache_overflow_is_an_error(make_model, tokens) -> None:

@@ -22,6 +22,7 @@ from transformer.data.tokenizer import (
     UNK_ID,
     Tokenizer,
 )
+from transformer.errors import ConfigError, DataError, OutputError
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
 SPECIAL_TEXT = ("<pad>", "<unk>", "<s>", "</s>", "▁")
@@ -124,8 +125,31 @@ def test_vocab_size_too_large_for_a_tiny_corpus_is_reduced_with_a_warning(corpus
 
 
 def test_vocab_size_below_the_alphabet_is_a_clear_error(corpus, tmp_path):
-    with pytest.raises(ValueError, match="vocab_size=10 is too small"):
+    # The sample corpus has 47 characters: with the 4 special pieces, 51 ids at least.
+    with pytest.raises(ConfigError, match=r"data\.vocab_size=10 is too small.*set data\.vocab_size=51 or more"):
         Tokenizer.train(corpus[0], corpus[1], tmp_path, vocab_size=10)
+    assert Tokenizer.train(corpus[0], corpus[1], tmp_path, vocab_size=51).src_vocab_size == 51
+
+
+def test_any_other_sentencepiece_refusal_is_a_config_error(corpus, tmp_path):
+    with pytest.raises(ConfigError, match=r"SentencePiece cannot train .* data\.vocab_size=1\b") as info:
+        Tokenizer.train(corpus[0], corpus[1], tmp_path, vocab_size=1)  # below what DataConfig allows
+    assert "trainer_interface.cc" not in str(info.value)
+
+
+def test_no_text_to_train_on_is_a_data_error(tmp_path):
+    with pytest.raises(DataError, match="no joint text"):
+        Tokenizer.train(["", ""], ["", ""], tmp_path, vocab_size=100)
+
+
+def test_unwritable_folder_is_one_clear_error(joint, tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OutputError, match=f"{tmp_path / 'file' / 'tok'}: Not a directory"):
+        joint.save(tmp_path / "file" / "tok")
+    (tmp_path / "tok" / META_FILE).mkdir(parents=True)  # a folder where tokenizer.json goes
+    with pytest.raises(OutputError, match=str(tmp_path / "tok" / META_FILE)):
+        joint.save(tmp_path / "tok")
+    assert not list((tmp_path / "tok").glob("*.tmp"))
 
 
 def test_training_is_quiet(corpus, tmp_path, capfd):
@@ -138,10 +162,13 @@ def test_load_round_trip_and_missing_files(joint, corpus, tmp_path):
     joint.save(tmp_path / "tok")
     loaded = Tokenizer.load(tmp_path / "tok")
     assert loaded.encode_src(corpus[0][:20]) == joint.encode_src(corpus[0][:20])
-    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nothing" / META_FILE)):
+    with pytest.raises(DataError, match=str(tmp_path / "nothing" / META_FILE)):
         Tokenizer.load(tmp_path / "nothing")
+    (tmp_path / "tok" / JOINT_MODEL).write_bytes(b"not a model")
+    with pytest.raises(DataError, match=f"tokenizer in {tmp_path / 'tok'} is damaged"):
+        Tokenizer.load(tmp_path / "tok")
     (tmp_path / "tok" / JOINT_MODEL).unlink()
-    with pytest.raises(FileNotFoundError, match=JOINT_MODEL):
+    with pytest.raises(DataError, match=f"{JOINT_MODEL} is missing; delete"):
         Tokenizer.load(tmp_path / "tok")
 
 
@@ -155,8 +182,11 @@ def test_load_or_train_reuses_the_folder_and_checks_settings(corpus, tmp_path, m
     monkeypatch.setattr(Tokenizer, "train", no_training)
     again = Tokenizer.load_or_train(tmp_path, src, tgt, vocab_size=150)
     assert again.encode_tgt(tgt[:20]) == first.encode_tgt(tgt[:20])
-    with pytest.raises(ValueError, match="vocab_size: saved 150, asked 300"):
-        Tokenizer.load_or_train(tmp_path, src, tgt, vocab_size=300)
+    with pytest.raises(ConfigError) as info:
+        Tokenizer.load_or_train(tmp_path, src, tgt, vocab_size=300, joint=False)
+    message = str(info.value)
+    assert message.startswith("data.vocab_size=300, data.joint_vocab=false differs from the vocabulary already in")
+    assert "trained with data.vocab_size=150, data.joint_vocab=true; use a new train.run_dir" in message
 
 
 @pytest.mark.parametrize("joint_vocab", [True, False])

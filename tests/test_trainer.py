@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from transformer.config import Config, DataConfig, ModelConfig, TrainConfig
+from transformer.config import Config, DataConfig, DecodeConfig, ModelConfig, TrainConfig
 from transformer.data.batching import BatchIterator, ParallelDataset, SubwordSampler, collate
 from transformer.data.tokenizer import Tokenizer
 from transformer.decoding.search import greedy_decode
@@ -82,8 +82,8 @@ def test_a_tiny_corpus_is_learned_until_greedy_decoding_reproduces_it(tmp_path, 
     batch = torch.zeros(len(ids), width, dtype=torch.long)
     for row, x in enumerate(ids):
         batch[row, : len(x) + 1] = torch.tensor(x + [3])
-    out = greedy_decode(trainer.model.eval(), batch, max_len_a=1.0, max_len_b=5)
-    assert tokenizer.decode_tgt(out) == list(tgt)
+    out = greedy_decode(trainer.model.eval(), batch, DecodeConfig(max_len_a=1.0, max_len_b=5))
+    assert tokenizer.decode_tgt([hyps[0].tokens for hyps in out]) == list(tgt)
     lines = [json.loads(x) for x in (Path(config.train.run_dir) / "metrics.jsonl").read_text().splitlines()]
     nll = [r["nll"] for r in lines if r["split"] == "train"]
     assert nll[-1] < 0.2 and nll[0] > 10 * nll[-1]  # with smoothing 0.1 the NLL floor is about 0.1
@@ -119,7 +119,7 @@ def test_sigterm_saves_last_checkpoint_and_resume_continues_exactly(tmp_path, to
     full.fit()
 
     interrupted = make_trainer(make_config(tmp_path / "b", tokenizer, max_steps=7), tokenizer)
-    original_update = interrupted._update
+    original_update = interrupted.train_step
 
     def update_then_signal(group):
         out = original_update(group)
@@ -127,7 +127,7 @@ def test_sigterm_saves_last_checkpoint_and_resume_continues_exactly(tmp_path, to
             os.kill(os.getpid(), signal.SIGTERM)
         return out
 
-    monkeypatch.setattr(interrupted, "_update", update_then_signal)
+    monkeypatch.setattr(interrupted, "train_step", update_then_signal)
     interrupted.fit()
     assert interrupted.step == 3
     saved = load_checkpoint(Path(interrupted.config.train.run_dir) / "checkpoints" / "last.pt")
@@ -155,42 +155,13 @@ def test_gradient_accumulation_equals_one_large_batch(tmp_path, tokenizer):
     for trainer in (accumulated, single):
         # Plain SGD with lr 1: the parameter change is the gradient itself (Adam's first step is sign-like).
         trainer.optimizer = torch.optim.SGD(trainer.model.parameters(), lr=1.0)
-    accumulated._update(micro)
-    single._update(whole)
+    accumulated.train_step(micro)
+    single.train_step(whole)
     grads_acc = {k: initial[k] - v for k, v in params(accumulated).items()}
     grads_one = {k: initial[k] - v for k, v in params(single).items()}
     for name in grads_one:
         assert torch.allclose(grads_acc[name], grads_one[name], rtol=1e-4, atol=1e-7), name
     assert grads_one["output.weight"].abs().sum() > 0
-
-
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")  # the test swaps in a plain SGD
-@pytest.mark.parametrize(("precision", "tol"), [("fp32", 1e-5), ("bf16", 2e-2)])
-def test_fused_projection_and_loss_give_the_update_of_the_plain_path(tmp_path, tokenizer, precision, tol):
-    """On the CPU the trainer fuses the output projection into the loss; the update must not change (in bf16:
-    up to bf16 rounding, since the plain path rounds the logits and their gradient to bf16 too)."""
-    config = make_config(tmp_path, tokenizer)
-    config.model = replace(config.model, dropout=0.0)
-    config.train = replace(config.train, precision=precision)
-    src, tgt = zip(*PAIRS)
-    batch = collate(ParallelDataset.from_texts(list(src), list(tgt), tokenizer, config.data), list(range(12)))
-    fused, plain = make_trainer(config, tokenizer), make_trainer(config, tokenizer)
-    assert fused.fused_loss
-    plain.fused_loss = False
-    for trainer in (fused, plain):
-        trainer.optimizer = torch.optim.SGD(trainer.model.parameters(), lr=1.0)  # the change is the gradient
-    loss_fused, nll_fused = fused._update([batch])
-    loss_plain, nll_plain = plain._update([batch])
-    torch.testing.assert_close((loss_fused, nll_fused), (loss_plain, nll_plain), rtol=tol, atol=tol)
-    initial = params(make_trainer(config, tokenizer))
-    after_fused, after_plain = params(fused), params(plain)
-    if precision == "fp32":
-        for name in after_plain:
-            torch.testing.assert_close(after_fused[name], after_plain[name], rtol=1e-5, atol=1e-6, msg=name)
-    else:  # one relative error over the whole update: some entries (key biases) are bf16 rounding noise about 0
-        step_fused = torch.cat([(after_fused[k] - initial[k]).flatten() for k in initial])
-        step_plain = torch.cat([(after_plain[k] - initial[k]).flatten() for k in initial])
-        assert (step_fused - step_plain).norm() < tol * step_plain.norm()
 
 
 def test_validation_keeps_best_checkpoint_and_early_stopping_stops(tmp_path, tokenizer, monkeypatch):

@@ -4,7 +4,7 @@ from transformer.config import Config, ConfigError, DataConfig, DecodeConfig, Mo
 from transformer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
 from transformer.decoding.search import Hypothesis, beam_search, greedy_decode, translate_texts
 from transformer.evaluation import corpus_scores, evaluate_model
-from transformer.model.kv_cache import DecoderCache, KVCache
+from transformer.model.kv_cache import DecoderCache, DecoderState, KVCache
 from transformer.model.transformer import Transformer, count_parameters
 from transformer.training.checkpoint import CheckpointError, load_for_inference
 
@@ -19,6 +19,7 @@ __all__ = [
     "DataConfig",
     "DecodeConfig",
     "DecoderCache",
+    "DecoderState",
     "Hypothesis",
     "KVCache",
     "ModelConfig",

@@ -9,6 +9,8 @@ inside every checkpoint (``asdict``), so a checkpoint rebuilds its model without
 from __future__ import annotations
 
 import dataclasses
+import functools
+import logging
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -18,6 +20,8 @@ from typing import Any
 import yaml
 
 from transformer.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 # Model presets: plain values, applied by ``ModelConfig.preset`` or by ``model.preset`` in YAML.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -74,6 +78,8 @@ class ModelConfig:
             )
         if not 0 <= self.pad_id < min(self.src_vocab_size, self.tgt_vocab_size):
             raise ConfigError(f"model.pad_id ({self.pad_id}) must be a valid id of both vocabularies")
+        if not self.layer_norm_eps > 0:
+            raise ConfigError(f"model.layer_norm_eps must be positive, got {self.layer_norm_eps}")
 
     @property
     def head_dim(self) -> int:
@@ -87,14 +93,26 @@ class ModelConfig:
         return cls(**{**PRESETS[name], **overrides})
 
 
+MIN_VOCAB_SIZE = 5  # the 4 special ids and one piece; SentencePiece also wants every character of the corpus
+
+
+@functools.cache  # once per process
+def _warn_old_source_name() -> None:
+    logger.warning(
+        "data.source: 'multi30k' is deprecated, write 'folder' (a folder of {split}.{lang}[.gz] files); "
+        "it is read as 'folder'"
+    )
+
+
 @dataclass
 class DataConfig:
     """Where the parallel text comes from, how it is tokenized and batched."""
 
-    # Source kind: "multi30k" (a folder of {split}.{lang}[.gz] files), "files" (explicit paths),
+    # Source kind: "folder" (a folder of {split}.{lang}[.gz] files, e.g. Multi30k), "files" (explicit paths),
     # "tsv" (one file per split, source<TAB>target) or "hub" (a Hugging Face `datasets` name).
-    source: str = "multi30k"
-    data_dir: str = ""  # folder for "multi30k"; empty: $MULTI30K_DIR, else ../shared/data/multi30k
+    # "multi30k", the old name of "folder", is still read (with a warning) and becomes "folder".
+    source: str = "folder"
+    data_dir: str = ""  # folder for "folder"; empty: $MULTI30K_DIR, else data/multi30k
     src_lang: str = "en"
     tgt_lang: str = "de"
     # Split names of the corpus, mapped from the roles train/valid/test.
@@ -136,11 +154,25 @@ class DataConfig:
     lowercase: bool = False
 
     def __post_init__(self) -> None:
-        _check_choice("data.source", self.source, ("multi30k", "files", "tsv", "hub"))
+        if self.source == "multi30k":  # the old name; checkpoints written before the rename still say it
+            _warn_old_source_name()
+            self.source = "folder"
+        _check_choice("data.source", self.source, ("folder", "files", "tsv", "hub"))
         _check_choice("data.spm_model_type", self.spm_model_type, ("bpe", "unigram"))
-        for name in ("vocab_size", "max_src_tokens", "max_tgt_tokens", "max_tokens", "pad_to_multiple"):
+        if self.vocab_size < MIN_VOCAB_SIZE:
+            raise ConfigError(
+                f"data.vocab_size must be at least {MIN_VOCAB_SIZE} (the 4 special pieces pad/unk/bos/eos and one "
+                f"more), got {self.vocab_size}; the characters of a corpus usually need 50 to 150 pieces"
+            )
+        for name in ("max_src_tokens", "max_tgt_tokens"):
+            if getattr(self, name) < 2:
+                raise ConfigError(f"data.{name} must be at least 2 (one piece and EOS), got {getattr(self, name)}")
+        for name in ("max_tokens", "pad_to_multiple"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"data.{name} must be positive, got {getattr(self, name)}")
+        for name in ("src_lang", "tgt_lang", "train_split", "valid_split", "test_split"):
+            if not getattr(self, name).strip():
+                raise ConfigError(f"data.{name} must not be empty")
         if self.src_lang == self.tgt_lang:
             raise ConfigError(f"data.src_lang and data.tgt_lang are both {self.src_lang!r}")
         if self.max_length_ratio != 0 and self.max_length_ratio < 1:
@@ -175,8 +207,9 @@ class DecodeConfig:
                 raise ConfigError(f"decode.{name} must be >= 1, got {getattr(self, name)}")
         if self.n_best > self.beam_size:
             raise ConfigError(f"decode.n_best ({self.n_best}) cannot exceed decode.beam_size ({self.beam_size})")
-        if self.max_len_a < 0 or self.max_len_b < 0 or self.min_len < 0 or self.no_repeat_ngram_size < 0:
-            raise ConfigError("decode.max_len_a, max_len_b, min_len and no_repeat_ngram_size must be >= 0")
+        for name in ("length_penalty", "max_len_a", "max_len_b", "min_len", "no_repeat_ngram_size"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"decode.{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass
@@ -219,17 +252,32 @@ class TrainConfig:
         _check_choice("train.optimizer", self.optimizer, ("adam", "adamw"))
         _check_choice("train.schedule", self.schedule, ("noam", "inverse_sqrt", "cosine", "constant"))
         _check_choice("train.best_metric", self.best_metric, ("bleu", "loss"))
-        if self.lr <= 0:
-            raise ConfigError(f"train.lr must be positive, got {self.lr}")
+        if not self.run_dir.strip():
+            raise ConfigError("train.run_dir must not be empty")
+        for name in ("lr", "eps"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}")
+        if not all(0.0 <= beta < 1.0 for beta in self.betas):
+            raise ConfigError(f"train.betas must both be in [0, 1), got {list(self.betas)}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         for name in ("grad_accum_steps", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_steps <= 0 and self.max_epochs <= 0:
+        for name in ("seed", "warmup_steps", "max_steps", "max_epochs", "max_minutes", "min_lr", "weight_decay",
+                     "clip_grad_norm", "eval_every", "eval_max_sentences", "patience", "keep_last", "save_every",
+                     "threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_steps == 0 and self.max_epochs == 0:
             raise ConfigError("set train.max_steps or train.max_epochs to a positive number")
-        if self.max_minutes < 0 or self.threads < 0:
-            raise ConfigError("train.max_minutes and train.threads must be >= 0")
+        if self.schedule == "noam" and self.warmup_steps == 0:
+            raise ConfigError(
+                "train.warmup_steps must be positive with train.schedule=noam (it divides by it); "
+                "set e.g. train.warmup_steps=4000, or use another train.schedule"
+            )
+        if self.schedule == "cosine" and self.min_lr > self.lr:
+            raise ConfigError(f"train.min_lr ({self.min_lr}) must not exceed train.lr ({self.lr})")
 
 
 @dataclass
@@ -261,12 +309,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     if path is not None:
         path = Path(path)
         where = str(path)
+        if path.is_dir():
+            raise ConfigError(f"config file {path} is a folder; give a YAML file (see configs/)")
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        except UnicodeDecodeError as err:
+            byte = err.object[err.start]
+            raise ConfigError(f"{path}: not UTF-8 text (byte {byte:#x} at offset {err.start})") from None
+        except OSError as err:
+            raise ConfigError(f"cannot read config file {path}: {err.strerror or err}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of sections (model, data, train, decode)")
         values = loaded or {}
@@ -305,7 +360,7 @@ def _build(cls: type, values: Any, where: str) -> Any:
         values = {**PRESETS[preset], **values}
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - fields)
+    unknown = sorted(map(str, set(values) - fields))
     if unknown:
         valid = sorted(fields) + (["preset"] if cls is ModelConfig else [])
         raise ConfigError(f"{where}: unknown key(s) {unknown} in {cls.__name__}; valid keys: {valid}")

@@ -8,6 +8,9 @@ bug and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
+import os
+
 
 class UserError(Exception):
     """A mistake the user can fix; the message says where it is and what to do."""
@@ -27,3 +30,39 @@ class CheckpointError(UserError, RuntimeError):
 
 class DeviceError(UserError, RuntimeError):
     """The requested device or precision is not available on this machine."""
+
+
+class OutputError(UserError, OSError):
+    """A file or folder cannot be written: a full disk, no permission, or a path through a regular file."""
+
+
+class CheckpointWriteError(CheckpointError, OutputError):
+    """A checkpoint file cannot be written (both a ``CheckpointError`` and an ``OSError``)."""
+
+
+def os_reason(err: OSError, path: str | os.PathLike[str] | None = None) -> str:
+    """The operating system's reason for ``err`` in words, with what to do about the common ones.
+
+    The path the error is about is named when it is not ``path`` (e.g. a parent folder that is a file).
+    """
+    reason = err.strerror or str(err) or type(err).__name__
+    if err.filename is not None and (path is None or os.fspath(err.filename) != os.fspath(path)):
+        reason = f"{reason}: {os.fspath(err.filename)}"
+    advice = {
+        errno.ENOSPC: "free some disk space or write to another disk",
+        errno.EDQUOT: "free some space within your quota or write to another disk",
+        errno.EACCES: "choose a folder you may write to",
+        errno.EPERM: "choose a folder you may write to",
+        errno.EROFS: "the file system is read-only; choose a writable folder",
+        errno.ENOTDIR: "a part of the path is a file, not a folder; choose another path",
+        errno.EEXIST: "a file of that name is in the way; remove it or choose another path",
+        errno.EISDIR: "that path is a folder; give a file name",
+    }.get(err.errno or 0)
+    code = errno.errorcode.get(err.errno or 0)
+    reason = f"{reason} [{code}]" if code else reason
+    return f"{reason}; {advice}" if advice else reason
+
+
+def write_error(path: str | os.PathLike[str], err: OSError, *, what: str = "file") -> OutputError:
+    """The ``OutputError`` for a failed write of ``path`` (e.g. ``what="metrics file"``)."""
+    return OutputError(f"cannot write the {what} {os.fspath(path)}: {os_reason(err, path)}")

@@ -1,6 +1,6 @@
 """Corpus BLEU and chrF with sacreBLEU on detokenized text, and the one evaluation function.
 
-``evaluate_model`` is called both by ``scripts/evaluate.py`` and by the trainer's validation, so that
+``evaluate_model`` is called both by ``transformer evaluate`` and by the trainer's validation, so that
 validation BLEU and offline BLEU are the same number for the same checkpoint and settings.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -66,6 +66,7 @@ def evaluate_model(
     *,
     device: torch.device | str,
     max_sentences: int = 0,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """Translate ``src_texts`` with ``cfg`` and score the result against ``ref_texts``.
 
@@ -76,6 +77,8 @@ def evaluate_model(
         cfg: decoding settings (greedy when ``beam_size == 1``).
         device: where the source batches go (the model's device).
         max_sentences: score only the first N pairs; 0 for all.
+        progress: called after each decoded batch with its number of sentences (e.g. a progress bar's
+            ``update``); None for none, as in the trainer's validation.
 
     Returns:
         The scores of ``corpus_scores`` plus ``"seconds"`` (decoding wall time), and the hypotheses.
@@ -88,7 +91,7 @@ def evaluate_model(
     if max_sentences > 0:
         src_texts, ref_texts = src_texts[:max_sentences], ref_texts[:max_sentences]
     start = time.perf_counter()
-    hypotheses = translate_texts(model, tokenizer, src_texts, cfg, device=device)
+    hypotheses = translate_texts(model, tokenizer, src_texts, cfg, device=device, progress=progress)
     seconds = time.perf_counter() - start
     scores = corpus_scores(hypotheses, ref_texts)
     scores["seconds"] = seconds

@@ -1,8 +1,9 @@
-"""Average the weights of the last N step checkpoints of a run into one checkpoint for evaluation.
+"""Average the weights of several checkpoints (by default the newest step checkpoints of a run) into one.
 
-examples:
-  transformer average --run-dir runs/multi30k_en_de --last 10 --output runs/multi30k_en_de/checkpoints/avg10.pt
-  transformer average --inputs a.pt b.pt c.pt --output abc.pt
+The result keeps the config and vocabulary of the newest checkpoint and no optimizer state: it is for
+``translate`` and ``evaluate``, not for resuming. The work is done by
+``transformer.training.checkpoint.average_checkpoints``. Checkpoints of different models end with one line
+on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -11,23 +12,35 @@ import argparse
 import sys
 from pathlib import Path
 
+from tqdm import tqdm
+
+from transformer.errors import ConfigError
 from transformer.training.checkpoint import average_checkpoints, save_checkpoint
+
+EXAMPLES = """\
+examples:
+  transformer average --run-dir runs/multi30k_en_de --last 10 --output runs/multi30k_en_de/checkpoints/avg10.pt
+  transformer average --inputs a.pt b.pt c.pt --output abc.pt
+  transformer evaluate --checkpoint runs/multi30k_en_de/checkpoints/avg10.pt   # then score it
+"""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "average", help="average the last N checkpoints of a run",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "average", help="average the last N checkpoints of a run into one",
+        description=__doc__.split("\n\n")[0], epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--run-dir", type=Path, help="take the newest step_*.pt of RUN_DIR/checkpoints")
     parser.add_argument("--last", type=int, default=5, help="how many of the newest step checkpoints (default 5)")
-    parser.add_argument("--inputs", nargs="+", type=Path, help="explicit checkpoint files instead of --run-dir")
-    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--inputs", nargs="+", type=Path, metavar="CKPT", help="these checkpoints instead of --run-dir")
+    parser.add_argument("--output", type=Path, required=True, help="the averaged checkpoint to write")
     parser.set_defaults(run=run, parser=parser)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.last < 1:
+        raise ConfigError(f"--last must be at least 1, got {args.last}")
     if args.inputs:
         paths = args.inputs
     elif args.run_dir:
@@ -36,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"note: only {len(paths)} step checkpoints in {args.run_dir / 'checkpoints'}", file=sys.stderr)
     else:
         args.parser.error("give --run-dir or --inputs")
-    state = average_checkpoints(paths)
+    with tqdm(total=len(paths), unit="ckpt", desc="average", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
+        state = average_checkpoints(paths, progress=bar.update)
     save_checkpoint(state, args.output)
     print(f"averaged {len(paths)} checkpoints ({paths[0].name} .. {paths[-1].name}) -> {args.output}")
     return 0
-

@@ -1,15 +1,21 @@
-"""Score a checkpoint on a split of its dataset with sacreBLEU (BLEU, chrF and their signatures).
+"""Score a checkpoint (or several, as an ensemble) on a split of its dataset with sacreBLEU, or score a file.
+
 ``--split`` is a role (train, valid, test) or a split name of the corpus (evaluated in the test role).
-The data settings (source, languages, folder) come from the checkpoint; the options override them.
-Decoding uses ``transformer.evaluate.evaluate_model``, the function the trainer's validation BLEU uses,
-so the two numbers agree. Mistakes end with one line on stderr and exit status 2.
+The data settings (source, languages, folder) come from the (first) checkpoint; the options override them.
+``--checkpoint`` may be repeated: the checkpoints decode as an ensemble (their probabilities averaged) and
+must share one vocabulary. Decoding uses ``transformer.evaluation.evaluate_model``, the function the
+trainer's validation BLEU uses, so the two numbers agree. Prints BLEU, chrF and their signatures; a progress
+bar on stderr when it is a terminal. Mistakes end with one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
+
+from tqdm import tqdm
 
 from transformer.config import DataConfig
 from transformer.data.corpus import DataError, load_split
@@ -84,6 +90,10 @@ def read_text(path: Path) -> list[str]:
         return path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         raise DataError(f"file not found: {path}") from None
+    except IsADirectoryError:
+        raise DataError(f"{path} is a folder; give a text file with one sentence per line") from None
+    except OSError as err:
+        raise DataError(f"cannot read {path}: {err.strerror or err}") from None
     except UnicodeDecodeError as err:
         raise DataError(f"{path} is not UTF-8 text: {err}") from None
 
@@ -115,9 +125,12 @@ def run(args: argparse.Namespace) -> int:
     cfg = dataclasses.replace(config.decode, n_best=1, **{k: v for k, v in changes.items() if v is not None})
     data_cfg, role = data_settings(config.data, args)
     src_texts, ref_texts = load_split(data_cfg, role)
-    scores, hypotheses = evaluate_model(
-        model, tokenizer, src_texts, ref_texts, cfg, device=device, max_sentences=args.max_sentences
-    )
+    total = sum(1 for text in src_texts[: args.max_sentences or None] if text.strip())  # blank ones are not decoded
+    with tqdm(total=total, unit="sent", desc=role, file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
+        scores, hypotheses = evaluate_model(
+            model, tokenizer, src_texts, ref_texts, cfg, device=device, max_sentences=args.max_sentences,
+            progress=bar.update,
+        )
 
     references = ref_texts[: len(hypotheses)]
     split = {"train": data_cfg.train_split, "valid": data_cfg.valid_split, "test": data_cfg.test_split}[role]

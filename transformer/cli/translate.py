@@ -1,10 +1,12 @@
 """Translate sentences with a trained checkpoint (or several, as an ensemble).
 
-Output: one line per input line (an empty line gives an empty line). With ``--n-best N > 1``, N lines per
-input, ``index<TAB>score<TAB>translation`` (index counts inputs from 0; score is length-normalised).
-Several checkpoints decode as an ensemble (their probabilities averaged); they must share one vocabulary.
-Decoding settings default to those saved in the (first) checkpoint. Mistakes (a bad checkpoint, a bad
-option) end with one line on stderr and exit status 2.
+Input: the sentences given as arguments; else stdin, one sentence per line (with a progress bar on stderr
+when that is a terminal); else, with a terminal on stdin, a prompt. Output: one line per input line (an
+empty line gives an empty line). With ``--n-best N > 1``, N lines per input,
+``index<TAB>score<TAB>translation`` (index counts inputs from 0; score is length-normalised).
+``--checkpoint`` may be repeated: the checkpoints decode as an ensemble (their probabilities averaged) and
+must share one vocabulary. Decoding settings default to those saved in the (first) checkpoint. Mistakes
+(a bad checkpoint, a bad option) end with one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -13,15 +15,17 @@ import argparse
 import dataclasses
 import itertools
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from transformer.config import ConfigError, DecodeConfig
 from transformer.data.tokenizer import Tokenizer
 from transformer.decoding.ensemble import Ensemble
 from transformer.decoding.search import decode_texts
+from transformer.errors import DataError
 from transformer.model.transformer import Transformer
 from transformer.training.checkpoint import load_ensemble_for_inference
 from transformer.training.distributed import resolve_device
@@ -74,10 +78,12 @@ def decode_settings(saved: DecodeConfig, args: argparse.Namespace) -> DecodeConf
 
 def translate_lines(
     model: Transformer | Ensemble, tokenizer: Tokenizer, lines: list[str], cfg: DecodeConfig, args: argparse.Namespace,
-    device: torch.device, first_index: int = 0,
+    device: torch.device, first_index: int = 0, *, progress: Callable[[int], None] | None = None,
 ) -> list[str]:
     """Output lines for ``lines``: translations, or ``index<TAB>score<TAB>text`` n-best lines."""
-    nbest = decode_texts(model, tokenizer, lines, cfg, device=device, max_src_tokens=args.max_src_tokens)
+    nbest = decode_texts(
+        model, tokenizer, lines, cfg, device=device, max_src_tokens=args.max_src_tokens, progress=progress
+    )
     if cfg.n_best == 1:
         return tokenizer.decode_tgt([hyps[0].tokens if hyps else [] for hyps in nbest])
     out = []
@@ -88,6 +94,30 @@ def translate_lines(
         for hyp, text in zip(hyps, tokenizer.decode_tgt([h.tokens for h in hyps])):
             out.append(f"{i}\t{hyp.score:.4f}\t{text}")
     return out
+
+
+class StdinLines:
+    """The lines of a binary stream, each decoded as UTF-8 on its own, without line ends.
+
+    Iteration stops before the first line that is not UTF-8 and keeps its error in ``error``, so that the
+    lines before it can still be translated and printed.
+    """
+
+    def __init__(self, stream: Iterable[bytes]) -> None:
+        self.stream = stream
+        self.error: DataError | None = None
+
+    def __iter__(self) -> Iterable[str]:
+        for number, raw in enumerate(self.stream, start=1):
+            try:
+                yield raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as err:
+                self.error = DataError(
+                    f"stdin line {number}: not valid UTF-8 (byte {raw[err.start]:#x} at column {err.start + 1}); "
+                    f"the {number - 1} lines before it were translated. Convert the input to UTF-8, "
+                    "e.g. with iconv -f latin1 -t utf-8"
+                )
+                return
 
 
 def chunks(lines: Iterable[str], size: int) -> Iterable[list[str]]:
@@ -112,20 +142,30 @@ def run(args: argparse.Namespace) -> int:
         try:
             while True:
                 print("> ", end="", file=sys.stderr, flush=True)
-                line = sys.stdin.readline()
-                if not line:
+                raw = sys.stdin.buffer.readline()
+                if not raw:
                     break
-                for out in translate_lines(model, tokenizer, [line.rstrip("\n")], cfg, args, device, index):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    print("not valid UTF-8: check the terminal's encoding", file=sys.stderr)
+                    continue
+                for out in translate_lines(model, tokenizer, [line.rstrip("\r\n")], cfg, args, device, index):
                     print(out, flush=True)
                 index += 1
         except KeyboardInterrupt:
             print(file=sys.stderr)
     else:
+        bar = tqdm(unit="sent", desc="translate", file=sys.stderr, disable=not sys.stderr.isatty())
         index = 0
-        for chunk in chunks((line.rstrip("\r\n") for line in sys.stdin), LINES_PER_CHUNK):
-            for out in translate_lines(model, tokenizer, chunk, cfg, args, device, index):
+        lines = StdinLines(sys.stdin.buffer)
+        for chunk in chunks(lines, LINES_PER_CHUNK):
+            for out in translate_lines(model, tokenizer, chunk, cfg, args, device, index, progress=bar.update):
                 print(out)
             sys.stdout.flush()
             index += len(chunk)
+        bar.close()
+        if lines.error is not None:
+            raise lines.error
     return 0
 

@@ -23,6 +23,7 @@ import torch
 from transformer.config import DataConfig
 from transformer.data.corpus import DataError
 from transformer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from transformer.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +113,10 @@ class ParallelDataset:
             f"max_length_ratio={cfg.max_length_ratio}"
         )
         if len(keep) == 0:
-            raise DataError(f"no sentence pair left out of {len(src_texts)} after filtering: {reasons}")
+            raise DataError(
+                f"no sentence pair left out of {len(src_texts)} after filtering: {reasons}; raise those data.* limits "
+                "or check the corpus files"
+            )
         n_dropped = len(src_texts) - len(keep)
         if n_dropped:
             first = np.flatnonzero(empty | too_long | bad_ratio)[:5] + 1
@@ -392,7 +396,10 @@ class BatchIterator:
         self._cached: tuple[int, ParallelDataset, list[np.ndarray]] | None = None
         dataset, batches = self._epoch(0)
         if shuffle and len(batches) < world_size:
-            raise ValueError(f"only {len(batches)} batches for {world_size} ranks; lower max_tokens")
+            raise ConfigError(
+                f"only {len(batches)} batches of data.max_tokens={max_tokens} tokens for {world_size} processes: "
+                "each needs one; lower data.max_tokens or use fewer processes"
+            )
         n_over = sum(1 for b in batches if len(b) == 1 and self._cost(dataset, b) > max_tokens)
         if n_over:
             logger.warning("%d sentence pairs exceed max_tokens=%d alone; each gets its own batch", n_over, max_tokens)

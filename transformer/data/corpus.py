@@ -2,7 +2,8 @@
 
 Sources (``DataConfig.source``), one loader for all of them (``load_split``):
 
-- ``"multi30k"``: a folder of raw parallel files ``{split}.{lang}`` or ``{split}.{lang}.gz``;
+- ``"folder"``: a folder of raw parallel files ``{split}.{lang}`` or ``{split}.{lang}.gz`` (the Multi30k layout;
+  ``"multi30k"``, its old name, is still read);
 - ``"files"``: an explicit source and target path per role;
 - ``"tsv"``: one file per role, ``source<TAB>target`` on each line;
 - ``"hub"``: ``datasets.load_dataset(hub_name, hub_config)``, or a local json/csv/parquet file through
@@ -23,10 +24,11 @@ from __future__ import annotations
 import gzip
 import logging
 import os
+import zlib
 from pathlib import Path
 
 from transformer.config import DataConfig
-from transformer.errors import DataError
+from transformer.errors import DataError, os_reason
 
 logger = logging.getLogger(__name__)
 
@@ -53,16 +55,17 @@ def load_split(cfg: DataConfig, role: str) -> tuple[list[str], list[str]]:
         ``(src_texts, tgt_texts)``, two lists of the same length.
 
     Raises:
-        DataError: a file or split is missing, not UTF-8, misaligned or malformed, or the hub is unreachable.
+        DataError: a file or split is missing, not UTF-8, misaligned or malformed, has no sentence pair at all,
+            or the hub is unreachable.
     """
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
     split = {"train": cfg.train_split, "valid": cfg.valid_split, "test": cfg.test_split}[role]
-    if cfg.source == "multi30k":
-        folder = multi30k_dir(cfg)
+    if cfg.source == "folder":
+        folder = corpus_folder(cfg)
         src_path, tgt_path = find_split_file(folder, split, cfg.src_lang), find_split_file(folder, split, cfg.tgt_lang)
         src, tgt = read_parallel(src_path, tgt_path)
-        where = f"{folder} ({split})"
+        where = f"{src_path} and {tgt_path}"
     elif cfg.source == "files":
         src_path, tgt_path = {
             "train": (cfg.train_src, cfg.train_tgt),
@@ -72,7 +75,7 @@ def load_split(cfg: DataConfig, role: str) -> tuple[list[str], list[str]]:
         if not src_path or not tgt_path:
             raise DataError(f"data.source=files needs data.{role}_src and data.{role}_tgt for the {role} split")
         src, tgt = read_parallel(Path(src_path), Path(tgt_path))
-        where = f"{src_path} + {tgt_path}"
+        where = f"{src_path} and {tgt_path}"
     elif cfg.source == "tsv":
         path = {"train": cfg.train_tsv, "valid": cfg.valid_tsv, "test": cfg.test_tsv}[role]
         if not path:
@@ -81,22 +84,34 @@ def load_split(cfg: DataConfig, role: str) -> tuple[list[str], list[str]]:
         where = path
     else:
         src, tgt = load_hub_split(cfg, split)
-        where = f"{cfg.hub_name} ({split})"
+        where = f"dataset {cfg.hub_name} ({split})"
+    if not any(s and t for s, t in zip(src, tgt)):
+        state = "no lines" if not src else f"{len(src)} lines, none with text on both sides"
+        raise DataError(
+            f"no sentence pairs for the {role} split in {where} ({state}); it needs lines with text in both "
+            "languages, line i of one side translating line i of the other"
+        )
     if cfg.lowercase:
         src, tgt = [s.lower() for s in src], [t.lower() for t in tgt]
     logger.info("read %d %s pairs (%s-%s) from %s", len(src), role, cfg.src_lang, cfg.tgt_lang, where)
     return src, tgt
 
 
-def multi30k_dir(cfg: DataConfig) -> Path:
+def corpus_folder(cfg: DataConfig) -> Path:
     """The corpus folder: ``cfg.data_dir``, else ``$MULTI30K_DIR``, else ``data/multi30k``.
 
     Raises:
-        DataError: the folder does not exist (the message says how to get one).
+        DataError: the folder does not exist, or is a file (the message says how to get a folder).
     """
     folder = Path(cfg.data_dir or os.environ.get("MULTI30K_DIR") or DEFAULT_MULTI30K_DIR).expanduser()
+    origin = "data.data_dir" if cfg.data_dir else ("$MULTI30K_DIR" if os.environ.get("MULTI30K_DIR") else "default")
+    if folder.exists() and not folder.is_dir():
+        raise DataError(
+            f"data folder {folder} ({origin}) is a file, not a folder; point {origin} at the folder that holds "
+            f"the {{split}}.{{lang}} files (e.g. data.data_dir={folder.parent}), or use data.source=files "
+            "with data.train_src=... data.train_tgt=..."
+        )
     if not folder.is_dir():
-        origin = "data.data_dir" if cfg.data_dir else ("$MULTI30K_DIR" if os.environ.get("MULTI30K_DIR") else "default")
         raise DataError(
             f"data folder {folder} ({origin}) does not exist; download Multi30k with "
             "`transformer download multi30k` (or --out DIR and set data.data_dir=DIR or MULTI30K_DIR=DIR), "
@@ -114,7 +129,10 @@ def find_split_file(folder: Path, split: str, lang: str) -> Path:
     for name in (f"{split}.{lang}", f"{split}.{lang}.gz"):
         if (folder / name).is_file():
             return folder / name
-    present = sorted(p.name for p in folder.iterdir() if p.is_file())
+    try:
+        present = sorted(p.name for p in folder.iterdir() if p.is_file())
+    except OSError:  # e.g. a folder we may not list
+        present = []
     listing = ", ".join(present[:40]) + (f", ... ({len(present)} files)" if len(present) > 40 else "")
     raise DataError(
         f"missing {folder / f'{split}.{lang}'} (or .gz): no {lang!r} file for split {split!r}; "
@@ -126,16 +144,24 @@ def read_lines(path: Path) -> list[str]:
     """Lines of a UTF-8 text file (gzip-compressed if the name ends in ``.gz``), without line ends.
 
     Raises:
-        DataError: the file is missing or unreadable, or not UTF-8 (with the line number).
+        DataError: the file is missing or unreadable, not valid gzip (corrupt or truncated), or not UTF-8
+            (with the line number).
     """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path} is a folder; give a text file with one sentence per line")
     try:
         with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
             raw = f.read()
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    except (OSError, EOFError) as err:  # includes a corrupt gzip file
-        raise DataError(f"{path}: cannot read it ({err})") from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+        raise DataError(
+            f"{path}: not a valid gzip file, or cut short ({err}); download or copy it again "
+            f"(or decompress it and drop the .gz)"
+        ) from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot read it: {os_reason(err, path)}") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -209,7 +235,7 @@ def load_hub_split(cfg: DataConfig, split: str) -> tuple[list[str], list[str]]:
         raise DataError(
             f"cannot load hub dataset {name} ({type(err).__name__}: {err}). If the Hugging Face hub is "
             "unreachable, use local files instead: download Multi30k with `transformer download multi30k` and set "
-            "data.source=multi30k data.data_dir=DIR, or data.source=hub data.hub_name=json "
+            "data.source=folder data.data_dir=DIR, or data.source=hub data.hub_name=json "
             "data.hub_data_files='{train: train.jsonl, ...}'"
         ) from err
     columns = ds.column_names

@@ -16,6 +16,7 @@ checkpoint can embed the vocabulary and still be read with ``torch.load(weights_
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import json
@@ -29,6 +30,7 @@ from typing import Any
 import sentencepiece as spm
 
 from transformer.config import DataConfig
+from transformer.errors import ConfigError, DataError, write_error
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +44,14 @@ JOINT_MODEL = "spm.model"
 SRC_MODEL = "src.model"
 TGT_MODEL = "tgt.model"
 STATE_VERSION = 1
+
+# The config key of each training setting (for error messages).
+SETTING_KEYS = {
+    "vocab_size": "data.vocab_size",
+    "model_type": "data.spm_model_type",
+    "joint": "data.joint_vocab",
+    "character_coverage": "data.spm_character_coverage",
+}
 
 # Messages of SentencePiece's trainer that we act on (see _train_model).
 _TOO_HIGH = re.compile(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)")
@@ -100,7 +110,9 @@ class Tokenizer:
             The trained tokenizer.
 
         Raises:
-            ValueError: no text to train on, or ``vocab_size`` is smaller than the alphabet needs.
+            DataError: no text to train on.
+            ConfigError: ``vocab_size`` is smaller than the alphabet needs, or SentencePiece refuses the settings.
+            OutputError: ``out_dir`` cannot be written.
         """
         options = dict(vocab_size=vocab_size, model_type=model_type, character_coverage=character_coverage)
         settings = dict(options, joint=joint)
@@ -118,9 +130,16 @@ class Tokenizer:
         return tokenizer
 
     def save(self, directory: str | Path) -> None:
-        """Write the model file(s) and ``tokenizer.json`` (last, so a complete folder has it)."""
+        """Write the model file(s) and ``tokenizer.json`` (last, so a complete folder has it).
+
+        Raises:
+            OutputError: the folder cannot be made or written (full disk, no permission, a file in the way).
+        """
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise write_error(directory, err, what="tokenizer folder") from None
         if self.joint:
             _write_atomic(directory / JOINT_MODEL, self._src_bytes)
         else:
@@ -134,26 +153,34 @@ class Tokenizer:
         """Load a folder written by ``train``/``save``.
 
         Raises:
-            FileNotFoundError: the folder, ``tokenizer.json`` or a model file is missing (named in the message).
-            ValueError: ``tokenizer.json`` is malformed.
+            DataError: the folder, ``tokenizer.json`` or a model file is missing, unreadable or malformed (the
+                file is named in the message; deleting the folder makes training write a new one).
         """
         directory = Path(directory)
         meta_path = directory / META_FILE
+        retrain = f"delete {directory} to train a new vocabulary there, or use another train.run_dir"
         if not meta_path.is_file():
-            raise FileNotFoundError(
+            raise DataError(
                 f"no tokenizer in {directory}: {meta_path} is missing (train one with Tokenizer.train or load_or_train)"
             )
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
             joint = bool(meta["joint"])
         except (ValueError, KeyError, TypeError) as err:
-            raise ValueError(f"{meta_path}: not a valid tokenizer description ({err})") from None
+            raise DataError(f"{meta_path}: not a valid tokenizer description ({err}); {retrain}") from None
+        except OSError as err:
+            raise DataError(f"cannot read {meta_path}: {err.strerror or err}") from None
         names = [JOINT_MODEL] if joint else [SRC_MODEL, TGT_MODEL]
         for name in names:
             if not (directory / name).is_file():
-                raise FileNotFoundError(f"tokenizer in {directory} is incomplete: {directory / name} is missing")
-        models = [(directory / name).read_bytes() for name in names]
-        return cls(models[0], None if joint else models[1], settings=meta.get("settings"))
+                raise DataError(f"tokenizer in {directory} is incomplete: {directory / name} is missing; {retrain}")
+        try:
+            models = [(directory / name).read_bytes() for name in names]
+            return cls(models[0], None if joint else models[1], settings=meta.get("settings"))
+        except OSError as err:
+            raise DataError(f"cannot read the tokenizer in {directory}: {err.strerror or err}") from None
+        except (RuntimeError, ValueError) as err:  # SentencePiece cannot parse a model file, or other special ids
+            raise DataError(f"the tokenizer in {directory} is damaged ({err}); {retrain}") from None
 
     @classmethod
     def load_or_train(
@@ -172,7 +199,9 @@ class Tokenizer:
         Call it on one process only (rank 0) in distributed runs, then ``load`` on the others.
 
         Raises:
-            ValueError: the saved tokenizer was trained with other settings (delete the folder to retrain).
+            ConfigError: the saved tokenizer was trained with other settings (the message names each config
+                key with its saved and asked value, and says what to do).
+            DataError, OutputError: see ``load``, ``train``.
         """
         directory = Path(directory)
         wanted = dict(vocab_size=vocab_size, model_type=model_type, joint=joint, character_coverage=character_coverage)
@@ -181,10 +210,11 @@ class Tokenizer:
         tokenizer = cls.load(directory)
         differ = {k: (tokenizer.settings.get(k), v) for k, v in wanted.items() if tokenizer.settings.get(k) != v}
         if differ:
-            details = ", ".join(f"{k}: saved {old!r}, asked {new!r}" for k, (old, new) in differ.items())
-            raise ValueError(
-                f"the tokenizer in {directory} was trained with other settings ({details}); "
-                "delete that folder to retrain it, or point to another folder"
+            asked = ", ".join(f"{SETTING_KEYS[k]}={_yaml(new)}" for k, (_, new) in differ.items())
+            saved = ", ".join(f"{SETTING_KEYS[k]}={_yaml(old)}" for k, (old, _) in differ.items())
+            raise ConfigError(
+                f"{asked} differs from the vocabulary already in {directory}, trained with {saved}; "
+                f"use a new train.run_dir for a new vocabulary, or set {saved} to continue with this one"
             )
         logger.info("reusing the tokenizer in %s", directory)
         return tokenizer
@@ -293,7 +323,7 @@ def _train_model(
     """
     sentences = [t for t in texts if t]
     if not sentences:
-        raise ValueError(f"no {side} text to train the SentencePiece model on")
+        raise DataError(f"no {side} text to train the SentencePiece model on: the training split has no text")
     size = vocab_size
     for _ in range(3):
         buffer = io.BytesIO()
@@ -323,12 +353,17 @@ def _train_model(
                 size = int(too_high.group(2))
                 continue
             if too_small:
-                raise ValueError(
-                    f"vocab_size={vocab_size} is too small for the {side} text: its characters and the 4 special "
-                    f"pieces need {too_small.group(2)} ids; raise data.vocab_size or lower data.spm_character_coverage"
+                raise ConfigError(
+                    f"data.vocab_size={vocab_size} is too small for the {side} text: its characters and the 4 special "
+                    f"pieces need {too_small.group(2)} ids; set data.vocab_size={too_small.group(2)} or more "
+                    "(or lower data.spm_character_coverage)"
                 ) from None
-            raise
-    raise ValueError(f"could not find a vocabulary size SentencePiece accepts for the {side} text")
+            reason = str(err).split("] ", 1)[-1].strip()  # drop SentencePiece's source location
+            raise ConfigError(
+                f"SentencePiece cannot train a {model_type} vocabulary of data.vocab_size={size} on the {side} text: "
+                f"{reason}"
+            ) from None
+    raise ConfigError(f"could not find a data.vocab_size SentencePiece accepts for the {side} text; lower it")
 
 
 def _decode(sp: spm.SentencePieceProcessor, ids: Sequence[Sequence[int]]) -> list[str]:
@@ -352,10 +387,24 @@ def _decode(sp: spm.SentencePieceProcessor, ids: Sequence[Sequence[int]]) -> lis
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file, so a crash never leaves half a file."""
+    """Write ``data`` to ``path`` through a temporary file, so a crash never leaves half a file.
+
+    Raises:
+        OutputError: the file cannot be written (the temporary file is removed).
+    """
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise write_error(path, err, what="tokenizer file") from None
+
+
+def _yaml(value: Any) -> str:
+    """``value`` as it is written in YAML or a ``key=value`` override."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def load_or_train_tokenizer(

@@ -1,9 +1,11 @@
 """Decoding with several models at once: the average of their next-token probabilities.
 
-``Ensemble`` has the interface the searches of ``transformer.decoding`` use (``src_mask``, ``encode``,
-``init_cache``, ``decode`` and ``config``), so greedy and beam search run on it unchanged. As in fairseq,
-the models' probabilities are averaged (not their log-probabilities), and the ensemble's ``decode``
-returns the log of that average, a normalised distribution that the searches' ``log_softmax`` leaves as it is.
+``Ensemble`` has the interface the searches of ``transformer.decoding`` use (``config``, ``init_state`` and
+``decode_step``), so greedy and beam search run on it unchanged. Each model keeps its own ``DecoderState``
+(memory, mask and caches of its own width and depth); an ``EnsembleState`` holds them and reorders them
+together through the searches' one operation. As in fairseq, the models' probabilities are averaged (not
+their log-probabilities), and the ensemble returns the log of that average, a normalised distribution that
+the searches' ``log_softmax`` leaves as it is.
 
 The models may differ in size and depth, but they must share one vocabulary: the same token ids on both sides.
 """
@@ -19,27 +21,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from transformer.config import ModelConfig
-from transformer.model.kv_cache import DecoderCache
+from transformer.model.kv_cache import DecoderState
 from transformer.model.transformer import Transformer
 
 
-class EnsembleCache:
-    """One ``DecoderCache`` per model, reordered together."""
+class EnsembleState:
+    """One ``DecoderState`` per model, reordered together."""
 
-    def __init__(self, caches: list[DecoderCache]) -> None:
-        self.caches = caches
+    def __init__(self, states: list[DecoderState]) -> None:
+        self.states = states
 
-    @property
-    def length(self) -> int:
-        return self.caches[0].length
-
-    def reorder(self, index: torch.Tensor, cross_index: torch.Tensor | None = None) -> None:
-        for cache in self.caches:
-            cache.reorder(index, cross_index)
-
-    def reorder_self(self, index: torch.Tensor) -> None:
-        for cache in self.caches:
-            cache.reorder_self(index)
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep hypotheses ``index`` in every model's state (see ``DecoderState.reorder``)."""
+        for state in self.states:
+            state.reorder(index)
 
 
 def _shared_config(configs: Sequence[ModelConfig]) -> ModelConfig:
@@ -67,38 +62,25 @@ class Ensemble(nn.Module):
             raise ValueError("an ensemble needs at least one model")
         self.models = nn.ModuleList(models)
         self.config = _shared_config([m.config for m in models])
-        self._widths = [m.config.d_model for m in models]
-
-    def src_mask(self, src: torch.Tensor) -> torch.Tensor:
-        return self.models[0].src_mask(src)
-
-    def encode(self, src: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, S) ids -> the models' memories side by side, (B, S, sum of d_model).
-
-        One tensor, so that the searches' batch indexing (beams, finished sentences) applies to all models.
-        """
-        return torch.cat([m.encode(src, src_mask) for m in self.models], dim=-1)
-
-    def _split(self, memory: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return memory.split(self._widths, dim=-1)
 
     @torch.no_grad()
-    def init_cache(self, memory: torch.Tensor, max_len: int) -> EnsembleCache:
-        return EnsembleCache([m.init_cache(part, max_len) for m, part in zip(self.models, self._split(memory))])
+    def init_state(
+        self, src: torch.Tensor, max_len: int, *, beam_size: int = 1, use_cache: bool = True
+    ) -> EnsembleState:
+        """Each model encodes (N, S) source ids into its own ``DecoderState`` (see ``Transformer.init_state``)."""
+        states = [m.init_state(src, max_len, beam_size=beam_size, use_cache=use_cache) for m in self.models]
+        return EnsembleState(states)
 
-    def decode(
-        self,
-        tgt: torch.Tensor,
-        memory: torch.Tensor,
-        src_mask: torch.Tensor | None = None,
-        tgt_mask: torch.Tensor | None = None,
-        *,
-        cache: EnsembleCache | None = None,
-    ) -> torch.Tensor:
-        """(B, T) target ids -> (B, T, V) float32 log of the models' mean probabilities."""
-        caches = cache.caches if cache is not None else [None] * len(self.models)
-        log_probs = [
-            F.log_softmax(m.decode(tgt, part, src_mask, tgt_mask, cache=c).float(), dim=-1)
-            for m, part, c in zip(self.models, self._split(memory), caches)
-        ]
-        return torch.logsumexp(torch.stack(log_probs), dim=0) - math.log(len(log_probs))
+    def decode_step(self, tokens: torch.Tensor, state: EnsembleState) -> torch.Tensor:
+        """(R, t) prefixes -> (R, V) float32 log of the models' mean next-token probabilities."""
+        return _log_mean_probs([m.decode_step(tokens, s) for m, s in zip(self.models, state.states)])
+
+    def forward(self, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: (B, S) source and (B, T) decoder input ids -> (B, T, V) float32 log mean probs."""
+        return _log_mean_probs([m(src, tgt) for m in self.models])
+
+
+def _log_mean_probs(logits: list[torch.Tensor]) -> torch.Tensor:
+    """The models' (..., V) logits -> float32 log of the mean of their softmaxes."""
+    log_probs = torch.stack([F.log_softmax(x.float(), dim=-1) for x in logits])
+    return torch.logsumexp(log_probs, dim=0) - math.log(len(logits))

@@ -12,8 +12,13 @@ Conventions shared by both searches:
   EOS, so they can be recomputed by teacher forcing. A hypothesis' ``score`` divides this sum by the GNMT
   length penalty ``((5 + len) / 6) ** alpha``, with ``len`` = tokens + 1 (the EOS); ``alpha = 0`` leaves
   the raw sum.
-- Beams are flattened into the batch axis (row ``i * K + k`` is beam k of sentence i). Sentences whose
-  search is over are dropped from the batch (``cache.reorder``), so the work shrinks as they finish.
+- The model's ``init_state`` encodes the batch once into a decoder state (a ``DecoderState``, or an ensemble's
+  ``EnsembleState``); ``decode_step`` gives the next-token logits of every row. Beams are flattened into the
+  batch axis (row ``i * K + k`` is beam k of sentence i). The searches change the state through one operation,
+  ``state.reorder(index)``: it selects the beams and drops the sentences whose search is over, so the work
+  shrinks as they finish.
+- Both searches have one signature, ``(model, src, cfg, *, use_cache=True)``, and one result: for each
+  sentence a list of ``Hypothesis`` (greedy: exactly one).
 
 Beam search follows fairseq's candidate rule: each step takes the 2K best (beam, token) extensions; the EOS
 extensions among the first K become finished hypotheses, the first K non-EOS extensions the new beams. A
@@ -26,16 +31,15 @@ maximum length). With ``alpha = 0`` and K = 1 this reduces to greedy decoding.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
-from transformer.config import DecodeConfig
+from transformer.config import DecodeConfig, ModelConfig
 from transformer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
-from transformer.model.kv_cache import DecoderCache
-from transformer.model.transformer import Transformer
 
 logger = logging.getLogger(__name__)
 
@@ -51,39 +55,43 @@ class Hypothesis:
     log_prob: float
 
 
+class SearchState(Protocol):
+    """What a search needs of a decoder state: one reorder along the batch axis (see ``DecoderState.reorder``)."""
+
+    def reorder(self, index: torch.Tensor) -> None: ...
+
+
+class SearchModel(Protocol):
+    """What the searches need of a model: a ``Transformer``, an ``Ensemble``, or a scripted fake in tests."""
+
+    config: ModelConfig
+
+    def init_state(
+        self, src: torch.Tensor, max_len: int, *, beam_size: int = 1, use_cache: bool = True
+    ) -> SearchState: ...
+
+    def decode_step(self, tokens: torch.Tensor, state: SearchState) -> torch.Tensor: ...
+
+
 def gnmt_length_penalty(length: torch.Tensor | int, alpha: float) -> torch.Tensor | float:
     """GNMT length penalty ((5 + length) / 6) ** alpha (Wu et al., 2016); 1 when ``alpha`` is 0."""
     return ((5 + length) / 6) ** alpha
 
 
 # ------------------------------------------------------------------------------------------ shared steps
-def _max_lengths(model: Transformer, src_mask: torch.Tensor, a: float, b: int) -> torch.Tensor:
-    """(B, 1, 1, S) source mask -> (B,) maximum output lengths ``int(a * src_len + b)``."""
-    src_len = src_mask.reshape(src_mask.size(0), -1).sum(-1).tolist()
+def _max_lengths(config: ModelConfig, src: torch.Tensor, a: float, b: int) -> torch.Tensor:
+    """(B, S) padded source ids -> (B,) maximum output lengths ``int(a * src_len + b)``."""
+    src_len = src.ne(config.pad_id).sum(-1).tolist()
     # Python floats, so that the cap is exactly what ``int(a * len + b)`` gives by hand.
-    max_lens = torch.tensor([int(a * n + b) for n in src_len], dtype=torch.long, device=src_mask.device)
-    if model.config.positional == "learned":  # position max_len (fed after max_len tokens) must exist
-        max_lens = max_lens.clamp(max=model.config.max_positions - 1)
+    max_lens = torch.tensor([int(a * n + b) for n in src_len], dtype=torch.long, device=src.device)
+    if config.positional == "learned":  # position max_len (fed after max_len tokens) must exist
+        max_lens = max_lens.clamp(max=config.max_positions - 1)
     return max_lens
 
 
-def _step_log_probs(
-    model: Transformer,
-    tokens: torch.Tensor,
-    step: int,
-    memory: torch.Tensor,
-    src_mask: torch.Tensor,
-    cache: DecoderCache | None,
-) -> torch.Tensor:
-    """Next-token log-probabilities of (R, step + 1) prefixes -> (R, V) float32.
-
-    With a cache only the last token is fed; without one the whole prefix is recomputed (causal).
-    """
-    if cache is not None:
-        logits = model.decode(tokens[:, step : step + 1], memory, src_mask, cache=cache)
-    else:
-        logits = model.decode(tokens[:, : step + 1], memory, src_mask)
-    return F.log_softmax(logits[:, -1].float(), dim=-1)
+def _step_log_probs(model: SearchModel, tokens: torch.Tensor, step: int, state: SearchState) -> torch.Tensor:
+    """Next-token log-probabilities of the (R, step + 1) prefixes -> (R, V) float32."""
+    return F.log_softmax(model.decode_step(tokens[:, : step + 1], state).float(), dim=-1)
 
 
 def _constrain(
@@ -132,51 +140,51 @@ def _constrain(
 
 
 def _start(
-    model: Transformer, src: torch.Tensor, beam_size: int, max_len_a: float, max_len_b: int, use_cache: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, DecoderCache | None, torch.Tensor]:
-    """Encode once and repeat for the beams.
+    model: SearchModel, src: torch.Tensor, cfg: DecodeConfig, beam_size: int, use_cache: bool
+) -> tuple[SearchState, torch.Tensor, torch.Tensor]:
+    """Encode once for ``beam_size`` rows per sentence.
 
     Returns:
-        memory (B*K, S, D), src_mask (B*K, 1, 1, S), max_lens (B,), a cache or None, and the (B*K, L+1)
-        token buffer (BOS then PAD) where L = max(max_lens).
+        the decoder state, max_lens (B,), and the (B*K, L+1) token buffer (BOS then PAD), L = max(max_lens).
     """
-    src_mask = model.src_mask(src)
-    memory = model.encode(src, src_mask)  # (B, S, D)
-    max_lens = _max_lengths(model, src_mask, max_len_a, max_len_b)
-    if beam_size > 1:
-        memory = memory.repeat_interleave(beam_size, dim=0)  # (B, S, D) -> (B*K, S, D)
-        src_mask = src_mask.repeat_interleave(beam_size, dim=0)
+    max_lens = _max_lengths(model.config, src, cfg.max_len_a, cfg.max_len_b)
     longest = int(max_lens.max())
-    cache = model.init_cache(memory, longest + 1) if use_cache else None
-    tokens = torch.full((memory.size(0), longest + 1), PAD_ID, dtype=torch.long, device=src.device)
+    state = model.init_state(src, longest + 1, beam_size=beam_size, use_cache=use_cache)
+    tokens = torch.full((src.size(0) * beam_size, longest + 1), PAD_ID, dtype=torch.long, device=src.device)
     tokens[:, 0] = BOS_ID
-    return memory, src_mask, max_lens, cache, tokens
+    return state, max_lens, tokens
 
 
 # ------------------------------------------------------------------------------------------------ greedy
 @torch.no_grad()
-def _greedy(
-    model: Transformer,
-    src: torch.Tensor,
-    *,
-    max_len_a: float,
-    max_len_b: int,
-    min_len: int,
-    no_repeat_ngram_size: int,
-    use_cache: bool,
-) -> tuple[list[list[int]], list[float]]:
-    """Greedy search; returns the tokens and the raw log-prob (EOS included) of each sentence."""
-    memory, src_mask, max_lens, cache, tokens = _start(model, src, 1, max_len_a, max_len_b, use_cache)
+def greedy_decode(
+    model: SearchModel, src: torch.Tensor, cfg: DecodeConfig, *, use_cache: bool = True
+) -> list[list[Hypothesis]]:
+    """Pick the most probable token at each step (``cfg.beam_size`` and ``cfg.n_best`` are not read).
+
+    Args:
+        model: an eval-mode ``Transformer`` or ``Ensemble`` (anything with ``config/init_state/decode_step``).
+        src: (B, S) padded source ids, each row ending with EOS.
+        cfg: max_len_a/max_len_b (maximum output length ``int(a * src_len + b)``), min_len (EOS forbidden
+            before), no_repeat_ngram_size (if > 0, never repeat an n-gram of this size), length_penalty (of
+            the score only).
+        use_cache: decode step by step with the KV cache (False recomputes the prefix; for checks).
+
+    Returns:
+        For each of the B sentences, one ``Hypothesis``: tokens without BOS/EOS, the raw log-prob (EOS
+        included) and the score (log-prob over the length penalty).
+    """
+    state, max_lens, tokens = _start(model, src, cfg, 1, use_cache)
     batch, longest, shortest = src.size(0), tokens.size(1) - 1, int(max_lens.min())
     out = torch.full((batch, longest), PAD_ID, dtype=torch.long, device=src.device)
     lengths = max_lens.clone()
     log_probs = torch.zeros(batch, device=src.device)
     active = torch.arange(batch, device=src.device)  # original index of each row still decoding
     for t in range(longest + 1):
-        lprobs = _step_log_probs(model, tokens, t, memory, src_mask, cache)  # (R, V)
+        lprobs = _step_log_probs(model, tokens, t, state)  # (R, V)
         lprobs = _constrain(
-            lprobs, tokens[:, 1 : t + 1], max_lens[active], min_len=min_len, no_repeat_ngram_size=no_repeat_ngram_size,
-            shortest_max_len=shortest,
+            lprobs, tokens[:, 1 : t + 1], max_lens[active], min_len=cfg.min_len,
+            no_repeat_ngram_size=cfg.no_repeat_ngram_size, shortest_max_len=shortest,
         )
         best_lprob, best = lprobs.max(-1)  # (R,)
         log_probs[active] += best_lprob
@@ -190,41 +198,12 @@ def _greedy(
             break
         if n_ended:  # drop finished sentences from the batch
             keep = (~ended).nonzero().squeeze(1)
-            active, tokens, memory, src_mask = active[keep], tokens[keep], memory[keep], src_mask[keep]
-            if cache is not None:
-                cache.reorder(keep)
-    hyps = [row[:n] for row, n in zip(out.tolist(), lengths.tolist())]
-    return hyps, log_probs.tolist()
-
-
-def greedy_decode(
-    model: Transformer,
-    src: torch.Tensor,
-    *,
-    max_len_a: float,
-    max_len_b: int,
-    min_len: int = 1,
-    no_repeat_ngram_size: int = 0,
-    use_cache: bool = True,
-) -> list[list[int]]:
-    """Pick the most probable token at each step.
-
-    Args:
-        model: an eval-mode ``Transformer`` (or any module with ``src_mask/encode/init_cache/decode``).
-        src: (B, S) padded source ids, each row ending with EOS.
-        max_len_a, max_len_b: maximum output length ``int(a * src_len + b)``.
-        min_len: EOS is forbidden before this many tokens.
-        no_repeat_ngram_size: if > 0, never repeat an n-gram of this size.
-        use_cache: decode step by step with the KV cache (False recomputes the prefix; for checks).
-
-    Returns:
-        B token lists, without BOS/EOS.
-    """
-    hyps, _ = _greedy(
-        model, src, max_len_a=max_len_a, max_len_b=max_len_b, min_len=min_len,
-        no_repeat_ngram_size=no_repeat_ngram_size, use_cache=use_cache,
-    )
-    return hyps
+            active, tokens = active[keep], tokens[keep]
+            state.reorder(keep)
+    return [
+        [Hypothesis(row[:n], lp / gnmt_length_penalty(n + 1, cfg.length_penalty), lp)]
+        for row, n, lp in zip(out.tolist(), lengths.tolist(), log_probs.tolist())
+    ]
 
 
 # ------------------------------------------------------------------------------------------- beam search
@@ -272,33 +251,20 @@ class _Finished:
 
 @torch.no_grad()
 def beam_search(
-    model: Transformer,
-    src: torch.Tensor,
-    *,
-    beam_size: int,
-    length_penalty: float,
-    max_len_a: float,
-    max_len_b: int,
-    min_len: int = 1,
-    n_best: int = 1,
-    no_repeat_ngram_size: int = 0,
-    use_cache: bool = True,
+    model: SearchModel, src: torch.Tensor, cfg: DecodeConfig, *, use_cache: bool = True
 ) -> list[list[Hypothesis]]:
     """Batched beam search (see the module docstring for the rules).
 
     Args:
-        model, src, max_len_a, max_len_b, min_len, no_repeat_ngram_size, use_cache: as in ``greedy_decode``.
-        beam_size: K, open beams per sentence.
-        length_penalty: GNMT alpha; 0 ranks by the raw log-prob sum.
-        n_best: hypotheses returned per sentence (<= K).
+        model, src, use_cache: as in ``greedy_decode``.
+        cfg: as in ``greedy_decode``, and beam_size (K, open beams per sentence), length_penalty (GNMT alpha;
+            0 ranks by the raw log-prob sum), n_best (hypotheses returned per sentence, <= K).
 
     Returns:
-        For each of the B sentences, up to ``n_best`` distinct hypotheses, best first.
+        For each of the B sentences, up to ``cfg.n_best`` distinct hypotheses, best first.
     """
-    if not 1 <= n_best <= beam_size:
-        raise ValueError(f"n_best ({n_best}) must be between 1 and beam_size ({beam_size})")
-    k, alpha, device = beam_size, length_penalty, src.device
-    memory, src_mask, max_lens, cache, tokens = _start(model, src, k, max_len_a, max_len_b, use_cache)
+    k, alpha, device = cfg.beam_size, cfg.length_penalty, src.device
+    state, max_lens, tokens = _start(model, src, cfg, k, use_cache)
     batch, longest, shortest = src.size(0), tokens.size(1) - 1, int(max_lens.min())
     finished = _Finished.empty(batch, k, longest, device)
     scores = torch.full((batch, k), NEG_INF, device=device)  # (N, K) raw log-probs of the open beams
@@ -306,10 +272,10 @@ def beam_search(
     active = torch.arange(batch, device=device)  # (N,) original index of each sentence still searching
     for t in range(longest + 1):
         n = active.numel()
-        lprobs = _step_log_probs(model, tokens, t, memory, src_mask, cache)  # (N*K, V)
+        lprobs = _step_log_probs(model, tokens, t, state)  # (N*K, V)
         lprobs = _constrain(
             lprobs, tokens[:, 1 : t + 1], max_lens[active].repeat_interleave(k),
-            min_len=min_len, no_repeat_ngram_size=no_repeat_ngram_size, shortest_max_len=shortest,
+            min_len=cfg.min_len, no_repeat_ngram_size=cfg.no_repeat_ngram_size, shortest_max_len=shortest,
         )
         vocab = lprobs.size(-1)
         cand = (scores.unsqueeze(-1) + lprobs.view(n, k, vocab)).view(n, k * vocab)
@@ -342,40 +308,22 @@ def beam_search(
         rows = parents[keep].view(-1)  # (N'*K,) beam selection and sentence dropping in one index
         tokens = tokens[rows]
         tokens[:, t + 1] = next_tokens[keep].view(-1)
-        scores = scores[keep]
-        if keep.numel() < n:  # rows of one sentence share memory/mask: reindex only when sentences leave
-            sentence_rows = ((keep * k).unsqueeze(1) + torch.arange(k, device=device)).view(-1)
-            memory, src_mask, active = memory[sentence_rows], src_mask[sentence_rows], active[keep]
-            if cache is not None:
-                cache.reorder(rows, cross_index=sentence_rows)
-        elif cache is not None:
-            cache.reorder_self(rows)
-    return finished.hypotheses(n_best)
+        scores, active = scores[keep], active[keep]
+        state.reorder(rows)
+    return finished.hypotheses(cfg.n_best)
 
 
 # ----------------------------------------------------------------------------------------- entry points
 def decode_batch(
-    model: Transformer, src: torch.Tensor, cfg: DecodeConfig, *, use_cache: bool = True
+    model: SearchModel, src: torch.Tensor, cfg: DecodeConfig, *, use_cache: bool = True
 ) -> list[list[Hypothesis]]:
     """Decode (B, S) source ids with the settings of ``cfg``: greedy when ``beam_size == 1``, else beam search.
 
     Returns:
         For each sentence, a list of up to ``cfg.n_best`` hypotheses, best first (one for greedy).
     """
-    if cfg.beam_size == 1:
-        hyps, log_probs = _greedy(
-            model, src, max_len_a=cfg.max_len_a, max_len_b=cfg.max_len_b, min_len=cfg.min_len,
-            no_repeat_ngram_size=cfg.no_repeat_ngram_size, use_cache=use_cache,
-        )
-        return [
-            [Hypothesis(h, lp / gnmt_length_penalty(len(h) + 1, cfg.length_penalty), lp)]
-            for h, lp in zip(hyps, log_probs)
-        ]
-    return beam_search(
-        model, src, beam_size=cfg.beam_size, length_penalty=cfg.length_penalty, max_len_a=cfg.max_len_a,
-        max_len_b=cfg.max_len_b, min_len=cfg.min_len, n_best=cfg.n_best,
-        no_repeat_ngram_size=cfg.no_repeat_ngram_size, use_cache=use_cache,
-    )
+    search = greedy_decode if cfg.beam_size == 1 else beam_search
+    return search(model, src, cfg, use_cache=use_cache)
 
 
 def encode_sources(
@@ -403,7 +351,7 @@ def _pad(rows: list[list[int]], device: torch.device | str) -> torch.Tensor:
 
 @torch.no_grad()
 def decode_texts(
-    model: Transformer,
+    model: SearchModel,
     tokenizer: Tokenizer,
     texts: Sequence[str],
     cfg: DecodeConfig,
@@ -411,6 +359,7 @@ def decode_texts(
     device: torch.device | str,
     max_src_tokens: int | None = None,
     use_cache: bool = True,
+    progress: Callable[[int], None] | None = None,
 ) -> list[list[Hypothesis]]:
     """n-best hypotheses (token ids) of raw source sentences, in the order of ``texts``.
 
@@ -420,6 +369,8 @@ def decode_texts(
     Args:
         max_src_tokens: truncate longer sources (EOS kept) with a warning; None uses
             ``model.config.max_positions`` so that no input can crash the positional table or exhaust memory.
+        progress: called after each decoded batch with the number of sentences in it (e.g. a tqdm ``update``);
+            empty texts are not decoded and not counted.
     """
     if max_src_tokens is None:
         max_src_tokens = model.config.max_positions
@@ -439,24 +390,29 @@ def decode_texts(
             src = _pad([ids[j] for j in chunk], device)
             for j, hyps in zip(chunk, decode_batch(model, src, cfg, use_cache=use_cache)):
                 results[todo[j]] = hyps
+            if progress is not None:
+                progress(len(chunk))
     finally:
         model.train(was_training)
     return results
 
 
 def translate_texts(
-    model: Transformer,
+    model: SearchModel,
     tokenizer: Tokenizer,
     texts: Sequence[str],
     cfg: DecodeConfig,
     *,
     device: torch.device | str,
     max_src_tokens: int | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> list[str]:
     """Detokenized best translation of each raw source sentence ("" for an empty one), in input order.
 
-    See ``decode_texts`` for batching and truncation.
+    See ``decode_texts`` for batching, truncation and ``progress``.
     """
-    nbest = decode_texts(model, tokenizer, texts, cfg, device=device, max_src_tokens=max_src_tokens)
+    nbest = decode_texts(
+        model, tokenizer, texts, cfg, device=device, max_src_tokens=max_src_tokens, progress=progress
+    )
     best = [hyps[0].tokens if hyps else [] for hyps in nbest]
     return tokenizer.decode_tgt(best) if best else []

@@ -64,16 +64,8 @@ class MultiHeadAttention(nn.Module):
         return self._split_heads(self.k_proj(x)), self._split_heads(self.v_proj(x))
 
     def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Queries, keys and values of ``x`` for self-attention, in one matrix product: three (B, H, T, Dh).
-
-        One (D -> 3D) product reads ``x`` once and, in the backward pass, gives its gradient in one product
-        instead of three products and two additions. The three projections stay separate parameters.
-        """
-        projections = (self.q_proj, self.k_proj, self.v_proj)
-        weight = torch.cat([p.weight for p in projections])
-        bias = None if self.q_proj.bias is None else torch.cat([p.bias for p in projections])
-        q, k, v = F.linear(x, weight, bias).chunk(3, dim=-1)
-        return self._split_heads(q), self._split_heads(k), self._split_heads(v)
+        """Queries, keys and values of ``x`` for self-attention: (B, T, D) -> three (B, H, T, Dh)."""
+        return self._split_heads(self.q_proj(x)), self._split_heads(self.k_proj(x)), self._split_heads(self.v_proj(x))
 
     def forward(
         self,
@@ -112,15 +104,7 @@ class MultiHeadAttention(nn.Module):
             out = F.dropout(weights, self.dropout, self.training) @ v
         else:
             dropout = self.dropout if self.training else 0.0
-            if q.dtype == torch.bfloat16 and q.device.type == "cpu" and torch.is_grad_enabled():
-                # The CPU flash-attention backward is about 4x slower in bf16 than in fp32 (torch 2.13): train in
-                # fp32 (with autocast off, which would cast back to bf16).
-                with torch.autocast("cpu", enabled=False):
-                    out = F.scaled_dot_product_attention(
-                        q.float(), k.float(), v.float(), attn_mask=mask, dropout_p=dropout, is_causal=is_causal
-                    ).to(q.dtype)
-            else:
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal)
         b, _, t, _ = out.shape
         out = out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)  # (B, H, T, Dh) -> (B, T, D)
         return self.out_proj(out), weights

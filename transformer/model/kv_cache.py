@@ -1,9 +1,10 @@
-"""Explicit attention caches for step-by-step decoding; absent in training.
+"""Explicit state for step-by-step decoding; absent in training.
 
 ``KVCache`` holds the keys and values of one attention layer in preallocated tensors, so that appending
 a decoding step copies only the new token's keys/values. Cross-attention uses the same class, filled
-once from the encoder output. ``DecoderCache`` groups them per decoder layer; beam search needs a single
-operation on it: ``reorder`` along the batch axis.
+once from the encoder output. ``DecoderCache`` groups them per decoder layer. ``DecoderState`` is what a
+search carries from step to step: the caches, the encoder memory and its source mask, with one operation,
+``reorder`` along the batch axis, for beam selection and for dropping finished sentences alike.
 """
 
 from __future__ import annotations
@@ -83,7 +84,11 @@ class LayerCache:
 
 
 class DecoderCache:
-    """Per-layer caches of the whole decoder; made by ``Transformer.init_cache``."""
+    """Per-layer caches of the whole decoder; made by ``Transformer.init_cache``.
+
+    The self-attention caches have one row per hypothesis (R = N*K: K beams of each of N sentences), the
+    cross-attention ones one row per sentence (N): the beams of a sentence share its encoder keys/values.
+    """
 
     def __init__(self, layers: list[LayerCache]) -> None:
         self.layers = layers
@@ -93,19 +98,57 @@ class DecoderCache:
         """Number of target positions already decoded."""
         return self.layers[0].self_attn.length if self.layers else 0
 
-    def reorder(self, index: torch.Tensor, cross_index: torch.Tensor | None = None) -> None:
-        """Keep batch rows ``index`` of the self-attention caches and ``cross_index`` (default: ``index``)
-        of the cross-attention ones.
+    def reorder(self, rows: torch.Tensor, sentences: torch.Tensor | None = None) -> None:
+        """Keep self-attention rows ``rows`` (R',) and, unless None, cross-attention rows ``sentences`` (N',)."""
+        for layer in self.layers:
+            layer.self_attn.reorder(rows)
+            if sentences is not None:
+                layer.cross_attn.reorder(sentences)
 
-        Beam search passes a separate ``cross_index``: the beams of one sentence share their encoder
-        keys/values, so those need reindexing only when whole sentences leave the batch.
+
+@dataclass
+class DecoderState:
+    """What step-by-step decoding carries between steps, for N sentences with K hypotheses (beams) each.
+
+    ``memory`` (N, S, D), ``src_mask`` (N, 1, 1, S) and the cross-attention keys/values have one row per
+    sentence; the self-attention caches one per hypothesis: row ``i * K + k`` is beam k of sentence i. Made by
+    ``Transformer.init_state``, read by ``Transformer.decode_step``; ``cache`` is None for uncached decoding
+    (each step recomputes the whole prefix; for checks).
+    """
+
+    memory: torch.Tensor
+    src_mask: torch.Tensor
+    cache: DecoderCache | None
+    beam_size: int = 1
+
+    def __post_init__(self) -> None:
+        if self.beam_size < 1:
+            raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
+
+    @property
+    def rows(self) -> int:
+        """R = N*K, the batch size of the decoder input."""
+        return self.memory.size(0) * self.beam_size
+
+    @property
+    def length(self) -> int:
+        """Target positions the cache holds (0 without a cache): ``decode_step`` feeds only the later ones."""
+        return self.cache.length if self.cache is not None else 0
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep hypotheses ``index`` (R',) of the current R rows: beam selection and dropping sentences alike.
+
+        ``index`` keeps sentences whole and in order: its rows ``i*K .. i*K + K - 1`` all come from one sentence
+        (from any of its beams), and the sentences kept keep their order. The per-sentence tensors (memory,
+        mask, cross-attention keys/values) are therefore re-indexed only when sentences leave (R' < R).
         """
-        cross_index = index if cross_index is None else cross_index
-        for layer in self.layers:
-            layer.self_attn.reorder(index)
-            layer.cross_attn.reorder(cross_index)
-
-    def reorder_self(self, index: torch.Tensor) -> None:
-        """Keep batch rows ``index`` of the self-attention caches only (beams permuted within sentences)."""
-        for layer in self.layers:
-            layer.self_attn.reorder(index)
+        k = self.beam_size
+        if index.numel() % k or index.numel() > self.rows:
+            raise ValueError(f"reorder needs whole sentences of {k} rows, at most {self.rows}; got {index.numel()}")
+        sentences = None
+        if index.numel() < self.rows:  # sentences left: the first beam of each block names its sentence
+            sentences = index[::k] // k  # (N',)
+            self.memory = self.memory.index_select(0, sentences)
+            self.src_mask = self.src_mask.index_select(0, sentences)
+        if self.cache is not None:
+            self.cache.reorder(index, sentences)

@@ -14,9 +14,8 @@ from torch import nn
 
 from transformer.config import ModelConfig
 from transformer.model.attention import MultiHeadAttention
-from transformer.model.dropout import Dropout
 from transformer.model.feed_forward import FeedForward
-from transformer.model.kv_cache import LayerCache
+from transformer.model.kv_cache import KVCache, LayerCache
 
 
 class Residual(nn.Module):
@@ -25,7 +24,7 @@ class Residual(nn.Module):
     def __init__(self, d_model: int, *, dropout: float, norm_first: bool, eps: float = 1e-5) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(d_model, eps=eps)
-        self.dropout = Dropout(dropout)
+        self.dropout = nn.Dropout(dropout)
         self.norm_first = norm_first
 
     def forward(self, x: torch.Tensor, sublayer: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
@@ -73,11 +72,11 @@ class DecoderLayer(nn.Module):
         tgt_mask: torch.Tensor | None = None,
         cache: LayerCache | None = None,
     ) -> torch.Tensor:
-        """(B, T, D) target states attending to (B, S, D) memory -> (B, T, D).
+        """(R, T, D) target states attending to (N, S, D) memory -> (R, T, D); R = N*K (K hypotheses per sentence).
 
         Args:
-            src_mask: (B, 1, 1, S), True at real source tokens.
-            tgt_mask: (B, 1, T, T_total) self-attention mask; None means causal. With right padding, causal
+            src_mask: (N, 1, 1, S), True at real source tokens.
+            tgt_mask: (R, 1, T, T_total) self-attention mask; None means causal. With right padding, causal
                 alone is exact for every real position (a real token never sees a later pad).
             cache: this layer's caches during step-by-step decoding.
         """
@@ -87,5 +86,21 @@ class DecoderLayer(nn.Module):
         # token there is nothing to mask: every cached position is in the past.
         is_causal = tgt_mask is None and cache is None
         x = self.self_block(x, lambda h: self.self_attn(h, mask=tgt_mask, is_causal=is_causal, cache=self_cache)[0])
-        x = self.cross_block(x, lambda h: self.cross_attn(h, memory, mask=src_mask, cache=cross_cache)[0])
+        x = self.cross_block(x, lambda h: self._cross_attend(h, memory, src_mask, cross_cache))
         return self.ff_block(x, self.feed_forward)
+
+    def _cross_attend(
+        self, h: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor | None, cache: KVCache | None
+    ) -> torch.Tensor:
+        """(R, T, D) queries of R = N*K hypotheses attending to their sentences' (N, S, D) memory -> (R, T, D).
+
+        The K hypotheses of a sentence share its memory, mask and cached keys/values: they are folded into the
+        query axis, (N*K, T, D) -> (N, K*T, D), which is exact (cross-attention treats each query alone) and
+        reads every sentence's keys once.
+        """
+        r, t, d = h.shape
+        n = memory.size(0)
+        if r % n:
+            raise ValueError(f"{r} target rows are not a whole number of hypotheses for {n} sentences")
+        out, _ = self.cross_attn(h.reshape(n, (r // n) * t, d), memory, mask=src_mask, cache=cache)
+        return out.reshape(r, t, d)

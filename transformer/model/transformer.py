@@ -6,9 +6,8 @@ import torch
 from torch import nn
 
 from transformer.config import ModelConfig
-from transformer.model.dropout import Dropout
 from transformer.model.embeddings import LearnedPositionalEmbedding, SinusoidalPositionalEncoding, TokenEmbedding
-from transformer.model.kv_cache import DecoderCache, KVCache, LayerCache
+from transformer.model.kv_cache import DecoderCache, DecoderState, KVCache, LayerCache
 from transformer.model.layers import DecoderLayer, EncoderLayer
 from transformer.model.masks import causal_mask, padding_mask
 
@@ -26,7 +25,7 @@ class Encoder(nn.Module):
         super().__init__()
         self.embedding = embedding
         self.positional = _positional(config)
-        self.dropout = Dropout(config.dropout)
+        self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.n_encoder_layers))
         self.final_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps) if config.norm_first else nn.Identity()
 
@@ -45,7 +44,7 @@ class Decoder(nn.Module):
         super().__init__()
         self.embedding = embedding
         self.positional = _positional(config)
-        self.dropout = Dropout(config.dropout)
+        self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.n_decoder_layers))
         self.final_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps) if config.norm_first else nn.Identity()
 
@@ -72,8 +71,8 @@ class Decoder(nn.Module):
 class Transformer(nn.Module):
     """Encoder, decoder and the output classifier; the one place that turns a ``ModelConfig`` into layers.
 
-    Inference encodes once (``encode``) and then calls ``decode`` step by step with a ``DecoderCache``
-    from ``init_cache``. Training calls ``forward`` (teacher forcing).
+    Inference makes a ``DecoderState`` once (``init_state``: encode, cross-attention keys/values) and then
+    calls ``decode_step`` step by step. Training calls ``forward`` (teacher forcing).
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -115,14 +114,19 @@ class Transformer(nn.Module):
         *,
         cache: DecoderCache | None = None,
     ) -> torch.Tensor:
-        """(B, T) target ids -> (B, T, V) logits (no softmax)."""
+        """(R, T) target ids -> (R, T, V) logits (no softmax).
+
+        ``memory`` (N, S, D) and ``src_mask`` (N, 1, 1, S) may hold one row per sentence for R = N*K target rows
+        (K hypotheses of each sentence, consecutive); in training R = N.
+        """
         return self.output(self.decoder(tgt, memory, src_mask=src_mask, tgt_mask=tgt_mask, cache=cache))
 
     def forward(self, src: torch.Tensor, tgt: torch.Tensor, *, return_hidden: bool = False) -> torch.Tensor:
         """Teacher forcing: (B, S) source and (B, T) decoder input ids -> (B, T, V) logits.
 
-        With ``return_hidden`` the (B, T, D) decoder states are returned instead, so that a loss can apply
-        ``self.output`` chunk by chunk without materialising all logits at once.
+        With ``return_hidden`` the (B, T, D) decoder states are returned instead: the trainer's loss applies
+        ``self.output`` itself, a chunk of rows at a time (``linear_label_smoothed_nll_loss``). A flag on
+        ``forward``, not another method, because the trainer must call through the DDP wrapper's forward.
         """
         src_mask = self.src_mask(src)
         memory = self.encode(src, src_mask)
@@ -130,19 +134,41 @@ class Transformer(nn.Module):
         return hidden if return_hidden else self.output(hidden)
 
     @torch.no_grad()
-    def init_cache(self, memory: torch.Tensor, max_len: int) -> DecoderCache:
-        """Caches for decoding up to ``max_len`` target positions against ``memory`` (B, S, D).
+    def init_cache(self, memory: torch.Tensor, max_len: int, *, beam_size: int = 1) -> DecoderCache:
+        """Caches for decoding up to ``max_len`` target positions of ``beam_size`` hypotheses per sentence.
 
-        The cross-attention keys/values of every layer are computed here, once.
+        The cross-attention keys/values of every layer are computed here, once, from ``memory`` (N, S, D): one
+        row per sentence. The self-attention caches get N * ``beam_size`` rows.
         """
-        layers = []
+        layers, c = [], self.config
+        rows = memory.size(0) * beam_size
         for layer in self.decoder.layers:
-            k, v = layer.cross_attn.project_kv(memory)
-            self_cache = KVCache(
-                memory.size(0), self.config.n_heads, self.config.head_dim, max_len, device=memory.device, dtype=k.dtype
-            )
+            k, v = layer.cross_attn.project_kv(memory)  # two (N, H, S, Dh)
+            self_cache = KVCache(rows, c.n_heads, c.head_dim, max_len, device=memory.device, dtype=k.dtype)
             layers.append(LayerCache(self_attn=self_cache, cross_attn=KVCache.from_tensors(k, v)))
         return DecoderCache(layers)
+
+    @torch.no_grad()
+    def init_state(
+        self, src: torch.Tensor, max_len: int, *, beam_size: int = 1, use_cache: bool = True
+    ) -> DecoderState:
+        """Encode (N, S) source ids once for decoding up to ``max_len`` positions with ``beam_size`` rows each.
+
+        Without ``use_cache`` the state holds no cache and every ``decode_step`` recomputes the whole prefix.
+        """
+        src_mask = self.src_mask(src)  # (N, 1, 1, S)
+        memory = self.encode(src, src_mask)  # (N, S, D)
+        cache = self.init_cache(memory, max_len, beam_size=beam_size) if use_cache else None
+        return DecoderState(memory, src_mask, cache, beam_size=beam_size)
+
+    def decode_step(self, tokens: torch.Tensor, state: DecoderState) -> torch.Tensor:
+        """Next-token logits after (R, t) prefixes (BOS first; R = N*K rows of ``state``) -> (R, V).
+
+        With a cache only the positions it has not seen yet are fed (the last one, step by step).
+        """
+        new = tokens[:, state.length :]  # (R, t - length)
+        hidden = self.decoder(new, state.memory, src_mask=state.src_mask, cache=state.cache)  # (R, T, D)
+        return self.output(hidden[:, -1])  # (R, V)
 
 
 def count_parameters(model: nn.Module) -> int:

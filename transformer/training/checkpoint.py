@@ -7,9 +7,13 @@ vocabulary. It never holds pickled objects, so loading one can never run code.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pickle
 import random
 import tempfile
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +22,7 @@ import torch
 from transformer.config import Config, ConfigError
 from transformer.data.tokenizer import Tokenizer
 from transformer.decoding.ensemble import Ensemble
-from transformer.errors import CheckpointError
+from transformer.errors import CheckpointError, CheckpointWriteError, os_reason
 from transformer.model.transformer import Transformer
 
 FORMAT_VERSION = 1
@@ -26,18 +30,30 @@ FORMAT_VERSION = 1
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Write ``state`` to ``path`` atomically: a crash mid-write leaves the previous file intact."""
+    """Write ``state`` to ``path`` atomically: a crash mid-write leaves the previous file intact.
+
+    Raises:
+        CheckpointWriteError: (a ``CheckpointError`` and an ``OSError``) the file cannot be written (full disk,
+            no permission, a file where a folder should be); the message names the path and the reason, the
+            previous file is intact and the temporary file removed.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             torch.save({"format_version": FORMAT_VERSION, **state}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            kept = " (the previous file is unchanged)" if path.is_file() else ""
+            raise CheckpointWriteError(f"cannot write checkpoint {path}{kept}: {os_reason(err, path)}") from None
         raise
 
 
@@ -45,17 +61,39 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     """Read a checkpoint with ``weights_only=True``.
 
     Raises:
-        CheckpointError: the file is missing, truncated, not a checkpoint, or holds pickled objects.
+        CheckpointError: the file is missing, a folder, unreadable, empty, truncated, not a checkpoint, or
+            holds pickled objects; the message says which and what to give instead.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+    instead = "give a .pt file written by `transformer train` (RUN_DIR/checkpoints/best.pt) or `transformer average`"
+    if path.is_dir():
+        found = [p for folder in (path, path / "checkpoints") for p in (folder / "best.pt", folder / "last.pt")]
+        found = [p for p in found if p.is_file()] or sorted(path.glob("*.pt"))
+        example = f", e.g. {found[0]}" if found else ""
+        raise CheckpointError(f"checkpoint {path} is a folder, not a file; {instead}{example}")
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path} does not exist; {instead}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises several types for truncated/foreign files
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from None
+        f = open(path, "rb")
+    except OSError as err:
+        raise CheckpointError(f"cannot read checkpoint {path}: {os_reason(err, path)}") from None
+    with f, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns about pickle protocols of foreign files
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            raise CheckpointError(f"cannot read checkpoint {path}: the file is empty (cut off in writing?); {instead}")
+        try:
+            state = torch.load(f, map_location=map_location, weights_only=True)
+        except Exception as err:  # torch raises many types (UnpicklingError, OSError, RuntimeError, EOFError, ...)
+            # Never pass on PyTorch's own text: for a file its safe loader refuses, it advises weights_only=False,
+            # which would run whatever code the file holds.
+            what = "its safe loader refuses it" if isinstance(err, pickle.UnpicklingError) else type(err).__name__
+            raise CheckpointError(
+                f"cannot read checkpoint {path} ({size} bytes): it is not a checkpoint of this project, or it is "
+                f"truncated or corrupt (PyTorch: {what}); {instead}"
+            ) from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise CheckpointError(f"{path} is not a checkpoint of this project (no 'model'/'config' entries)")
+        raise CheckpointError(f"{path} is not a checkpoint of this project (no 'model'/'config' entries); {instead}")
     return state
 
 
@@ -86,7 +124,10 @@ def load_for_inference(
         raise CheckpointError(str(err)) from None
     if "tokenizer" not in state:
         raise CheckpointError(f"{path} carries no vocabulary ('tokenizer' entry); it cannot translate text")
-    tokenizer = Tokenizer.from_state(state["tokenizer"])
+    try:
+        tokenizer = Tokenizer.from_state(state["tokenizer"])
+    except (ValueError, TypeError, RuntimeError) as err:  # RuntimeError: SentencePiece cannot parse the model
+        raise CheckpointError(f"the vocabulary stored in {path} cannot be read: {err}") from None
     model = Transformer(config.model)
     load_model_state(model, state["model"], where=str(path))
     return model.to(device).eval(), tokenizer, config
@@ -144,17 +185,20 @@ def _as_python_state(state: Any) -> tuple:
     return (version, tuple(internal), gauss)
 
 
-def average_checkpoints(paths: list[str | Path]) -> dict[str, Any]:
+def average_checkpoints(
+    paths: list[str | Path], *, progress: Callable[[int], None] | None = None
+) -> dict[str, Any]:
     """Element-wise mean of the model weights of ``paths`` (as fairseq's ``average_checkpoints.py``).
 
     The result keeps the config and vocabulary of the last checkpoint and drops the optimizer state: it is
-    for evaluation and translation, not for resuming.
+    for evaluation and translation, not for resuming. ``progress``, if given, is called with 1 after each
+    checkpoint is added.
 
     Raises:
         CheckpointError: no paths, or checkpoints whose weights differ in names or shapes.
     """
     if not paths:
-        raise CheckpointError("no checkpoints to average")
+        raise CheckpointError("no checkpoints to average (a run keeps its step checkpoints in RUN_DIR/checkpoints/step_*.pt)")
     total: dict[str, torch.Tensor] = {}
     last: dict[str, Any] = {}
     for path in paths:
@@ -169,6 +213,8 @@ def average_checkpoints(paths: list[str | Path]) -> dict[str, Any]:
                 total.setdefault(name, tensor.clone())
             else:
                 total[name] = total[name] + tensor.double() if name in total else tensor.double().clone()
+        if progress is not None:
+            progress(1)
     first = load_checkpoint(paths[0])["model"]
     model = {
         name: (t / len(paths)).to(first[name].dtype) if first[name].is_floating_point() else t

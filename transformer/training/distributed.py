@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from transformer.errors import DeviceError
+
 
 @dataclass(frozen=True)
 class DistributedContext:
@@ -32,16 +34,37 @@ class DistributedContext:
             dist.barrier()
 
 
-def resolve_device(name: str, *, local_rank: int = 0) -> torch.device:
-    """"auto" picks this process's CUDA device when there is one, else the CPU."""
+def resolve_device(name: str, *, local_rank: int = 0, key: str = "--device") -> torch.device:
+    """"auto" picks this process's CUDA device when there is one, else the CPU.
+
+    Args:
+        name: "auto", "cpu", "cuda", "cuda:N" (or "mps" where PyTorch has it).
+        local_rank: the CUDA device "auto" picks in a multi-process run.
+        key: where the name came from, for the error message ("train.device", "--device").
+
+    Raises:
+        DeviceError: the name is not a device, or the device is not on this machine.
+    """
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     try:
         device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but no CUDA device is available; use cpu")
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"{key}={name} is not a device; use auto, cpu, cuda or cuda:N")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"{key}={name}: no MPS device on this machine; use {key}=cpu or {key}=auto")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                f"{key}={name}: no CUDA device is available on this machine; use {key}=cpu or {key}=auto"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceError(
+                f"{key}={name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                f"cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+            )
     return device
 
 
@@ -49,9 +72,9 @@ def setup(device_name: str = "auto") -> DistributedContext:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1); otherwise a single process."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
-        return DistributedContext(device=resolve_device(device_name))
+        return DistributedContext(device=resolve_device(device_name, key="train.device"))
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
-    device = resolve_device(device_name, local_rank=local_rank)
+    device = resolve_device(device_name, local_rank=local_rank, key="train.device")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from transformer.config import Config
 from transformer.data.batching import Batch, BatchIterator
 from transformer.data.tokenizer import PAD_ID, Tokenizer
+from transformer.errors import write_error
 from transformer.evaluation import evaluate_model
 from transformer.training.checkpoint import (
     load_checkpoint,
@@ -34,7 +35,7 @@ from transformer.training.checkpoint import (
     set_rng_states,
 )
 from transformer.training.distributed import DistributedContext
-from transformer.training.loss import label_smoothed_nll_loss, linear_label_smoothed_nll_loss
+from transformer.training.loss import linear_label_smoothed_nll_loss
 from transformer.training.schedule import build_scheduler
 
 logger = logging.getLogger(__name__)
@@ -58,18 +59,29 @@ def build_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
     cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    # The fused update is one pass over all parameters: one kernel on GPU, about 4x faster than the
-    # per-tensor loop on CPU. Other devices keep the default implementation.
+    # The fused update is one pass over all parameters; on the CPU it made the whole update of the "small" model
+    # about 1.2x faster than the default per-tensor loop (docs/PERFORMANCE.md). Other devices keep the default.
     fused = next(model.parameters()).device.type in ("cuda", "cpu")
     return cls(groups, lr=t.lr, betas=t.betas, eps=t.eps, fused=fused)
 
 
 def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """One autocast context chosen at start-up."""
+    """One autocast context chosen at start-up.
+
+    Raises:
+        ConfigError: train.precision is not available on ``device`` (fp16 off CUDA, bf16 on an old GPU).
+    """
+    from transformer.errors import ConfigError
+
     if precision == "fp32":
         return contextlib.nullcontext()
     if precision == "fp16" and device.type != "cuda":
-        raise ValueError("train.precision=fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+        raise ConfigError(
+            f"train.precision=fp16 needs a CUDA device, but training runs on {device.type}; "
+            "use train.precision=bf16 or train.precision=fp32 there"
+        )
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"train.precision=bf16: {device} does not support bfloat16; use train.precision=fp16")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
 
@@ -103,12 +115,8 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, t, d_model=config.model.d_model, total_steps=self.total_steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
         self.autocast = autocast_context(t.precision, self.device)
-        # On the CPU the output projection and the loss run together, chunk by chunk, so the step never
-        # allocates the (tokens x vocabulary) logits, whose fresh pages are slow to touch there; with bf16 their
-        # products run in bf16 like the rest of the model. On a GPU the projection stays under autocast, and its
-        # gradient stays free of CUDA's non-deterministic index_add_.
-        self.fused_loss = self.device.type == "cpu" and t.precision in ("fp32", "bf16")
-        self.loss_matmul_dtype = torch.bfloat16 if t.precision == "bf16" else None
+        # The fused loss's products run in the autocast dtype (bf16/fp16), its softmax and sums in float32.
+        self.loss_matmul_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
         self.step = 0
         self.best_score: float | None = None
         self.bad_evals = 0  # validations in a row without improvement (early stopping)
@@ -130,8 +138,12 @@ class Trainer:
         """Train until ``max_steps``/``max_epochs``, early stopping or a signal; returns the last metrics."""
         t = self.config.train
         if self.context.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
+            path = self.run_dir / "config.json"
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(self.config.to_dict(), indent=2))
+            except OSError as err:
+                raise write_error(path, err, what="run config") from None
         self._tensorboard = open_tensorboard(self.run_dir / "tensorboard") if self.context.is_main else None
         previous = self._install_signal_handlers()
         progress = tqdm(
@@ -147,7 +159,7 @@ class Trainer:
             # Checked before the iterator is touched: a finished or resumed-at-the-end run consumes no batch.
             groups = self._micro_batch_groups() if self.step < self.total_steps else iter(())
             for group in groups:
-                loss_sum, nll_sum = self._update(group)
+                loss_sum, nll_sum = self.train_step(group)
                 window.add(loss_sum, nll_sum, sum(b.n_tgt_tokens for b in group), sum(b.n_src_tokens for b in group))
                 self.step += 1
                 progress.update(1)
@@ -207,31 +219,28 @@ class Trainer:
                 yield group
             # The iterator moved itself to the next epoch when this one ran out.
 
-    def _update(self, group: list[Batch]) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer update over the micro-batches of ``group``; returns summed loss and NLL (on device)."""
+    def train_step(self, batches: list[Batch]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer update: forward and backward each batch of ``batches``, then clip, step, schedule.
+
+        The batches are the micro-batches of one update (``grad_accum_steps`` of them in ``fit``; any number
+        here): their gradients accumulate, each loss divided by the target tokens of all of them, so the
+        update equals one over a single large batch. Under DDP gradients sync on the last batch only.
+
+        Returns:
+            (loss_sum, nll_sum): the label-smoothed loss and the NLL summed over the non-pad target tokens of
+            ``batches``, 0-dim float32 tensors left on the device (reading them is a host-device sync).
+        """
         t = self.config.train
-        n_tokens = max(1, sum(b.n_tgt_tokens for b in group))  # host ints: the whole update's target tokens
+        n_tokens = max(1, sum(b.n_tgt_tokens for b in batches))  # host ints: the whole update's target tokens
         loss_total = torch.zeros((), device=self.device)
         nll_total = torch.zeros((), device=self.device)
-        for i, batch in enumerate(group):
+        for i, batch in enumerate(batches):
             batch = batch.to(self.device, non_blocking=True)
-            last = i == len(group) - 1
+            last = i == len(batches) - 1
             # DDP: gradients are all-reduced on the last micro-batch only.
             sync = contextlib.nullcontext() if last or not self.context.enabled else self.train_model.no_sync()
             with sync:
-                if self.fused_loss:
-                    with self.autocast:
-                        hidden = self.train_model(batch.src, batch.tgt_in, return_hidden=True)
-                    loss, nll = linear_label_smoothed_nll_loss(
-                        hidden, self.model.output.weight, batch.tgt_out, smoothing=t.label_smoothing,
-                        ignore_index=PAD_ID, matmul_dtype=self.loss_matmul_dtype,
-                    )
-                else:
-                    with self.autocast:
-                        logits = self.train_model(batch.src, batch.tgt_in)
-                    loss, nll = label_smoothed_nll_loss(  # the backward reuses the logits' memory for their gradient
-                        logits, batch.tgt_out, smoothing=t.label_smoothing, ignore_index=PAD_ID, overwrite_logits=True
-                    )
+                loss, nll = self.loss(self.train_model, batch)
                 self.scaler.scale(loss / n_tokens).backward()
             loss_total += loss.detach()
             nll_total += nll.detach()
@@ -243,6 +252,19 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss_total, nll_total
+
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed label-smoothed loss and NLL of ``batch`` (on the device), the one loss of training and validation.
+
+        ``model`` is the module to run (the DDP/compiled wrapper in training, the plain model in validation);
+        the output projection is applied inside the fused loss, so the full logits never exist at once.
+        """
+        with self.autocast:
+            hidden = model(batch.src, batch.tgt_in, return_hidden=True)  # (B, T, D)
+        return linear_label_smoothed_nll_loss(
+            hidden, self.model.output.weight, batch.tgt_out, smoothing=self.config.train.label_smoothing,
+            ignore_index=PAD_ID, matmul_dtype=self.loss_matmul_dtype,
+        )
 
     # -------------------------------------------------------------------------------- logging, validation
     def _log(self, stats: dict[str, float], progress: tqdm) -> dict[str, Any]:
@@ -268,9 +290,7 @@ class Trainer:
         n_tokens = 0
         for batch in self.validation.batches:
             batch = batch.to(self.device, non_blocking=True)
-            with self.autocast:
-                logits = self.model(batch.src, batch.tgt_in)
-            loss, nll = label_smoothed_nll_loss(logits, batch.tgt_out, smoothing=t.label_smoothing, ignore_index=PAD_ID)
+            loss, nll = self.loss(self.model, batch)
             loss_sum += loss
             nll_sum += nll
             n_tokens += batch.n_tgt_tokens
@@ -278,7 +298,7 @@ class Trainer:
         nll = nll_sum.item() / n_tokens
         metrics: dict[str, Any] = {"loss": loss_sum.item() / n_tokens, "nll": nll, "ppl": math.exp(min(nll, 50.0))}
         if t.eval_bleu:
-            # The very function `scripts/evaluate.py` uses, so validation BLEU equals offline BLEU.
+            # The very function `transformer evaluate` uses, so validation BLEU equals offline BLEU.
             greedy = replace(self.config.decode, beam_size=1, n_best=1)
             with self.autocast:
                 scores, _ = evaluate_model(
@@ -320,9 +340,12 @@ class Trainer:
     def _write_metrics(self, record: dict[str, Any]) -> None:
         if not self.context.is_main:
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        path = self.run_dir / "metrics.jsonl"
+        try:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as err:
+            raise write_error(path, err, what="metrics file") from None
         if self._tensorboard is not None:
             for key, value in record.items():
                 if key not in ("split", "step") and isinstance(value, (int, float)):

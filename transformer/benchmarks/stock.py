@@ -1,4 +1,4 @@
-"""The stock baseline of ``scripts/benchmark.py``: ``torch.nn.Transformer`` used the way tutorials use it.
+"""The stock baseline of ``transformer benchmark compare``: ``torch.nn.Transformer`` used the way tutorials use it.
 
 ``StockTransformer`` wraps ``nn.Transformer`` with the sizes of a ``ModelConfig`` (d_model, heads, d_ff,
 layers, dropout, LayerNorm eps, activation, batch_first=True), its own token embeddings scaled by

@@ -1,14 +1,13 @@
-#!/usr/bin/env python
 """Training and decoding speed of this project's Transformer against a stock ``torch.nn.Transformer``.
 
-    python scripts/benchmark.py --presets small --json bench.json           # CPU: what the README quotes
-    python scripts/benchmark.py --presets small base --device cuda --json bench.json
-    python scripts/benchmark.py --checkpoint runs/x/checkpoints/best.pt      # decode a trained model
+    transformer benchmark compare --presets small --no-decode --steps 20 --repeats 5 --json train.json
+    transformer benchmark compare --presets small base --device cuda --json bench.json
+    transformer benchmark compare --no-train --checkpoint runs/x/checkpoints/best.pt   # decode a trained model
 
 One process measures both implementations on the same batches (the stock baseline is
-``scripts/stock_baseline.py``: same sizes, embeddings, positions, tied output, loss and optimizer):
+``transformer/benchmarks/stock.py``: same sizes, embeddings, positions, tied output, loss and optimizer):
 
-1. Training, per preset: ``Trainer._update`` (our real hot path) against the stock step (the same Adam,
+1. Training, per preset: ``Trainer.train_step`` (our real hot path) against the stock step (the same Adam,
    schedule, autocast and loss: label-smoothed cross-entropy summed and divided by the update's target
    tokens), after ``--warmup`` steps, over ``--repeats`` interleaved rounds of ``--steps`` batches (best and
    median reported, and the share of its threads' CPU time the process got: other processes may share
@@ -20,15 +19,10 @@ One process measures both implementations on the same batches (the stock baselin
 2. Peak training memory, one subprocess per implementation (the same batches): peak RSS on the CPU
    (VmHWM of /proc/self/status on Linux, else ``getrusage``; the peak before the model is built, mostly
    torch itself, is reported too), ``torch.cuda.max_memory_allocated`` on CUDA.
-3. On CUDA, achieved TFLOP/s and MFU against ``--peak-tflops`` (detected for A100/H100/H200). Training
-   FLOPs per step, with S and T the padded source/target token counts of the batch, s and t the padded
-   lengths, d = d_model, f = d_ff, V the target vocabulary, L_e/L_d the layer counts:
-       3 * (forward) with forward = 2 * N_e * S + 2 * N_d * T + 2 * N_x * S + 2 * d * V * T + attention,
-       N_e = L_e (4 d^2 + 2 d f)  dense parameters an encoder token passes through,
-       N_d = L_d (6 d^2 + 2 d f)  a decoder token (self Q/K/V/O, cross Q/O, feed-forward),
-       N_x = L_d (2 d^2)          cross-attention K/V of the encoder output,
-       attention = 4 d (L_e S s + L_d T t + L_d T s)   (QK^T and AV; causal not halved),
-   i.e. the usual 6 * parameters * tokens for dense layers plus attention (biases, norms, softmax ignored).
+3. On CUDA, achieved TFLOP/s and MFU against ``--peak-tflops`` (detected for A100/H100/H200). The FLOPs of
+   a step are counted by ``torch.utils.flop_counter.FlopCounterMode`` over one forward and backward pass of
+   our model on each timed batch (matrix products and attention on the padded shapes; causal attention is
+   not halved; elementwise work, norms and softmax are not counted). Both models are credited the same FLOPs.
 4. Decoding of ``test_2016_flickr`` (1,000 sentences; skipped with a message if the corpus is absent):
    sentences/s and generated tokens/s (EOS included), greedy and beam ``--beam-size``, in batches of
    ``--decode-batch-size`` sorted by length, for our cached search (``decode_batch``), our uncached path,
@@ -64,11 +58,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from stock_baseline import StockTransformer, stock_beam_search, stock_greedy
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
+from transformer.benchmarks.stock import StockTransformer, stock_beam_search, stock_greedy
 from transformer.config import Config, DataConfig, DecodeConfig, ModelConfig, TrainConfig
 from transformer.data.batching import Batch, BatchIterator, ParallelDataset, collate
-from transformer.data.corpus import DataError, load_split
+from transformer.data.corpus import DataError, corpus_folder, load_split
 from transformer.data.tokenizer import EOS_ID, PAD_ID, Tokenizer
 from transformer.decoding.search import decode_batch
 from transformer.model.transformer import Transformer, count_parameters
@@ -87,8 +83,7 @@ PEAK_TFLOPS = {
 }
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="benchmark", description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--presets", nargs="+", default=["small", "base"], help="model presets to train")
     parser.add_argument("--steps", type=int, default=10, help="timed training steps per round")
     parser.add_argument("--warmup", type=int, default=3, help="untimed training steps first")
@@ -97,7 +92,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="training autocast")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave the default)")
-    parser.add_argument("--data-dir", default="../shared/data/multi30k", help="Multi30k folder")
+    parser.add_argument("--data-dir", default="", help="Multi30k folder (default: $MULTI30K_DIR, else data/multi30k)")
     parser.add_argument("--train-split", default="train")
     parser.add_argument("--test-split", default="test_2016_flickr")
     parser.add_argument("--src-lang", default="en")
@@ -117,13 +112,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write all figures here")
     parser.add_argument("--memory-probe", type=Path, help=argparse.SUPPRESS)  # internal: one child process
-    args = parser.parse_args(argv)
+    parser.set_defaults(run=run)
+
+
+def check_arguments(args: argparse.Namespace) -> str | None:
+    """What is wrong with ``args``, or None."""
     for name in ("steps", "repeats", "max_tokens", "beam_size", "decode_batch_size", "vocab_size"):
         if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+            return f"--{name.replace('_', '-')} must be >= 1"
     if min(args.warmup, args.threads, args.decode_sentences) < 0:
-        parser.error("--warmup, --threads and --decode-sentences must be >= 0")
-    return args
+        return "--warmup, --threads and --decode-sentences must be >= 0"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -133,7 +132,7 @@ def training_data(args: argparse.Namespace, device: torch.device) -> tuple[Token
                      train_split=args.train_split, test_split=args.test_split, vocab_size=args.vocab_size)
     try:
         src, tgt = load_split(cfg, "train")
-        source = f"{args.data_dir} ({args.train_split}, {len(src)} pairs)"
+        source = f"{corpus_folder(cfg)} ({args.train_split}, {len(src)} pairs)"
     except DataError as err:
         print(f"note: no training corpus ({err}); using SYNTHETIC batches with Multi30k-like lengths")
         src, tgt = synthetic_corpus(args.seed)
@@ -182,7 +181,7 @@ def train_config(precision: str, run_dir: str, compile: bool = False) -> Config:
 
 
 class StockTrainer:
-    """The stock training step: the same optimizer, schedule, autocast and loss as ``Trainer._update``."""
+    """The stock training step: the same optimizer, schedule, autocast and loss as ``Trainer.train_step``."""
 
     def __init__(self, model: StockTransformer, config: Config, device: torch.device) -> None:
         t = config.train
@@ -214,7 +213,7 @@ def training_steps(
     """One training step of each implementation: ours is the ``Trainer``'s own update."""
     trainer = Trainer(config, ours, tokenizer, batches, context=DistributedContext(device=device))
     stock_trainer = StockTrainer(stock, config, device)
-    return {"ours": lambda b: trainer._update([b])[0], "stock": stock_trainer.step}
+    return {"ours": lambda b: trainer.train_step([b])[0], "stock": stock_trainer.step}
 
 
 def synchronize(device: torch.device) -> None:
@@ -279,18 +278,17 @@ def fixed_batch_losses(
     return {"ours": loss.item() / n, "stock": stock_loss.item() / n}
 
 
-def training_flops(c: ModelConfig, batch: Batch) -> float:
-    """FLOPs of one training step on ``batch`` (the formula of the module docstring, padded shapes)."""
-    d, f = c.d_model, c.d_ff
-    b, s = batch.src.shape
-    t = batch.tgt_in.size(1)
-    S, T = b * s, b * t
-    n_e = c.n_encoder_layers * (4 * d * d + 2 * d * f)
-    n_d = c.n_decoder_layers * (6 * d * d + 2 * d * f)
-    n_x = c.n_decoder_layers * 2 * d * d
-    attention = 4 * d * (c.n_encoder_layers * S * s + c.n_decoder_layers * (T * t + T * s))
-    forward = 2 * n_e * S + 2 * n_d * T + 2 * n_x * S + 2 * d * c.tgt_vocab_size * T + attention
-    return 3.0 * forward
+def training_flops(model: nn.Module, batch: Batch) -> float:
+    """FLOPs of one forward and backward pass of ``model`` on ``batch``, counted by ``FlopCounterMode``.
+
+    The loss is plain cross-entropy on the logits (any loss does the same products); the gradients it leaves
+    are cleared. Counted: matrix products and attention; not counted: elementwise work, norms, softmax.
+    """
+    with FlopCounterMode(display=False) as counter:
+        logits = model(batch.src, batch.tgt_in)
+        F.cross_entropy(logits.flatten(0, 1), batch.tgt_out.flatten(), ignore_index=PAD_ID, reduction="sum").backward()
+    model.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
 
 
 def peak_tflops(device: torch.device, precision: str, override: float | None) -> tuple[float | None, str]:
@@ -332,7 +330,7 @@ def benchmark_training(
             profile_training(steps_of["ours"], timed[:5], device, args.profile.with_name(f"{args.profile.stem}_{preset}.txt"))
     n_tgt = sum(b.n_tgt_tokens for b in timed)
     n_all = n_tgt + sum(b.n_src_tokens for b in timed)
-    flops = sum(training_flops(config, b) for b in timed)
+    flops = sum(training_flops(ours, b.to(device)) for b in timed) if device.type == "cuda" else 0.0
     peak, peak_source = peak_tflops(device, args.precision, args.peak_tflops)
     for name in ("ours", "stock"):
         best, median = min(seconds[name]), statistics.median(seconds[name])
@@ -374,7 +372,8 @@ def memory_in_subprocess(
         torch.save({"which": which, "config": dataclasses.asdict(config), "precision": args.precision,
                     "device": str(device), "threads": torch.get_num_threads(), "seed": args.seed,
                     "batches": [dataclasses.asdict(b) for b in batches]}, probe)
-        out = subprocess.run([sys.executable, __file__, "--memory-probe", str(probe)], capture_output=True, text=True)
+        command = [sys.executable, "-m", "transformer.benchmarks.compare", "--memory-probe", str(probe)]
+        out = subprocess.run(command, capture_output=True, text=True)
         if out.returncode != 0:
             raise RuntimeError(f"memory probe of {which} failed:\n{out.stderr[-2000:]}")
         return json.loads(out.stdout.strip().splitlines()[-1])
@@ -411,7 +410,7 @@ def memory_probe(path: Path) -> int:
             model = Transformer(config).to(device)
             context = DistributedContext(device=device)
             trainer = Trainer(cfg, model, None, batches, context=context)  # type: ignore[arg-type]
-            step = lambda b: trainer._update([b])[0]  # noqa: E731
+            step = lambda b: trainer.train_step([b])[0]  # noqa: E731
         else:
             step = StockTrainer(StockTransformer(config).to(device), cfg, device).step
         for batch in batches:
@@ -592,8 +591,11 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    problem = check_arguments(args)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     # The stock tutorial recipe (float causal mask, boolean padding masks) makes torch warn; say it once here.
     warnings.filterwarnings("ignore", message="Support for mismatched key_padding_mask and attn_mask")
     warnings.filterwarnings("ignore", message="The PyTorch API of nested tensors is in prototype stage")
@@ -608,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     report: dict[str, Any] = {"machine": machine_info(device), "settings": {k: str(v) if isinstance(v, Path) else v
-                                                                           for k, v in vars(args).items()}}
+                                                                           for k, v in vars(args).items() if not callable(v)}}
     print(f"device {device} ({report['machine']['device_name']}), {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, training precision {args.precision}")
     ok, tokenizer = True, None
@@ -642,6 +644,13 @@ def main(argv: list[str] | None = None) -> int:
     if not ok:
         print("CHECK FAILED: a non-finite loss, or cached and uncached decoding differ", file=sys.stderr)
     return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="transformer benchmark compare", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ Prints: SentencePiece training time (joint BPE), encoding time of all training p
 speed (batches/s over whole epochs), and the share of non-pad tokens in an epoch at the given token
 budget, for the configured padding multiple and for no padding multiple.
 
-    python scripts/benchmark_data.py [--data-dir ../shared/data/multi30k] [--vocab-size 8000] [--max-tokens 4096]
+    transformer benchmark data [--data-dir DIR] [--vocab-size 8000] [--max-tokens 4096]
+
+The corpus folder defaults to the data config's: $MULTI30K_DIR, else data/multi30k.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 
 from transformer.config import DataConfig
 from transformer.data.batching import BatchIterator, ParallelDataset
-from transformer.data.corpus import DataError, load_split
+from transformer.data.corpus import DataError, corpus_folder, load_split
 from transformer.data.tokenizer import Tokenizer
 
 
@@ -33,25 +35,24 @@ def non_pad_share(iterator: BatchIterator) -> tuple[float, int]:
     return real / total, n
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", default="../shared/data/multi30k", help="Multi30k folder ({split}.{lang}[.gz])")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", default="", help="Multi30k folder (default: $MULTI30K_DIR, else data/multi30k)")
     parser.add_argument("--src-lang", default="en")
     parser.add_argument("--tgt-lang", default="de")
     parser.add_argument("--vocab-size", type=int, default=8000)
     parser.add_argument("--max-tokens", type=int, default=4096)
     parser.add_argument("--pad-to-multiple", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=3, help="epochs to time the iterator over")
-    args = parser.parse_args(argv)
+    parser.set_defaults(run=run)
 
-    if not Path(args.data_dir).is_dir():
-        print(
-            f"error: Multi30k folder {args.data_dir} not found; get it with "
-            "`python scripts/download_multi30k.py --out DIR` and pass --data-dir DIR",
-            file=sys.stderr,
-        )
-        return 2
+
+def run(args: argparse.Namespace) -> int:
     cfg = DataConfig(data_dir=args.data_dir, src_lang=args.src_lang, tgt_lang=args.tgt_lang, vocab_size=args.vocab_size)
+    try:
+        corpus_folder(cfg)
+    except DataError as err:
+        print(f"error: no Multi30k folder: {err}", file=sys.stderr)
+        return 2
     try:
         start = time.perf_counter()
         src, tgt = load_split(cfg, "train")
@@ -87,6 +88,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"non-pad share at max_tokens={args.max_tokens}, pad_to_multiple={multiple}: {share:.3f} "
               f"({n} batches; rounding lengths up to the multiple alone allows at most {bound:.3f})")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="transformer benchmark data", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

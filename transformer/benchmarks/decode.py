@@ -1,8 +1,7 @@
-#!/usr/bin/env python
 """Decoding speed on Multi30k test_2016_flickr: greedy and beam search, with and without the KV cache.
 
-    python scripts/benchmark_decode.py --checkpoint runs/x/checkpoints/best.pt [--json bench.json]
-    python scripts/benchmark_decode.py                     # an UNTRAINED "small" model: speed only
+    transformer benchmark decode --checkpoint runs/x/checkpoints/best.pt [--json bench.json]
+    transformer benchmark decode                     # an UNTRAINED "small" model: speed only
 
 Prints sentences/s and generated tokens/s (EOS included) per setting, and checks that cached and uncached
 decoding give identical outputs (exit status 1 if they do not). Runs on ``--threads`` CPU threads (default
@@ -31,10 +30,9 @@ from transformer.model.transformer import Transformer, count_parameters
 from transformer.training.checkpoint import CheckpointError, load_for_inference
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="benchmark_decode", description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, help="trained checkpoint; none: an untrained small model")
-    parser.add_argument("--data-dir", default="../shared/data/multi30k", help="the Multi30k folder")
+    parser.add_argument("--data-dir", default="", help="Multi30k folder (default: $MULTI30K_DIR, else data/multi30k)")
     parser.add_argument("--split", default="test_2016_flickr")
     parser.add_argument("--src-lang", help="default: the checkpoint's (en without a checkpoint)")
     parser.add_argument("--tgt-lang", help="default: the checkpoint's (de without a checkpoint)")
@@ -45,7 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-uncached", action="store_true", help="skip the (slow) uncached runs")
     parser.add_argument("--json", type=Path, help="also write the results here")
-    return parser.parse_args(argv)
+    parser.set_defaults(run=run)
 
 
 def untrained_model(src: list[str], tgt: list[str], device: torch.device) -> tuple[Transformer, Tokenizer, DecodeConfig]:
@@ -73,8 +71,7 @@ def timed_decode(
     return [hyps[0].tokens if hyps else [] for hyps in nbest], time.perf_counter() - start
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s: %(message)s")
     torch.set_num_threads(args.threads)
     try:
@@ -86,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             data_cfg = DataConfig()
         changes = {"src_lang": args.src_lang, "tgt_lang": args.tgt_lang}
         data_cfg = dataclasses.replace(
-            data_cfg, source="multi30k", data_dir=args.data_dir, test_split=args.split,
+            data_cfg, source="folder", data_dir=args.data_dir, test_split=args.split,
             **{k: v for k, v in changes.items() if v is not None},
         )
         src, tgt = load_split(data_cfg, "test")
@@ -131,6 +128,13 @@ def main(argv: list[str] | None = None) -> int:
                    "identical": identical, "results": results}
         args.json.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return 0 if identical else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="transformer benchmark decode", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,46 @@
+"""Speed benchmarks on Multi30k: against a stock nn.Transformer, the ablation of the speed-only code, decoding, data.
+
+examples:
+  transformer benchmark compare --presets small --no-decode --steps 20 --repeats 5 --json train.json
+  transformer benchmark compare --presets small --no-train --json decode.json
+  transformer benchmark compare --device cuda --precision bf16 --presets base --max-tokens 32768 --json bench.json
+  transformer benchmark ablate --steps 3 --rounds 10 --json ablation.json
+  transformer benchmark decode --checkpoint runs/multi30k_en_de/checkpoints/best.pt
+  transformer benchmark data
+  transformer benchmark MODE --help      the options of one mode
+
+The corpus folder is the data config's default ($MULTI30K_DIR, else data/multi30k) unless --data-dir is given.
+The figures of these commands are in docs/PERFORMANCE.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from transformer.benchmarks import ablation, compare, data, decode
+
+MODES = (
+    ("compare", compare, "training, memory and decoding against a stock torch.nn.Transformer"),
+    ("ablate", ablation, "the training update with each speed-only code path on and off"),
+    ("decode", decode, "decoding speed with and without the KV cache"),
+    ("data", data, "data pipeline speed"),
+)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "benchmark", help="speed benchmarks (compare, ablate, decode, data)",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    modes = parser.add_subparsers(dest="mode", metavar="MODE", required=True)
+    for name, module, help_text in MODES:
+        mode = modes.add_parser(name, help=help_text, description=module.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(mode)  # sets run=module.run on the mode's parser
+        mode.set_defaults(benchmark=module.run, run=run)
+    parser.set_defaults(run=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    return args.benchmark(args)

@@ -1,0 +1,107 @@
+"""Fetch the Multi30k task 1 raw files into a local folder, the layout ``data.data_dir`` reads.
+
+Files come from the multi30k/dataset GitHub repository (``data/task1/raw/{split}.{lang}.gz``) and are
+stored as they are, gzip-compressed: ``OUT/{split}.{lang}.gz``. The default folder is ``data/multi30k``,
+which training finds without ``data.data_dir`` or ``$MULTI30K_DIR``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from transformer.data.corpus import DEFAULT_MULTI30K_DIR
+from transformer.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+MULTI30K_URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw"
+MULTI30K_SPLITS = ("train", "val", "test_2016_flickr", "test_2017_flickr", "test_2017_mscoco", "test_2018_flickr")
+MULTI30K_LANGS = ("en", "de", "fr", "cs")
+DEFAULT_SPLITS = ("train", "val", "test_2016_flickr", "test_2017_flickr")
+UNPUBLISHED = {("test_2017_flickr", "cs"), ("test_2017_mscoco", "cs")}  # combinations Multi30k does not publish
+
+
+class DownloadError(DataError):
+    """A file could not be fetched: no network, or the server does not have it."""
+
+
+def multi30k_files(splits: Sequence[str], langs: Sequence[str]) -> list[str]:
+    """The published file names ``{split}.{lang}.gz`` of these splits and languages, in download order."""
+    return [f"{split}.{lang}.gz" for split in splits for lang in langs if (split, lang) not in UNPUBLISHED]
+
+
+def fetch_gzip_text(url: str, path: Path, *, timeout: float) -> int:
+    """Fetch ``url`` to ``path`` (through a temporary file) and check it is gzip text; returns its line count.
+
+    Raises:
+        DownloadError: the server cannot be reached, answers with an error, or sends something else than
+            gzip-compressed UTF-8 text. No partial file is left behind.
+    """
+    tmp = path.with_name(path.name + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            tmp.write_bytes(response.read())
+    except urllib.error.HTTPError as err:
+        raise DownloadError(f"{url}: HTTP {err.code} {err.reason}") from None
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
+        tmp.unlink(missing_ok=True)
+        raise DownloadError(
+            f"cannot reach {url} ({getattr(err, 'reason', err)}). No network? Copy an existing Multi30k folder "
+            "instead and point data.data_dir (or MULTI30K_DIR) at it."
+        ) from None
+    try:
+        with gzip.open(tmp, "rt", encoding="utf-8") as f:
+            n_lines = sum(1 for _ in f)
+    except (OSError, EOFError, UnicodeDecodeError) as err:
+        tmp.unlink()
+        raise DownloadError(f"{url} is not gzip-compressed UTF-8 text: {err}") from None
+    os.replace(tmp, path)
+    return n_lines
+
+
+def download_multi30k(
+    out: str | Path = DEFAULT_MULTI30K_DIR,
+    *,
+    langs: Sequence[str] = ("en", "de"),
+    splits: Sequence[str] = DEFAULT_SPLITS,
+    base_url: str = MULTI30K_URL,
+    timeout: float = 30.0,
+    force: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> list[Path]:
+    """Download the Multi30k files of ``splits`` x ``langs`` into ``out`` (created); keep existing ones.
+
+    Args:
+        out: the folder to fill (default ``data/multi30k``, relative to the current directory).
+        base_url: where ``{split}.{lang}.gz`` live (the multi30k/dataset repository, or a mirror).
+        timeout: seconds per request.
+        force: fetch files that are already there.
+        progress: called with 1 after each file is there (fetched or kept).
+
+    Returns:
+        The paths of the files, all present.
+
+    Raises:
+        DownloadError: a file cannot be fetched (no network, not on the server); the files fetched before
+            it are kept, so running again continues where this stopped.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name in multi30k_files(splits, langs):
+        path = out / name
+        if path.exists() and not force:
+            logger.info("keep %s (exists)", path)
+        else:
+            n_lines = fetch_gzip_text(f"{base_url.rstrip('/')}/{name}", path, timeout=timeout)
+            logger.info("wrote %s (%d lines)", path, n_lines)
+        paths.append(path)
+        if progress is not None:
+            progress(1)
+    return paths
