@@ -52,3 +52,15 @@ def multi30k() -> Path:
     if not folder.is_dir():
         pytest.skip(f"Multi30k not found at {folder} (set MULTI30K_DIR)")
     return folder
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread is fastest and does not stall when other jobs share the cores.
+
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

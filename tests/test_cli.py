@@ -36,13 +36,7 @@ NAMES = [module.__name__.rsplit(".", 1)[1] for module in SUBCOMMANDS]
 BAR = re.compile(r"\d+%\||it/s|s/it|\r")  # what a tqdm bar writes
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is fastest and does not stall when other jobs share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one intra-op thread for tiny tensors
 
 
 def transformer(*args: str, cwd: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess:

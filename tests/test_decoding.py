@@ -32,13 +32,7 @@ FAKE_VOCAB = 7
 Script = Callable[[int, tuple[int, ...]], dict[int, float]]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is fastest and does not stall when other jobs share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one intra-op thread for tiny tensors
 
 
 # ------------------------------------------------------------------------------------------ fake model

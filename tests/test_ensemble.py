@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 # Helpers of the other test modules (pytest puts tests/ on sys.path): the same tiny models and checkpoints.
 from test_checkpoint import make_state, tokenizer  # noqa: F401  (tokenizer is a fixture)
-from test_decoding import one_thread, random_src, tiny_model  # noqa: F401  (one_thread is an autouse fixture)
+from test_decoding import random_src, tiny_model
 from torch import nn
 
 from transformer.config import DecodeConfig, ModelConfig
@@ -19,6 +19,8 @@ from transformer.decoding.ensemble import Ensemble
 from transformer.decoding.search import decode_batch, greedy_decode, translate_texts
 from transformer.model.transformer import Transformer
 from transformer.training.checkpoint import CheckpointError, load_ensemble_for_inference, save_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one intra-op thread for tiny tensors
 
 VOCAB = 23
 

@@ -30,13 +30,7 @@ TGT = [f"{s.upper()} ({a})" for s in SUBJECTS for a in ACTIONS]  # any text will
 SPECIALS = ("▁", "<s>", "</s>", "<pad>", "<unk>")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is fastest and does not stall when other jobs share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one intra-op thread for tiny tensors
 
 
 @pytest.fixture(scope="module")
