@@ -64,3 +64,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def data_cache(tmp_path_factory) -> Path:
+    """Prepared training data goes to one temporary folder for the whole run (subprocesses inherit it), never
+    into the project's data/cache."""
+    folder = tmp_path_factory.mktemp("data_cache")
+    before = os.environ.get("TRANSFORMER_CACHE_DIR")
+    os.environ["TRANSFORMER_CACHE_DIR"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("TRANSFORMER_CACHE_DIR", None)
+    else:
+        os.environ["TRANSFORMER_CACHE_DIR"] = before

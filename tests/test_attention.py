@@ -168,3 +168,14 @@ def test_attention_dropout_only_in_training() -> None:
     torch.testing.assert_close(module(x)[0], module(x)[0])
     module.train()
     assert not torch.allclose(module(x)[0], module(x)[0])
+
+
+def test_weights_step_by_step_with_a_cache_equal_the_full_causal_rows(mha: MultiHeadAttention) -> None:
+    x = torch.randn(2, 5, D_MODEL)
+    out, full = mha(x, is_causal=True, need_weights=True)
+    cache = KVCache(2, N_HEADS, D_MODEL // N_HEADS, max_len=5)
+    for t in range(5):
+        step, weights = mha(x[:, t : t + 1], cache=cache, need_weights=True)
+        assert weights.shape == (2, N_HEADS, 1, t + 1)
+        torch.testing.assert_close(weights[:, :, 0], full[:, :, t, : t + 1], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(step[:, 0], out[:, t], atol=1e-5, rtol=1e-5)

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 import sentencepiece as spm
 import torch
+from sacrebleu.metrics import BLEU
 from torch import nn
 
 from transformer.cli import main as cli_main
@@ -18,7 +19,8 @@ from transformer.config import Config, DataConfig, DecodeConfig, ModelConfig
 from transformer.data.tokenizer import Tokenizer
 from transformer.decoding.ensemble import Ensemble
 from transformer.decoding.search import decode_texts, translate_texts
-from transformer.evaluation import corpus_scores, evaluate_model
+from transformer.errors import DataError, UserError
+from transformer.evaluation import corpus_scores, evaluate_model, moses_tokenize, tokenized_bleu
 from transformer.model.transformer import Transformer
 from transformer.training.checkpoint import save_checkpoint
 
@@ -177,9 +179,8 @@ def test_translate_script_errors(run, capsys, args, message):
 
 
 def test_scripts_usage_errors_exit_nonzero(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        load_script("translate").main(["hello"])  # no --checkpoint
-    assert exit_info.value.code == 2 and "--checkpoint" in capsys.readouterr().err
+    assert load_script("translate").main(["hello"]) == 2  # no --checkpoint (nor --engine ctranslate2 --model DIR)
+    assert "needs --checkpoint" in capsys.readouterr().err
     evaluate = load_script("evaluate")
     for args in ([], ["--hypotheses", "h.txt"], ["--checkpoint", "x.pt", "--hypotheses", "h", "--references", "r"]):
         with pytest.raises(SystemExit) as exit_info:
@@ -259,3 +260,76 @@ def test_evaluate_script_scores_an_ensemble(run, tmp_path, capsys, tokenizer):
     assert hyps != alone  # the second checkpoint changed the translations
     assert evaluate.main(["--checkpoint", paths[0], "--checkpoint", str(tmp_path / "missing.pt")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------- tokenized BLEU (Moses), as the papers
+# Raw lines of Multi30k and their lines in the official data/task1/tok/*.lc.norm.tok.* files.
+MOSES_CASES = [
+    ("en", 'A man & a woman <3 [sic] | x.', "a man &amp; a woman &lt; 3 &#91; sic &#93; &#124; x ."),
+    ("en", 'The dog\'s "big" ball, isn\'t it?', "the dog &apos;s &quot; big &quot; ball , isn &apos;t it ?"),
+    # val.de line 745: the German quote rule sees the line end, as the Perl script did
+    ("de", "Ein Mann in einem blauen Hemd hält ein Schild, auf dem steht: "
+           "„Come on now ... what's gayer than tea.“",
+     "ein mann in einem blauen hemd hält ein schild , auf dem steht : &quot; come on now ... what &apos; s gayer "
+     "than tea &quot; ."),
+    # train.de: a lone right single quote is a double quote in the Moses of the official files
+    ("de", "Ein Mann mit gelber Krawatte und Hemd macht das „Hook ’em Horns“-Zeichen. ",
+     "ein mann mit gelber krawatte und hemd macht das &quot; hook &quot; em horns &quot; -zeichen ."),
+]
+
+
+@pytest.mark.parametrize("lang, raw, tokenized", MOSES_CASES)
+def test_moses_tokenize_lowercases_normalises_and_escapes(lang, raw, tokenized):
+    assert moses_tokenize([raw], lang) == [tokenized]
+
+
+def test_tokenized_bleu_scores_the_moses_tokens_as_they_are():
+    hyps = ["A man & a woman <3 [sic] | y!", "The dog's ball isn't big."]
+    refs = ["A man & a woman <3 [sic] | x.", "The dog's ball is not big at all."]
+    scores = tokenized_bleu(hyps, refs, lang="en")
+    # BLEU of the tokens with no further tokenization (13a would split "&amp;" again): multi-bleu.perl's count
+    expected = BLEU(tokenize="none").corpus_score(moses_tokenize(hyps, "en"), [moses_tokenize(refs, "en")])
+    assert scores["bleu"] == pytest.approx(expected.score) and scores["bleu"] != pytest.approx(
+        corpus_scores(hyps, refs, lowercase=True)["bleu"]
+    )
+    assert tokenized_bleu([r.upper() for r in refs], refs, lang="en")["bleu"] == pytest.approx(100.0)  # lowercased
+    signature = scores["bleu_signature"]
+    assert signature.startswith("nrefs:1|case:lc|eff:no|tok:moses-norm-esc-en|smooth:exp|sacremoses:")
+    with pytest.raises(DataError, match="1 hypotheses but 2 references"):
+        tokenized_bleu(hyps[:1], refs, lang="en")
+
+
+def test_evaluate_prints_the_tokenized_bleu_with_its_signature(tmp_path, capsys):
+    evaluate = load_script("evaluate")
+    (tmp_path / "hyp.de").write_text("".join(text + "\n" for _, text, _ in MOSES_CASES[2:]), encoding="utf-8")
+    (tmp_path / "ref.de").write_text("".join(text.upper() + "\n" for _, text, _ in MOSES_CASES[2:]), encoding="utf-8")
+    files = ["--hypotheses", str(tmp_path / "hyp.de"), "--references", str(tmp_path / "ref.de")]
+    assert evaluate.main([*files, "--tokenize", "moses", "--tgt-lang", "de"]) == 0
+    out = capsys.readouterr().out
+    assert "BLEU = 100.00" in out and "(tokenized, lowercased: Moses normalisation and tokenization, escaped)" in out
+    assert "signature: nrefs:1|case:lc|eff:no|tok:moses-norm-esc-de|smooth:exp|sacremoses:" in out
+    assert evaluate.main(files) == 0 and "tokenized" not in capsys.readouterr().out  # 13a alone by default
+    assert evaluate.main([*files, "--tokenize", "moses"]) == 2  # a file's language is not guessed
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "--tgt-lang" in err
+
+
+def test_tokenized_bleu_without_sacremoses_is_one_error_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sacremoses", None)  # import sacremoses now raises ImportError
+    (tmp_path / "hyp.de").write_text("ein hund\n", encoding="utf-8")
+    files = ["--hypotheses", str(tmp_path / "hyp.de"), "--references", str(tmp_path / "hyp.de"), "--tgt-lang", "de"]
+    assert load_script("evaluate").main([*files, "--tokenize", "moses"]) == 2
+    err = capsys.readouterr().err
+    assert err == 'error: tokenized BLEU (--tokenize moses) needs sacremoses, which is not installed: ' \
+                  'pip install -e ".[moses]"\n'
+    with pytest.raises(UserError, match=r"pip install -e \"\.\[moses\]\""):
+        moses_tokenize(["ein hund"], "de")
+
+
+def test_evaluate_a_checkpoint_with_the_tokenized_bleu_of_its_target_language(run, capsys):
+    evaluate = load_script("evaluate")
+    assert evaluate.main(["--checkpoint", str(run / "model.pt"), "--tokenize", "moses"]) == 0
+    out = capsys.readouterr().out
+    assert "7 sentences" in out and "chrF2 = " in out  # the sacreBLEU report, then the tokenized BLEU
+    assert "(tokenized, lowercased: Moses normalisation and tokenization, escaped)" in out
+    assert "signature: nrefs:1|case:lc|eff:no|tok:moses-norm-esc-de|" in out  # data.tgt_lang of the checkpoint

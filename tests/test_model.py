@@ -366,3 +366,79 @@ def test_cuda_bf16_training_step_and_cached_decoding(make_model, tokens) -> None
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.device.type == "cuda" and torch.isfinite(p.grad).all(), name
     _bf16_cached_equals_full(model.eval(), src, tgt, "cuda")
+
+
+# ------------------------------------------------------------------------------- attention weights
+
+
+@pytest.mark.parametrize("norm_first", [False, True], ids=["post-LN", "pre-LN"])
+@torch.no_grad()
+def test_attention_weights_through_forward(make_model, tokens, norm_first: bool) -> None:
+    """Every layer's probabilities: rows sum to 1, pad keys get 0, nothing above the decoder's diagonal, and
+    asking for them changes no output."""
+    model = make_model(norm_first=norm_first)
+    src, tgt = tokens(3, 6), tokens(3, 5)
+    src[1, 4:] = PAD
+    src[2, 2:] = PAD
+    logits, weights = model(src, tgt, return_attention=True)
+    torch.testing.assert_close(logits, model(src, tgt), **TOL)
+    hidden, _ = model(src, tgt, return_hidden=True, return_attention=True)
+    torch.testing.assert_close(hidden, model(src, tgt, return_hidden=True), **TOL)
+
+    c = model.config
+    assert [len(weights.encoder), len(weights.decoder), len(weights.cross)] == [c.n_encoder_layers, c.n_decoder_layers,
+                                                                                c.n_decoder_layers]
+    real = src.ne(PAD)[:, None, None, :]  # (B, 1, 1, S)
+    for w in weights.encoder + weights.cross:
+        assert w.shape[:2] == (3, c.n_heads) and w.shape[-1] == 6
+        torch.testing.assert_close(w.sum(-1), torch.ones(w.shape[:-1]))
+        assert torch.all(w.masked_select(~real.expand_as(w)) == 0)  # padding columns: exactly 0
+        assert torch.all(w.masked_select(real.expand_as(w)) > 0)
+    for w in weights.decoder:
+        assert w.shape == (3, c.n_heads, 5, 5)
+        torch.testing.assert_close(w.sum(-1), torch.ones(3, c.n_heads, 5))
+        assert torch.all(w.triu(diagonal=1) == 0) and torch.all(w[..., torch.ones(5, 5, dtype=torch.bool).tril()] > 0)
+
+
+def test_the_default_forward_never_builds_the_probabilities(make_model, tokens, monkeypatch) -> None:
+    """The normal path stays on ``scaled_dot_product_attention``: the explicit softmax runs only when asked."""
+    import transformer.model.attention as attention
+
+    calls = []
+    real_weights = attention.attention_weights
+    monkeypatch.setattr(attention, "attention_weights", lambda *a, **k: calls.append(1) or real_weights(*a, **k))
+    model = make_model()
+    src, tgt = tokens(2, 6), tokens(2, 5)
+    model(src, tgt)
+    model(src, tgt, return_hidden=True)
+    model.decode_step(tgt[:, :1], model.init_state(src, max_len=4))
+    assert calls == []
+    model(src, tgt, return_attention=True)
+    c = model.config
+    assert len(calls) == c.n_encoder_layers + 2 * c.n_decoder_layers
+
+
+@torch.no_grad()
+def test_cached_step_attention_equals_the_forced_pass(make_model, tokens) -> None:
+    """Step by step with the KV cache and K hypotheses per sentence (folded into the cross-attention's query
+    axis), each step's probabilities equal the rows of one teacher-forced pass: what a search attended to is
+    what the forced pass shows."""
+    model = make_model()
+    src = tokens(2, 6)
+    src[1, 4:] = PAD
+    k, tgt = 3, tokens(6, 5)  # row i*K + b: hypothesis b of sentence i
+    state = model.init_state(src, max_len=5, beam_size=k)
+    steps = {"self": [], "cross": []}
+    for t in range(5):
+        self_w, cross_w = [], []
+        model.decoder(tgt[:, t : t + 1], state.memory, src_mask=state.src_mask, cache=state.cache,
+                      self_weights=self_w, cross_weights=cross_w)
+        steps["self"].append(self_w)
+        steps["cross"].append(cross_w)
+    _, forced = model(src.repeat_interleave(k, dim=0), tgt, return_attention=True)
+    for layer in range(model.config.n_decoder_layers):
+        cross = torch.cat([s[layer] for s in steps["cross"]], dim=2)  # (R, H, T, S)
+        torch.testing.assert_close(cross, forced.cross[layer], **TOL)
+        for t in range(5):  # step t sees keys 0..t
+            torch.testing.assert_close(steps["self"][t][layer][:, :, 0, : t + 1], forced.decoder[layer][:, :, t, : t + 1],
+                                       **TOL)

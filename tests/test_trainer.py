@@ -286,3 +286,96 @@ def test_metrics_go_to_tensorboard_when_it_is_installed(tmp_path, tokenizer, mon
     assert ("train/loss", 2) in scalars and ("train/loss", 4) in scalars
     assert ("valid/loss", 4) in scalars
     assert scalars[-1] == ("closed", -1)
+
+
+# ---- faults: non-finite updates, out of memory, fp16 overflow ------------------------------------------------
+
+
+def test_a_non_finite_loss_skips_the_update_and_the_run_goes_on(tmp_path, tokenizer, monkeypatch, caplog):
+    trainer = make_trainer(make_config(tmp_path, tokenizer, max_steps=4), tokenizer)
+    original_loss, calls = trainer.loss, []
+
+    def nan_in_update_2(model, batch):
+        loss, nll = original_loss(model, batch)
+        calls.append(1)
+        return (loss * float("nan"), nll) if len(calls) == 2 else (loss, nll)
+
+    monkeypatch.setattr(trainer, "loss", nan_in_update_2)
+    steps = []
+    original_step = trainer.train_step
+
+    def record(group):
+        before = params(trainer)
+        out = original_step(group)
+        steps.append(all(torch.equal(before[k], v) for k, v in params(trainer).items()))
+        return out
+
+    monkeypatch.setattr(trainer, "train_step", record)
+    trainer.fit()
+    assert trainer.step == 4 and steps == [False, True, False, False]  # only update 2 changed nothing
+    assert trainer.skipped == {"nonfinite": 1, "oom": 0, "overflow": 0} and trainer.skipped_in_a_row == 0
+    assert any(r.getMessage().startswith("step 2: the loss is not finite (nan); update skipped") for r in caplog.records)
+    saved = load_checkpoint(Path(trainer.config.train.run_dir) / "checkpoints" / "last.pt")
+    assert saved["skipped"]["nonfinite"] == 1
+
+
+def test_out_of_memory_on_one_batch_skips_it_frees_it_and_goes_on(tmp_path, tokenizer, monkeypatch, caplog):
+    trainer = make_trainer(make_config(tmp_path, tokenizer, max_steps=3), tokenizer)
+    original_loss, calls = trainer.loss, []
+
+    def oom_once(model, batch):
+        calls.append(1)
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original_loss(model, batch)
+
+    monkeypatch.setattr(trainer, "loss", oom_once)
+    before = params(trainer)
+    trainer.train_step([next(iter(trainer.train_batches))])
+    assert_bitwise_equal(before, params(trainer))  # nothing applied
+    assert all(p.grad is None for p in trainer.model.parameters())  # and nothing held
+    assert trainer.skipped["oom"] == 1 and trainer.scheduler.last_epoch == 1
+    assert any("out of memory" in r.getMessage() and "data.max_tokens" in r.getMessage() for r in caplog.records)
+    trainer.fit()
+    assert trainer.step == 3 and trainer.skipped_in_a_row == 0
+
+
+def test_fp16_overflows_are_counted_apart_and_never_stop_the_run(tmp_path, tokenizer):
+    trainer = make_trainer(make_config(tmp_path, tokenizer, max_steps=3, max_skipped_updates=1), tokenizer)
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)  # fp16's scaler (fp16 itself needs CUDA)
+    overflow = {"left": 2}
+
+    def overflow_twice(grad):
+        if overflow["left"]:
+            overflow["left"] -= 1
+            return grad * float("inf")
+        return grad
+
+    trainer.model.output.weight.register_hook(overflow_twice)
+    trainer.fit()
+    assert trainer.step == 3 and trainer.skipped == {"nonfinite": 0, "oom": 0, "overflow": 2}
+    assert trainer.scaler.get_scale() == 2.0**14  # halved twice
+
+
+def test_a_non_finite_validation_is_never_the_best(tmp_path, tokenizer, monkeypatch):
+    config = make_config(tmp_path, tokenizer, max_steps=4, eval_every=2, best_metric="loss")
+    trainer = make_trainer(config, tokenizer, validation=True)
+    losses = iter([float("nan"), 2.0])
+    monkeypatch.setattr(trainer, "validate", lambda: {"loss": next(losses)})
+    trainer.fit()
+    assert load_checkpoint(Path(config.train.run_dir) / "checkpoints" / "best.pt")["step"] == 4
+    assert trainer.best_score == -2.0 and trainer.bad_evals == 0
+
+
+def test_non_finite_weights_are_never_saved(tmp_path, tokenizer, caplog):
+    config = make_config(tmp_path, tokenizer, max_steps=2)
+    trainer = make_trainer(config, tokenizer)
+    trainer.fit()
+    last = Path(config.train.run_dir) / "checkpoints" / "last.pt"
+    before = last.read_bytes()
+    with torch.no_grad():
+        trainer.model.output.weight[0, 0] = float("inf")
+    trainer.step += 1
+    trainer._save_step_checkpoint(best=True)
+    assert last.read_bytes() == before and not (last.parent / "step_00000003.pt").exists()
+    assert any("not saving a checkpoint" in r.getMessage() for r in caplog.records)

@@ -152,6 +152,12 @@ class DataConfig:
     max_tokens: int = 4096  # token budget of one batch, padding included
     pad_to_multiple: int = 1  # 8 on GPUs: fewer distinct shapes, tensor-core friendly; 1 wastes least on CPUs
     lowercase: bool = False
+    # Prepared training data (`transformer prepare`, or `train` when it is missing): the vocabulary and the
+    # encoded training pairs, cached under a key made of the corpus files' fingerprints and the settings above,
+    # and memory-mapped by every run and every process that uses them.
+    cache_dir: str = ""  # empty: $TRANSFORMER_CACHE_DIR, else data/cache (relative to the working directory)
+    vocab_sample_size: int = 2_000_000  # sentences per side the vocabulary is trained on (seeded sample); 0: all
+    prepare_workers: int = 0  # processes that encode the corpus; 0: one per CPU core
 
     def __post_init__(self) -> None:
         if self.source == "multi30k":  # the old name; checkpoints written before the rename still say it
@@ -170,6 +176,9 @@ class DataConfig:
         for name in ("max_tokens", "pad_to_multiple"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"data.{name} must be positive, got {getattr(self, name)}")
+        for name in ("vocab_sample_size", "prepare_workers"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"data.{name} must be 0 or more, got {getattr(self, name)}")
         for name in ("src_lang", "tgt_lang", "train_split", "valid_split", "test_split"):
             if not getattr(self, name).strip():
                 raise ConfigError(f"data.{name} must not be empty")
@@ -246,6 +255,9 @@ class TrainConfig:
     save_every: int = 0  # steps between step checkpoints; 0: at each validation
     compile: bool = False
     threads: int = 0  # torch.set_num_threads for CPU work; 0: torch's default
+    # Updates in a row skipped for a non-finite loss or gradient norm (or out of memory) before the run stops
+    # with an error; fp16's loss-scale overflows are counted apart and never stop it.
+    max_skipped_updates: int = 5
 
     def __post_init__(self) -> None:
         _check_choice("train.precision", self.precision, ("fp32", "bf16", "fp16"))
@@ -261,7 +273,7 @@ class TrainConfig:
             raise ConfigError(f"train.betas must both be in [0, 1), got {list(self.betas)}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        for name in ("grad_accum_steps", "log_every"):
+        for name in ("grad_accum_steps", "log_every", "max_skipped_updates"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("seed", "warmup_steps", "max_steps", "max_epochs", "max_minutes", "min_lr", "weight_decay",

@@ -9,7 +9,9 @@ bug and keeps its traceback.
 from __future__ import annotations
 
 import errno
+import importlib
 import os
+from types import ModuleType
 
 
 class UserError(Exception):
@@ -38,6 +40,36 @@ class OutputError(UserError, OSError):
 
 class CheckpointWriteError(CheckpointError, OutputError):
     """A checkpoint file cannot be written (both a ``CheckpointError`` and an ``OSError``)."""
+
+
+class RunDirError(UserError, RuntimeError):
+    """A run folder is in use by another training process, or holds a run that was not asked to continue."""
+
+
+class ResumeError(ConfigError):
+    """``--resume`` with settings that cannot change in the middle of a run; the message names each key."""
+
+
+class DivergenceError(UserError, RuntimeError):
+    """Training stopped after too many updates in a row were skipped (a non-finite loss or gradient norm)."""
+
+
+class MissingExtraError(UserError, ImportError):
+    """An optional dependency of the feature asked for is not installed; the message gives the install command."""
+
+
+def require_extra(module: str, extra: str, feature: str) -> ModuleType:
+    """Import ``module``, an optional dependency that ``pip install -e ".[extra]"`` brings.
+
+    Raises:
+        MissingExtraError: it is not installed (e.g. "plotting needs matplotlib, which is not installed: ...").
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingExtraError(
+            f'{feature} needs {module}, which is not installed: pip install -e ".[{extra}]"'
+        ) from None
 
 
 def os_reason(err: OSError, path: str | os.PathLike[str] | None = None) -> str:

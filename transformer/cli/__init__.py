@@ -14,10 +14,10 @@ import logging
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
-from transformer.cli import average, benchmark, download, evaluate, train, translate
+from transformer.cli import average, benchmark, distill, download, evaluate, export, plot, prepare, train, translate
 from transformer.errors import UserError
 
-SUBCOMMANDS = (train, translate, evaluate, average, download, benchmark)
+SUBCOMMANDS = (train, translate, evaluate, average, distill, download, prepare, export, benchmark, plot)
 
 EPILOG = """\
 examples:

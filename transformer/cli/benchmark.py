@@ -7,6 +7,8 @@ examples:
   transformer benchmark ablate --steps 3 --rounds 10 --json ablation.json
   transformer benchmark decode --checkpoint runs/multi30k_en_de/checkpoints/best.pt
   transformer benchmark data
+  transformer benchmark scale --sizes 100000 1000000 4500000 --json scale.json
+  transformer benchmark engines --checkpoint runs/multi30k_en_de/checkpoints/avg10.pt --json engines.json
   transformer benchmark MODE --help      the options of one mode
 
 The corpus folder is the data config's default ($MULTI30K_DIR, else data/multi30k) unless --data-dir is given.
@@ -17,19 +19,21 @@ from __future__ import annotations
 
 import argparse
 
-from transformer.benchmarks import ablation, compare, data, decode
+from transformer.benchmarks import ablation, compare, data, decode, engines, scale
 
 MODES = (
     ("compare", compare, "training, memory and decoding against a stock torch.nn.Transformer"),
     ("ablate", ablation, "the training update with each speed-only code path on and off"),
     ("decode", decode, "decoding speed with and without the KV cache"),
     ("data", data, "data pipeline speed"),
+    ("scale", scale, "prepare time, start-up time and memory on corpora of 0.1M to 4.5M pairs"),
+    ("engines", engines, "our decoder against CTranslate2 (float32, int8): speed and BLEU"),
 )
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "benchmark", help="speed benchmarks (compare, ablate, decode, data)",
+        "benchmark", help="speed benchmarks (compare, ablate, decode, data, engines)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     modes = parser.add_subparsers(dest="mode", metavar="MODE", required=True)

@@ -5,7 +5,9 @@ The data settings (source, languages, folder) come from the (first) checkpoint; 
 ``--checkpoint`` may be repeated: the checkpoints decode as an ensemble (their probabilities averaged) and
 must share one vocabulary. Decoding uses ``transformer.evaluation.evaluate_model``, the function the
 trainer's validation BLEU uses, so the two numbers agree. Prints BLEU, chrF and their signatures; a progress
-bar on stderr when it is a terminal. Mistakes end with one line on stderr and exit status 2.
+bar on stderr when it is a terminal. ``--tokenize moses`` adds the tokenized lowercased BLEU of the Multi30k
+papers (``transformer.evaluation.tokenized_bleu``; needs the ``moses`` extra). Mistakes end with one line on
+stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from transformer.config import DataConfig
+from transformer.cli.export import add_engine_arguments
+from transformer.config import ConfigError, DataConfig
 from transformer.data.corpus import DataError, load_split
-from transformer.evaluation import corpus_scores, evaluate_model
-from transformer.training.checkpoint import load_ensemble_for_inference
+from transformer.evaluation import corpus_scores, require_moses, tokenized_bleu
+from transformer.serving import evaluate_model, load_model
 from transformer.training.distributed import resolve_device
 
 ROLES = ("train", "valid", "test")
@@ -32,7 +35,9 @@ examples:
   transformer evaluate --checkpoint best.pt --split valid --beam-size 1 --output hyp.de
   transformer evaluate --checkpoint best.pt --split test_2017_flickr --data-dir data/multi30k
   transformer evaluate --checkpoint a/avg10.pt --checkpoint b/avg10.pt --split valid   # an ensemble
+  transformer evaluate --engine ctranslate2 --model ct2 --split test        # a `transformer export` folder
   transformer evaluate --hypotheses hyp.de --references ref.de                  # score a file
+  transformer evaluate --hypotheses hyp.de --references ref.de --tgt-lang de --tokenize moses   # papers' BLEU
 """
 
 
@@ -54,8 +59,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--batch-size", type=int, help="sentences per decoding batch")
     parser.add_argument("--max-sentences", type=int, default=0, help="score only the first N sentences (0 = all)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
+    add_engine_arguments(parser)
     parser.add_argument("--output", type=Path, help="write the hypotheses here, one per line")
     parser.add_argument("--lowercase", action="store_true", help="report case-insensitive BLEU first")
+    parser.add_argument(
+        "--tokenize", choices=("13a", "moses"), default="13a",
+        help="13a: sacreBLEU only (default); moses: also the Multi30k papers' tokenized BLEU (lowercased, Moses "
+             "punctuation normalisation and tokenization with escaping, both sides; needs --tgt-lang for files)",
+    )
     parser.add_argument("--hypotheses", type=Path, help="score this file instead of decoding (needs --references)")
     parser.add_argument("--references", type=Path, help="reference file for --hypotheses")
     parser.set_defaults(run=run, parser=parser)
@@ -67,10 +78,10 @@ def check_args(args: argparse.Namespace) -> None:
     if args.hypotheses is not None or args.references is not None:
         if args.hypotheses is None or args.references is None:
             parser.error("--hypotheses and --references go together")
-        if args.checkpoint is not None:
-            parser.error("give either --checkpoint or --hypotheses/--references, not both")
-    elif args.checkpoint is None:
-        parser.error("give --checkpoint (or --hypotheses and --references to score a file)")
+        if args.checkpoint is not None or args.model is not None:
+            parser.error("give either --checkpoint (or --model) or --hypotheses/--references, not both")
+    elif args.checkpoint is None and args.model is None:
+        parser.error("give --checkpoint (or --engine ctranslate2 --model DIR), or --hypotheses and --references")
     if args.max_sentences < 0:
         parser.error("--max-sentences must be >= 0")
 
@@ -98,8 +109,8 @@ def read_text(path: Path) -> list[str]:
         raise DataError(f"{path} is not UTF-8 text: {err}") from None
 
 
-def report(hypotheses: list[str], references: list[str], *, lowercase: bool) -> None:
-    """Print BLEU, chrF and their signatures, then BLEU with the other casing."""
+def report(hypotheses: list[str], references: list[str], *, lowercase: bool, moses_lang: str | None = None) -> None:
+    """Print BLEU, chrF and their signatures, then BLEU with the other casing (and the tokenized BLEU)."""
     scores = corpus_scores(hypotheses, references, lowercase=lowercase)
     other = corpus_scores(hypotheses, references, lowercase=not lowercase)
     print(scores["bleu_text"])
@@ -108,19 +119,37 @@ def report(hypotheses: list[str], references: list[str], *, lowercase: bool) -> 
     print(f"  signature: {scores['chrf_signature']}")
     print(f"BLEU ({'cased' if lowercase else 'lowercased'}) = {other['bleu']:.2f}")
     print(f"  signature: {other['bleu_signature']}")
+    if moses_lang is not None:
+        tokenized = tokenized_bleu(hypotheses, references, lang=moses_lang)
+        print(f"{tokenized['bleu_text']} (tokenized, lowercased: Moses normalisation and tokenization, escaped)")
+        print(f"  signature: {tokenized['bleu_signature']}")
+
+
+def moses_lang(args: argparse.Namespace, tgt_lang: str) -> str | None:
+    """The language of the tokenized BLEU, or None when ``--tokenize`` does not ask for it."""
+    return tgt_lang if args.tokenize == "moses" else None
 
 
 def run(args: argparse.Namespace) -> int:
     check_args(args)
+    if args.tokenize == "moses":
+        require_moses()
     if args.hypotheses is not None:
+        if args.tokenize == "moses" and args.tgt_lang is None:
+            raise ConfigError(
+                "--tokenize moses needs the language of the references: add --tgt-lang (e.g. --tgt-lang de)"
+            )
         hypotheses, references = read_text(args.hypotheses), read_text(args.references)
         if args.max_sentences:
             hypotheses, references = hypotheses[: args.max_sentences], references[: args.max_sentences]
-        report(hypotheses, references, lowercase=args.lowercase)
+        report(hypotheses, references, lowercase=args.lowercase, moses_lang=moses_lang(args, args.tgt_lang))
         return 0
 
     device = resolve_device(args.device)
-    model, tokenizer, config = load_ensemble_for_inference(args.checkpoint, device)
+    model, tokenizer, config = load_model(
+        args.engine, checkpoints=args.checkpoint or (), model_dir=args.model, device=device,
+        inter_threads=args.inter_threads, intra_threads=args.intra_threads,
+    )
     changes = {"beam_size": args.beam_size, "length_penalty": args.length_penalty, "batch_size": args.batch_size}
     cfg = dataclasses.replace(config.decode, n_best=1, **{k: v for k, v in changes.items() if v is not None})
     data_cfg, role = data_settings(config.data, args)
@@ -135,12 +164,13 @@ def run(args: argparse.Namespace) -> int:
     references = ref_texts[: len(hypotheses)]
     split = {"train": data_cfg.train_split, "valid": data_cfg.valid_split, "test": data_cfg.test_split}[role]
     print(
-        f"{' + '.join(map(str, args.checkpoint))}: {data_cfg.src_lang}-{data_cfg.tgt_lang} {role} split ({split}), "
+        f"{' + '.join(map(str, args.checkpoint or [args.model]))}: "
+        f"{data_cfg.src_lang}-{data_cfg.tgt_lang} {role} split ({split}), "
         f"{len(hypotheses)} sentences, "
         f"beam {cfg.beam_size}, length penalty {cfg.length_penalty}, "
         f"max length {cfg.max_len_a} * src_len + {cfg.max_len_b}, {scores['seconds']:.1f} s"
     )
-    report(hypotheses, references, lowercase=args.lowercase)
+    report(hypotheses, references, lowercase=args.lowercase, moses_lang=moses_lang(args, data_cfg.tgt_lang))
     if args.output is not None:
         try:
             args.output.parent.mkdir(parents=True, exist_ok=True)

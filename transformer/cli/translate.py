@@ -1,4 +1,4 @@
-"""Translate sentences with a trained checkpoint (or several, as an ensemble).
+"""Translate sentences with a trained checkpoint (or several, as an ensemble), or its CTranslate2 export.
 
 Input: the sentences given as arguments; else stdin, one sentence per line (with a progress bar on stderr
 when that is a terminal); else, with a terminal on stdin, a prompt. Output: one line per input line (an
@@ -6,7 +6,8 @@ empty line gives an empty line). With ``--n-best N > 1``, N lines per input,
 ``index<TAB>score<TAB>translation`` (index counts inputs from 0; score is length-normalised).
 ``--checkpoint`` may be repeated: the checkpoints decode as an ensemble (their probabilities averaged) and
 must share one vocabulary. Decoding settings default to those saved in the (first) checkpoint. Mistakes
-(a bad checkpoint, a bad option) end with one line on stderr and exit status 2.
+(a bad checkpoint, a bad option) end with one line on stderr and exit status 2. ``--alignment`` appends
+``<TAB>`` and the source-target word alignment (``i-j`` pairs, 0-based) to each output line.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from transformer.cli.export import add_engine_arguments
 from transformer.config import ConfigError, DecodeConfig
 from transformer.data.tokenizer import Tokenizer
+from transformer.decoding.alignment import ALIGNMENT_LAYER, align_hypotheses, format_alignment, layer_index
 from transformer.decoding.ensemble import Ensemble
-from transformer.decoding.search import decode_texts
 from transformer.errors import DataError
 from transformer.model.transformer import Transformer
-from transformer.training.checkpoint import load_ensemble_for_inference
+from transformer.serving import decode_texts, load_model
 from transformer.training.distributed import resolve_device
 
 LINES_PER_CHUNK = 10_000  # stdin is translated in chunks this big (sorted by length within a chunk)
@@ -39,6 +41,8 @@ examples:
   transformer translate --checkpoint best.pt < input.en > output.de          # one sentence per line
   transformer translate --checkpoint best.pt --beam-size 5 --n-best 3 "A dog runs."
   transformer translate --checkpoint a/avg10.pt --checkpoint b/avg10.pt < input.en   # an ensemble
+  transformer translate --engine ctranslate2 --model ct2 < input.en          # a `transformer export` folder
+  transformer translate --checkpoint best.pt --alignment "Two dogs play."     # translation<TAB>0-0 1-1 ...
 """
 
 
@@ -49,7 +53,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument("text", nargs="*", help="sentences to translate; none: read stdin (one per line) or prompt")
     parser.add_argument(
-        "--checkpoint", required=True, action="append", type=Path, metavar="CKPT",
+        "--checkpoint", action="append", type=Path, metavar="CKPT",
         help="a .pt file written by training; repeat it to decode several models as an ensemble",
     )
     parser.add_argument("--beam-size", type=int, help="1 = greedy (default: the checkpoint's decode.beam_size)")
@@ -58,6 +62,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--batch-size", type=int, help="sentences per decoding batch")
     parser.add_argument("--max-src-tokens", type=int, help="truncate longer inputs, with a warning")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
+    add_engine_arguments(parser)
+    parser.add_argument(
+        "--alignment", action="store_true",
+        help="append <TAB> and the word alignment, source-target 'i-j' pairs from the cross-attention",
+    )
+    parser.add_argument(
+        "--alignment-layer", type=int, default=ALIGNMENT_LAYER, metavar="N",
+        help=f"decoder layer whose head-averaged cross-attention aligns (1 = first, -1 = last; default {ALIGNMENT_LAYER})",
+    )
     parser.set_defaults(run=run)
     return parser
 
@@ -80,20 +93,41 @@ def translate_lines(
     model: Transformer | Ensemble, tokenizer: Tokenizer, lines: list[str], cfg: DecodeConfig, args: argparse.Namespace,
     device: torch.device, first_index: int = 0, *, progress: Callable[[int], None] | None = None,
 ) -> list[str]:
-    """Output lines for ``lines``: translations, or ``index<TAB>score<TAB>text`` n-best lines."""
+    """Output lines for ``lines``: translations, or ``index<TAB>score<TAB>text`` n-best lines (with
+    ``--alignment``, each followed by ``<TAB>`` and its alignment)."""
     nbest = decode_texts(
         model, tokenizer, lines, cfg, device=device, max_src_tokens=args.max_src_tokens, progress=progress
     )
+    links = None
+    if args.alignment:
+        links = align_hypotheses(
+            model, tokenizer, lines, nbest, layer=args.alignment_layer, device=device,
+            max_src_tokens=args.max_src_tokens, batch_size=cfg.batch_size,
+        )
     if cfg.n_best == 1:
-        return tokenizer.decode_tgt([hyps[0].tokens if hyps else [] for hyps in nbest])
+        texts = tokenizer.decode_tgt([hyps[0].tokens if hyps else [] for hyps in nbest])
+        if links is None:
+            return texts
+        return [f"{text}\t{format_alignment(found[0] if found else [])}" for text, found in zip(texts, links)]
     out = []
     for i, hyps in enumerate(nbest, start=first_index):
         if not hyps:
-            out.append(f"{i}\t\t")
+            out.append(f"{i}\t\t" + ("\t" if links is not None else ""))
             continue
-        for hyp, text in zip(hyps, tokenizer.decode_tgt([h.tokens for h in hyps])):
-            out.append(f"{i}\t{hyp.score:.4f}\t{text}")
+        for k, (hyp, text) in enumerate(zip(hyps, tokenizer.decode_tgt([h.tokens for h in hyps]))):
+            line = f"{i}\t{hyp.score:.4f}\t{text}"
+            out.append(line if links is None else f"{line}\t{format_alignment(links[i - first_index][k])}")
     return out
+
+
+def check_alignment_options(model: Transformer | Ensemble, layer: int) -> None:
+    """``--alignment`` reads one model's cross-attention: a single checkpoint, and a layer it has."""
+    if isinstance(model, Ensemble):
+        raise ConfigError("--alignment needs a single --checkpoint: an ensemble has no one cross-attention to read")
+    try:
+        layer_index(layer, model.config.n_decoder_layers)
+    except ValueError as err:
+        raise ConfigError(f"--alignment-layer: {err}") from None
 
 
 class StdinLines:
@@ -129,9 +163,16 @@ def chunks(lines: Iterable[str], size: int) -> Iterable[list[str]]:
 def run(args: argparse.Namespace) -> int:
     if args.max_src_tokens is not None and args.max_src_tokens < 2:
         raise ConfigError("--max-src-tokens must be at least 2 (one token and EOS)")
+    if args.alignment and args.engine != "torch":
+        raise ConfigError("--alignment reads the cross-attention of our decoder: use it with --engine torch")
     device = resolve_device(args.device)
-    model, tokenizer, config = load_ensemble_for_inference(args.checkpoint, device)
+    model, tokenizer, config = load_model(
+        args.engine, checkpoints=args.checkpoint or (), model_dir=args.model, device=device,
+        inter_threads=args.inter_threads, intra_threads=args.intra_threads,
+    )
     cfg = decode_settings(config.decode, args)
+    if args.alignment:
+        check_alignment_options(model, args.alignment_layer)
 
     if args.text:
         for line in translate_lines(model, tokenizer, args.text, cfg, args, device):

@@ -98,31 +98,19 @@ class ParallelDataset:
         src_ids, tgt_ids = tokenizer.encode_src(list(src_texts)), tokenizer.encode_tgt(list(tgt_texts))
         src_len = np.fromiter(map(len, src_ids), dtype=np.int64, count=len(src_ids)) + 1
         tgt_len = np.fromiter(map(len, tgt_ids), dtype=np.int64, count=len(tgt_ids)) + 1
-        empty = (src_len == 1) | (tgt_len == 1)
-        too_long = np.zeros_like(empty)
-        bad_ratio = np.zeros_like(empty)
-        if filter_lengths:
-            too_long = ~empty & ((src_len > cfg.max_src_tokens) | (tgt_len > cfg.max_tgt_tokens))
-            if cfg.max_length_ratio > 0:
-                ratio = np.maximum(src_len, tgt_len) / np.minimum(src_len, tgt_len)
-                bad_ratio = ~empty & ~too_long & (ratio > cfg.max_length_ratio)
-        keep = np.flatnonzero(~(empty | too_long | bad_ratio))
-        reasons = (
-            f"{int(empty.sum())} empty, {int(too_long.sum())} longer than max_src_tokens={cfg.max_src_tokens} "
-            f"or max_tgt_tokens={cfg.max_tgt_tokens}, {int(bad_ratio.sum())} with a length ratio over "
-            f"max_length_ratio={cfg.max_length_ratio}"
-        )
+        drops = length_filter(src_len, tgt_len, cfg, filter_lengths=filter_lengths)
+        keep = np.flatnonzero(~drops.any)
         if len(keep) == 0:
             raise DataError(
-                f"no sentence pair left out of {len(src_texts)} after filtering: {reasons}; raise those data.* limits "
-                "or check the corpus files"
+                f"no sentence pair left out of {len(src_texts)} after filtering: {drops.reasons(cfg)}; raise those "
+                "data.* limits or check the corpus files"
             )
         n_dropped = len(src_texts) - len(keep)
         if n_dropped:
-            first = np.flatnonzero(empty | too_long | bad_ratio)[:5] + 1
+            first = np.flatnonzero(drops.any)[:5] + 1
             logger.warning(
                 "dropped %d of %d sentence pairs: %s (first at lines %s)",
-                n_dropped, len(src_texts), reasons, ", ".join(map(str, first)),
+                n_dropped, len(src_texts), drops.reasons(cfg), ", ".join(map(str, first)),
             )
         dataset = cls(
             [src_ids[i] for i in keep],
@@ -132,6 +120,39 @@ class ParallelDataset:
             input_index=keep,
         )
         logger.info("encoded %d sentence pairs in %.2fs", len(dataset), time.perf_counter() - start)
+        return dataset
+
+    @classmethod
+    def from_arrays(
+        cls,
+        src_flat: np.ndarray,
+        src_offsets: np.ndarray,
+        tgt_flat: np.ndarray,
+        tgt_offsets: np.ndarray,
+        input_index: np.ndarray,
+    ) -> ParallelDataset:
+        """Pairs already encoded into flat arrays (e.g. memory-mapped by ``transformer.data.prepare``).
+
+        The arrays are used as they are, not copied: a memory map stays a memory map, shared with every other
+        process that maps the same files. There are no raw texts (``src_texts``/``tgt_texts`` are empty).
+
+        Args:
+            src_flat, tgt_flat: the ids of all sentences one after another (no specials).
+            src_offsets, tgt_offsets: (N+1,) start of each sentence in the flat arrays, and the end.
+            input_index: (N,) line of each pair in the corpus (0-based).
+        """
+        dataset = cls.__new__(cls)
+        dataset._src_flat, dataset._src_offsets = src_flat, src_offsets
+        dataset._tgt_flat, dataset._tgt_offsets = tgt_flat, tgt_offsets
+        dataset.src_lengths = np.diff(src_offsets) + 1
+        dataset.tgt_lengths = np.diff(tgt_offsets) + 1
+        if len(dataset.src_lengths) != len(dataset.tgt_lengths) or len(input_index) != len(dataset.src_lengths):
+            raise ValueError(
+                f"{len(dataset.src_lengths)} source, {len(dataset.tgt_lengths)} target and {len(input_index)} index "
+                "entries"
+            )
+        dataset.src_texts, dataset.tgt_texts = [], []
+        dataset.input_index = input_index
         return dataset
 
     def __len__(self) -> int:
@@ -144,6 +165,43 @@ class ParallelDataset:
     def tgt_ids(self, i: int) -> np.ndarray:
         """Target subword ids of pair ``i`` (no BOS/EOS), a view into the flat array."""
         return self._tgt_flat[self._tgt_offsets[i] : self._tgt_offsets[i + 1]]
+
+
+@dataclass(frozen=True)
+class Drops:
+    """Which pairs a length filter drops, and why (boolean arrays, one entry per pair)."""
+
+    empty: np.ndarray
+    too_long: np.ndarray
+    bad_ratio: np.ndarray
+
+    @property
+    def any(self) -> np.ndarray:
+        return self.empty | self.too_long | self.bad_ratio
+
+    def reasons(self, cfg: DataConfig) -> str:
+        return (
+            f"{int(self.empty.sum())} empty, {int(self.too_long.sum())} longer than max_src_tokens="
+            f"{cfg.max_src_tokens} or max_tgt_tokens={cfg.max_tgt_tokens}, {int(self.bad_ratio.sum())} with a "
+            f"length ratio over max_length_ratio={cfg.max_length_ratio}"
+        )
+
+
+def length_filter(src_len: np.ndarray, tgt_len: np.ndarray, cfg: DataConfig, *, filter_lengths: bool = True) -> Drops:
+    """The pairs to drop, given their lengths as fed to the model (pieces + 1).
+
+    Empty pairs (either side) always; with ``filter_lengths``, also pairs over ``cfg.max_src_tokens`` or
+    ``cfg.max_tgt_tokens``, and pairs whose length ratio exceeds ``cfg.max_length_ratio`` (0 disables it).
+    """
+    empty = (src_len == 1) | (tgt_len == 1)
+    too_long = np.zeros_like(empty)
+    bad_ratio = np.zeros_like(empty)
+    if filter_lengths:
+        too_long = ~empty & ((src_len > cfg.max_src_tokens) | (tgt_len > cfg.max_tgt_tokens))
+        if cfg.max_length_ratio > 0:
+            ratio = np.maximum(src_len, tgt_len) / np.minimum(src_len, tgt_len)
+            bad_ratio = ~empty & ~too_long & (ratio > cfg.max_length_ratio)
+    return Drops(empty, too_long, bad_ratio)
 
 
 def _flatten(seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:

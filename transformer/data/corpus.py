@@ -22,10 +22,13 @@ tokens (padding included), similar lengths together. Teacher forcing layout of o
 from __future__ import annotations
 
 import gzip
+import itertools
 import logging
 import os
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from transformer.config import DataConfig
 from transformer.errors import DataError, os_reason
@@ -42,10 +45,11 @@ DEFAULT_MULTI30K_DIR = Path("data/multi30k")  # relative to the current director
 
 
 def load_split(cfg: DataConfig, role: str) -> tuple[list[str], list[str]]:
-    """Source and target sentences of one role, as configured by ``cfg``.
+    """Source and target sentences of one role, as configured by ``cfg`` (all of them, in memory).
 
     Lines are stripped of surrounding whitespace (and lowercased if ``cfg.lowercase``); empty and
     over-long pairs are kept here and dropped, with a count, by ``ParallelDataset.from_texts``.
+    ``iter_split`` reads the same pairs in chunks, for corpora too large to hold as Python strings.
 
     Args:
         cfg: the data section of the config.
@@ -58,14 +62,30 @@ def load_split(cfg: DataConfig, role: str) -> tuple[list[str], list[str]]:
         DataError: a file or split is missing, not UTF-8, misaligned or malformed, has no sentence pair at all,
             or the hub is unreachable.
     """
+    src: list[str] = []
+    tgt: list[str] = []
+    for src_chunk, tgt_chunk in iter_split(cfg, role):
+        src += src_chunk
+        tgt += tgt_chunk
+    return src, tgt
+
+
+def iter_split(cfg: DataConfig, role: str, *, chunk_size: int = 100_000) -> Iterator[tuple[list[str], list[str]]]:
+    """The pairs of ``load_split`` in chunks of at most ``chunk_size``, read as a stream.
+
+    Memory stays at one chunk whatever the corpus size. The checks that need the whole split (equal line
+    counts, at least one pair with text on both sides) raise when the stream reaches the end.
+
+    Raises:
+        DataError: see ``load_split``.
+    """
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
-    split = {"train": cfg.train_split, "valid": cfg.valid_split, "test": cfg.test_split}[role]
+    split = split_name(cfg, role)
     if cfg.source == "folder":
         folder = corpus_folder(cfg)
         src_path, tgt_path = find_split_file(folder, split, cfg.src_lang), find_split_file(folder, split, cfg.tgt_lang)
-        src, tgt = read_parallel(src_path, tgt_path)
-        where = f"{src_path} and {tgt_path}"
+        chunks, where = iter_parallel(src_path, tgt_path, chunk_size), f"{src_path} and {tgt_path}"
     elif cfg.source == "files":
         src_path, tgt_path = {
             "train": (cfg.train_src, cfg.train_tgt),
@@ -74,27 +94,33 @@ def load_split(cfg: DataConfig, role: str) -> tuple[list[str], list[str]]:
         }[role]
         if not src_path or not tgt_path:
             raise DataError(f"data.source=files needs data.{role}_src and data.{role}_tgt for the {role} split")
-        src, tgt = read_parallel(Path(src_path), Path(tgt_path))
-        where = f"{src_path} and {tgt_path}"
+        chunks, where = iter_parallel(Path(src_path), Path(tgt_path), chunk_size), f"{src_path} and {tgt_path}"
     elif cfg.source == "tsv":
         path = {"train": cfg.train_tsv, "valid": cfg.valid_tsv, "test": cfg.test_tsv}[role]
         if not path:
             raise DataError(f"data.source=tsv needs data.{role}_tsv for the {role} split")
-        src, tgt = read_tsv(Path(path))
-        where = path
+        chunks, where = iter_tsv(Path(path), chunk_size), path
     else:
-        src, tgt = load_hub_split(cfg, split)
-        where = f"dataset {cfg.hub_name} ({split})"
-    if not any(s and t for s, t in zip(src, tgt)):
-        state = "no lines" if not src else f"{len(src)} lines, none with text on both sides"
+        chunks, where = iter_hub_split(cfg, split, chunk_size), f"dataset {cfg.hub_name} ({split})"
+    n_lines, n_pairs = 0, 0
+    for src, tgt in chunks:
+        n_lines += len(src)
+        n_pairs += sum(1 for s, t in zip(src, tgt) if s and t)
+        if cfg.lowercase:
+            src, tgt = [s.lower() for s in src], [t.lower() for t in tgt]
+        yield src, tgt
+    if not n_pairs:
+        state = "no lines" if not n_lines else f"{n_lines} lines, none with text on both sides"
         raise DataError(
             f"no sentence pairs for the {role} split in {where} ({state}); it needs lines with text in both "
             "languages, line i of one side translating line i of the other"
         )
-    if cfg.lowercase:
-        src, tgt = [s.lower() for s in src], [t.lower() for t in tgt]
-    logger.info("read %d %s pairs (%s-%s) from %s", len(src), role, cfg.src_lang, cfg.tgt_lang, where)
-    return src, tgt
+    logger.info("read %d %s pairs (%s-%s) from %s", n_lines, role, cfg.src_lang, cfg.tgt_lang, where)
+
+
+def split_name(cfg: DataConfig, role: str) -> str:
+    """The corpus's name of the split that plays ``role`` ("train", "valid", "test")."""
+    return {"train": cfg.train_split, "valid": cfg.valid_split, "test": cfg.test_split}[role]
 
 
 def corpus_folder(cfg: DataConfig) -> Path:
@@ -140,8 +166,11 @@ def find_split_file(folder: Path, split: str, lang: str) -> Path:
     )
 
 
-def read_lines(path: Path) -> list[str]:
-    """Lines of a UTF-8 text file (gzip-compressed if the name ends in ``.gz``), without line ends.
+def iter_lines(path: Path) -> Iterator[str]:
+    """Lines of a UTF-8 text file (gzip-compressed if the name ends in ``.gz``), without line ends, as a stream.
+
+    Lines end at "\\n" only (not at U+2028 and the like, which ``str.splitlines`` would split on); a byte-order
+    mark at the start is dropped.
 
     Raises:
         DataError: the file is missing or unreadable, not valid gzip (corrupt or truncated), or not UTF-8
@@ -151,8 +180,17 @@ def read_lines(path: Path) -> list[str]:
     if path.is_dir():
         raise DataError(f"{path} is a folder; give a text file with one sentence per line")
     try:
-        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
-            raw = f.read()
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
+            for number, raw in enumerate(f, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    raise DataError(
+                        f"{path}:{number}: not valid UTF-8 (byte {raw[err.start]:#x} at column {err.start + 1})"
+                    ) from None
+                if number == 1:
+                    line = line.removeprefix("\ufeff")
+                yield line.removesuffix("\n").removesuffix("\r")
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except (gzip.BadGzipFile, EOFError, zlib.error) as err:
@@ -162,61 +200,88 @@ def read_lines(path: Path) -> list[str]:
         ) from None
     except OSError as err:
         raise DataError(f"{path}: cannot read it: {os_reason(err, path)}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = raw.count(b"\n", 0, err.start) + 1
-        column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
-        raise DataError(f"{path}:{line}: not valid UTF-8 (byte {raw[err.start]:#x} at column {column})") from None
-    lines = text.removeprefix("\ufeff").split("\n")  # not splitlines(): it also splits on U+2028 etc.
-    if lines[-1] == "":
-        lines.pop()
-    return [line.removesuffix("\r") for line in lines]
 
 
-def read_parallel(src_path: Path, tgt_path: Path) -> tuple[list[str], list[str]]:
-    """Two line-aligned files, each line stripped.
+def iter_parallel(src_path: Path, tgt_path: Path, chunk_size: int) -> Iterator[tuple[list[str], list[str]]]:
+    """Two line-aligned files, each line stripped, in chunks.
 
     Raises:
-        DataError: the files have different line counts (both counts and paths in the message), or see ``read_lines``.
+        DataError: the files have different line counts (both counts and paths in the message), or see ``iter_lines``.
     """
-    src, tgt = read_lines(src_path), read_lines(tgt_path)
-    if len(src) != len(tgt):
-        raise DataError(
-            f"parallel files differ in length: {src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}"
-        )
-    return [s.strip() for s in src], [t.strip() for t in tgt]
+    sentinel = object()
+    pairs = itertools.zip_longest(iter_lines(src_path), iter_lines(tgt_path), fillvalue=sentinel)
+    n = 0
+    while chunk := list(itertools.islice(pairs, chunk_size)):
+        if chunk[-1][0] is sentinel or chunk[-1][1] is sentinel:
+            rest = chunk + list(pairs)  # only the longer file's lines are left: count them for the message
+            n_src = n + sum(1 for s, _ in rest if s is not sentinel)
+            n_tgt = n + sum(1 for _, t in rest if t is not sentinel)
+            raise DataError(f"parallel files differ in length: {src_path} has {n_src} lines but {tgt_path} has {n_tgt}")
+        n += len(chunk)
+        yield [s.strip() for s, _ in chunk], [t.strip() for _, t in chunk]
 
 
-def read_tsv(path: Path) -> tuple[list[str], list[str]]:
-    """``source<TAB>target`` per line; a blank line becomes an empty pair (dropped later, counted).
+def iter_tsv(path: Path, chunk_size: int) -> Iterator[tuple[list[str], list[str]]]:
+    """``source<TAB>target`` per line, in chunks; a blank line becomes an empty pair (dropped later, counted).
 
     Raises:
         DataError: a non-blank line has no tab or more than one (file and line in the message).
     """
-    src, tgt = [], []
-    for number, line in enumerate(read_lines(path), start=1):
-        if not line.strip():
-            src.append("")
-            tgt.append("")
-            continue
-        fields = line.split("\t")
-        if len(fields) != 2:
-            raise DataError(f"{path}:{number}: expected source<TAB>target, found {len(fields)} tab-separated fields")
-        src.append(fields[0].strip())
-        tgt.append(fields[1].strip())
-    return src, tgt
+    lines = enumerate(iter_lines(path), start=1)
+    while chunk := list(itertools.islice(lines, chunk_size)):
+        src, tgt = [], []
+        for number, line in chunk:
+            if not line.strip():
+                src.append("")
+                tgt.append("")
+                continue
+            fields = line.split("\t")
+            if len(fields) != 2:
+                raise DataError(f"{path}:{number}: expected source<TAB>target, found {len(fields)} tab-separated fields")
+            src.append(fields[0].strip())
+            tgt.append(fields[1].strip())
+        yield src, tgt
 
 
-def load_hub_split(cfg: DataConfig, split: str) -> tuple[list[str], list[str]]:
-    """One split through ``datasets.load_dataset`` (the hub, or a local json/csv/parquet file).
+def iter_hub_split(cfg: DataConfig, split: str, chunk_size: int) -> Iterator[tuple[list[str], list[str]]]:
+    """One split through ``datasets.load_dataset`` (the hub, or a local json/csv/parquet file), in chunks.
 
     Both layouts are read: one column per language (``en``, ``de``), or a ``translation`` column of
-    ``{lang: text}`` dicts (wmt14, iwslt2017).
+    ``{lang: text}`` dicts (wmt14, iwslt2017). The chunks come from the dataset's Arrow table in batches: the
+    split is never turned into Python lists as a whole.
 
     Raises:
         DataError: the dataset cannot be loaded (unreachable hub: the message says how to use a local
             folder instead), the split does not exist, or a language is missing.
+    """
+    ds, name = load_hub_dataset(cfg, split)
+    columns = ds.column_names
+    langs = (cfg.src_lang, cfg.tgt_lang)
+    if "translation" in columns:
+        ds = ds.select_columns(["translation"]).flatten()  # columns "translation.en", ... (Arrow, no Python dicts)
+        keys = sorted(c.removeprefix("translation.") for c in ds.column_names)
+        missing = [lang for lang in langs if lang not in keys]
+        if missing:
+            raise DataError(
+                f"dataset {name} split {split!r}: the translation column has languages {keys}, not {missing}"
+            )
+        src_column, tgt_column = f"translation.{cfg.src_lang}", f"translation.{cfg.tgt_lang}"
+    elif all(lang in columns for lang in langs):
+        src_column, tgt_column = langs
+    else:
+        raise DataError(
+            f"dataset {name} split {split!r} has columns {columns}; expected a 'translation' column of "
+            f"{{language: text}} dicts or one column per language ({cfg.src_lang!r}, {cfg.tgt_lang!r})"
+        )
+    for batch in ds.select_columns([src_column, tgt_column]).iter(batch_size=chunk_size):
+        yield [(s or "").strip() for s in batch[src_column]], [(t or "").strip() for t in batch[tgt_column]]
+
+
+def load_hub_dataset(cfg: DataConfig, split: str) -> tuple[Any, str]:
+    """``datasets.load_dataset`` for ``split``, and the dataset's name for messages.
+
+    Raises:
+        DataError: see ``iter_hub_split``.
     """
     import datasets  # slow to import; only this source needs it
 
@@ -224,7 +289,7 @@ def load_hub_split(cfg: DataConfig, split: str) -> tuple[list[str], list[str]]:
     name = f"{cfg.hub_name} {cfg.hub_data_files}" if local else repr(cfg.hub_name)
     try:
         files = dict(cfg.hub_data_files) or None
-        ds = datasets.load_dataset(cfg.hub_name, cfg.hub_config or None, data_files=files, split=split)
+        return datasets.load_dataset(cfg.hub_name, cfg.hub_config or None, data_files=files, split=split), name
     except ValueError as err:
         if "Unknown split" in str(err):
             raise DataError(f"dataset {name} has no split {split!r} (data.{_split_key(cfg, split)}): {err}") from err
@@ -238,25 +303,6 @@ def load_hub_split(cfg: DataConfig, split: str) -> tuple[list[str], list[str]]:
             "data.source=folder data.data_dir=DIR, or data.source=hub data.hub_name=json "
             "data.hub_data_files='{train: train.jsonl, ...}'"
         ) from err
-    columns = ds.column_names
-    langs = (cfg.src_lang, cfg.tgt_lang)
-    if "translation" in columns:
-        ds = ds.select_columns(["translation"]).flatten()  # columns "translation.en", ... (Arrow, no Python dicts)
-        keys = sorted(c.removeprefix("translation.") for c in ds.column_names)
-        missing = [lang for lang in langs if lang not in keys]
-        if missing:
-            raise DataError(
-                f"dataset {name} split {split!r}: the translation column has languages {keys}, not {missing}"
-            )
-        src, tgt = list(ds[f"translation.{cfg.src_lang}"]), list(ds[f"translation.{cfg.tgt_lang}"])
-    elif all(lang in columns for lang in langs):
-        src, tgt = list(ds[cfg.src_lang]), list(ds[cfg.tgt_lang])
-    else:
-        raise DataError(
-            f"dataset {name} split {split!r} has columns {columns}; expected a 'translation' column of "
-            f"{{language: text}} dicts or one column per language ({cfg.src_lang!r}, {cfg.tgt_lang!r})"
-        )
-    return [(s or "").strip() for s in src], [(t or "").strip() for t in tgt]
 
 
 def _split_key(cfg: DataConfig, split: str) -> str:

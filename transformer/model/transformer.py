@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from torch import nn
 
@@ -18,6 +20,20 @@ def _positional(config: ModelConfig) -> nn.Module:
     return SinusoidalPositionalEncoding(config.d_model, max_len=config.max_positions)
 
 
+@dataclass
+class AttentionWeights:
+    """Attention probabilities of every layer, first layer first; each tensor is (B, H, T_query, T_key).
+
+    ``encoder``: (B, H, S, S) self-attention of the source; ``decoder``: (B, H, T, T) masked self-attention
+    of the target (zero above the diagonal); ``cross``: (B, H, T, S) target positions attending to the source.
+    Each row sums to 1 over the keys it may see; padding keys get exactly 0.
+    """
+
+    encoder: list[torch.Tensor] = field(default_factory=list)
+    decoder: list[torch.Tensor] = field(default_factory=list)
+    cross: list[torch.Tensor] = field(default_factory=list)
+
+
 class Encoder(nn.Module):
     """Embedding + positions + N encoder layers (+ a final LayerNorm when pre-LN)."""
 
@@ -29,11 +45,13 @@ class Encoder(nn.Module):
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.n_encoder_layers))
         self.final_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps) if config.norm_first else nn.Identity()
 
-    def forward(self, src: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, S) ids -> (B, S, D) memory."""
+    def forward(
+        self, src: torch.Tensor, src_mask: torch.Tensor | None = None, *, weights: list[torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """(B, S) ids -> (B, S, D) memory; a ``weights`` list receives each layer's (B, H, S, S) probabilities."""
         x = self.dropout(self.positional(self.embedding(src)))
         for layer in self.layers:
-            x = layer(x, src_mask)
+            x = layer(x, src_mask, weights=weights)
         return self.final_norm(x)
 
 
@@ -56,15 +74,23 @@ class Decoder(nn.Module):
         src_mask: torch.Tensor | None = None,
         tgt_mask: torch.Tensor | None = None,
         cache: DecoderCache | None = None,
+        self_weights: list[torch.Tensor] | None = None,
+        cross_weights: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """(B, T) ids -> (B, T, D) hidden states; with a cache, ``tgt`` holds only the new positions."""
+        """(B, T) ids -> (B, T, D) hidden states; with a cache, ``tgt`` holds only the new positions.
+
+        ``self_weights`` / ``cross_weights``: lists that receive each layer's attention probabilities.
+        """
         offset = cache.length if cache is not None else 0
         if cache is not None and tgt_mask is None and tgt.size(1) > 1:
             tgt_mask = causal_mask(tgt.size(1), tgt.device, offset=offset)  # several new tokens at once
         x = self.dropout(self.positional(self.embedding(tgt), offset=offset))
         for i, layer in enumerate(self.layers):
             layer_cache = cache.layers[i] if cache is not None else None
-            x = layer(x, memory, src_mask=src_mask, tgt_mask=tgt_mask, cache=layer_cache)
+            x = layer(
+                x, memory, src_mask=src_mask, tgt_mask=tgt_mask, cache=layer_cache,
+                self_weights=self_weights, cross_weights=cross_weights,
+            )
         return self.final_norm(x)
 
 
@@ -121,17 +147,27 @@ class Transformer(nn.Module):
         """
         return self.output(self.decoder(tgt, memory, src_mask=src_mask, tgt_mask=tgt_mask, cache=cache))
 
-    def forward(self, src: torch.Tensor, tgt: torch.Tensor, *, return_hidden: bool = False) -> torch.Tensor:
+    def forward(
+        self, src: torch.Tensor, tgt: torch.Tensor, *, return_hidden: bool = False, return_attention: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, AttentionWeights]:
         """Teacher forcing: (B, S) source and (B, T) decoder input ids -> (B, T, V) logits.
 
         With ``return_hidden`` the (B, T, D) decoder states are returned instead: the trainer's loss applies
         ``self.output`` itself, a chunk of rows at a time (``linear_label_smoothed_nll_loss``). A flag on
         ``forward``, not another method, because the trainer must call through the DDP wrapper's forward.
+
+        With ``return_attention`` the result is ``(logits or hidden, AttentionWeights)``: the probabilities of
+        every layer and head, computed by an explicit softmax instead of the fused SDPA kernel (slower; for
+        inspection). The outputs are the same as without it.
         """
         src_mask = self.src_mask(src)
-        memory = self.encode(src, src_mask)
-        hidden = self.decoder(tgt, memory, src_mask=src_mask)
-        return hidden if return_hidden else self.output(hidden)
+        if not return_attention:
+            hidden = self.decoder(tgt, self.encode(src, src_mask), src_mask=src_mask)
+            return hidden if return_hidden else self.output(hidden)
+        weights = AttentionWeights()
+        memory = self.encoder(src, src_mask, weights=weights.encoder)
+        hidden = self.decoder(tgt, memory, src_mask=src_mask, self_weights=weights.decoder, cross_weights=weights.cross)
+        return (hidden if return_hidden else self.output(hidden)), weights
 
     @torch.no_grad()
     def init_cache(self, memory: torch.Tensor, max_len: int, *, beam_size: int = 1) -> DecoderCache:

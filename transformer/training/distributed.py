@@ -33,6 +33,14 @@ class DistributedContext:
         if self.enabled:
             dist.barrier()
 
+    def all_ok(self, ok: bool) -> bool:
+        """True when ``ok`` is True on every rank (a collective: every rank must call it)."""
+        if not self.enabled:
+            return ok
+        flag = torch.tensor([float(ok)], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
 
 def resolve_device(name: str, *, local_rank: int = 0, key: str = "--device") -> torch.device:
     """"auto" picks this process's CUDA device when there is one, else the CPU.

@@ -1,8 +1,15 @@
 """The training loop: teacher forcing, mixed precision, gradient accumulation, validation, checkpoints.
 
 It reads top to bottom: for each update, forward each micro-batch under autocast, backward the loss normalised
-by the update's target-token count, unscale, clip, step, schedule; every ``log_every`` updates read the
-accumulated metrics back from the device (the loop's only host-device sync); validate and checkpoint on schedule.
+by the update's target-token count, unscale, clip, check, step, schedule; every ``log_every`` updates read the
+accumulated metrics back from the device; validate and checkpoint on schedule.
+
+Faults: an update whose loss or gradient norm is not finite (one flag read back per update, the loop's other
+host-device sync), or that runs out of GPU memory, is skipped with a warning naming the step; after
+``train.max_skipped_updates`` of them in a row the run stops with a ``DivergenceError``. A non-finite
+validation is never the best, and weights that are not finite are never saved. Checkpoints are written
+``last.pt`` (the commit point), then the step file, then ``best.pt``, so a kill anywhere leaves a folder that
+``resume`` continues exactly and completes (see ``resume``).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import logging
 import math
 import signal
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,7 +33,7 @@ from tqdm import tqdm
 from transformer.config import Config
 from transformer.data.batching import Batch, BatchIterator
 from transformer.data.tokenizer import PAD_ID, Tokenizer
-from transformer.errors import write_error
+from transformer.errors import CheckpointError, DeviceError, DivergenceError, ResumeError, write_error
 from transformer.evaluation import evaluate_model
 from transformer.training.checkpoint import (
     load_checkpoint,
@@ -36,6 +44,8 @@ from transformer.training.checkpoint import (
 )
 from transformer.training.distributed import DistributedContext
 from transformer.training.loss import linear_label_smoothed_nll_loss
+from transformer.training.resume import changed_settings, check_resume_settings
+from transformer.training.run_dir import atomic_write_text, trim_metrics
 from transformer.training.schedule import build_scheduler
 
 logger = logging.getLogger(__name__)
@@ -119,8 +129,14 @@ class Trainer:
         self.loss_matmul_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
         self.step = 0
         self.best_score: float | None = None
+        self.best_step: int | None = None  # the step best.pt holds
         self.bad_evals = 0  # validations in a row without improvement (early stopping)
+        # Skipped updates: "nonfinite" (loss or gradient norm), "oom" (out of GPU memory), "overflow" (fp16's
+        # scaler lowered its scale; normal, never stops the run); and updates skipped in a row (the first two).
+        self.skipped = {"nonfinite": 0, "oom": 0, "overflow": 0}
+        self.skipped_in_a_row = 0
         self._stop_signal: int | None = None
+        self.saved_step: int | None = None  # the step of the newest last.pt this trainer wrote
         self.elapsed = 0.0  # seconds spent in fit(), carried across resumes for train.max_minutes
         self._clock_origin = time.perf_counter()  # perf_counter() - elapsed, set again when fit() starts
         self._tensorboard: Any | None = None
@@ -141,9 +157,11 @@ class Trainer:
             path = self.run_dir / "config.json"
             try:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(self.config.to_dict(), indent=2))
             except OSError as err:
                 raise write_error(path, err, what="run config") from None
+            atomic_write_text(path, json.dumps(self.config.to_dict(), indent=2), what="run config")
+            # The steps after the checkpoint run again; their old records (and a line cut by a kill) go.
+            trim_metrics(self.run_dir / "metrics.jsonl", after=self.step)
         self._tensorboard = open_tensorboard(self.run_dir / "tensorboard") if self.context.is_main else None
         previous = self._install_signal_handlers()
         progress = tqdm(
@@ -160,11 +178,12 @@ class Trainer:
             groups = self._micro_batch_groups() if self.step < self.total_steps else iter(())
             for group in groups:
                 loss_sum, nll_sum = self.train_step(group)
-                window.add(loss_sum, nll_sum, sum(b.n_tgt_tokens for b in group), sum(b.n_src_tokens for b in group))
+                if self.skipped_in_a_row == 0:  # a skipped update's loss is not part of the logged mean
+                    window.add(loss_sum, nll_sum, sum(b.n_tgt_tokens for b in group), sum(b.n_src_tokens for b in group))
                 self.step += 1
                 progress.update(1)
                 self._tick()
-                if self.step % t.log_every == 0:
+                if self.step % t.log_every == 0 and window.tgt_tokens:  # not when every update was skipped
                     last_metrics = self._log(window.flush(), progress)
                 end_of_epoch = self.train_batches.state_dict()["position"] >= len(self.train_batches)
                 due = (t.eval_every > 0 and self.step % t.eval_every == 0) or (t.eval_every == 0 and end_of_epoch)
@@ -189,6 +208,11 @@ class Trainer:
             if self._tensorboard is not None:
                 self._tensorboard.close()
         return last_metrics
+
+    @property
+    def stop_signal(self) -> int | None:
+        """The signal (SIGINT, SIGTERM) that stopped the last ``fit`` early, or None."""
+        return self._stop_signal
 
     def _tick(self) -> None:
         """Advance the wall clock of the run (a host timer; no device sync)."""
@@ -226,11 +250,36 @@ class Trainer:
         here): their gradients accumulate, each loss divided by the target tokens of all of them, so the
         update equals one over a single large batch. Under DDP gradients sync on the last batch only.
 
+        An update with a non-finite loss or gradient norm, or that runs out of GPU memory, changes no weight
+        and no optimizer state (the schedule still advances, as for fp16's skipped steps); ``skipped_in_a_row``
+        is then positive, and ``train.max_skipped_updates`` of them in a row raise ``DivergenceError``.
+
         Returns:
             (loss_sum, nll_sum): the label-smoothed loss and the NLL summed over the non-pad target tokens of
             ``batches``, 0-dim float32 tensors left on the device (reading them is a host-device sync).
         """
-        t = self.config.train
+        oom = False
+        try:
+            loss_total, nll_total = self._forward_backward(batches)
+        except torch.OutOfMemoryError:
+            oom = True  # handled below, once the exception (and the frames holding activations) are gone
+        if oom:
+            return self._skip_out_of_memory(batches)
+        self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+        grad_norm = self._clip_and_norm()
+        problem = self._check_update(loss_total, grad_norm)
+        if problem is None:
+            self.scaler.step(self.optimizer)  # with fp16 the scaler itself skips steps with overflowed gradients
+            self.skipped_in_a_row = 0
+        self.scaler.update()
+        self._advance_schedule(skipped=problem is not None)
+        self.optimizer.zero_grad(set_to_none=True)
+        if problem is not None:
+            self._skip(problem, "nonfinite")
+        return loss_total, nll_total
+
+    def _forward_backward(self, batches: list[Batch]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward and backward each micro-batch; gradients accumulate. Returns the summed loss and NLL."""
         n_tokens = max(1, sum(b.n_tgt_tokens for b in batches))  # host ints: the whole update's target tokens
         loss_total = torch.zeros((), device=self.device)
         nll_total = torch.zeros((), device=self.device)
@@ -244,14 +293,88 @@ class Trainer:
                 self.scaler.scale(loss / n_tokens).backward()
             loss_total += loss.detach()
             nll_total += nll.detach()
-        self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
-        if t.clip_grad_norm > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad_norm)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
         return loss_total, nll_total
+
+    def _clip_and_norm(self) -> torch.Tensor:
+        """The total gradient norm (0-dim, on the device), after clipping to ``train.clip_grad_norm`` if set."""
+        max_norm = self.config.train.clip_grad_norm
+        if max_norm > 0:
+            return nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if not grads:
+            return torch.zeros((), device=self.device)
+        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+
+    def _check_update(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> str | None:
+        """Why this update must be skipped, or None. Under DDP every rank gets the same answer.
+
+        With fp16, gradients that overflowed with a finite loss are the scaler's business (it skips the step
+        and lowers its scale): counted as "overflow", not as divergence.
+        """
+        flags = torch.stack([~torch.isfinite(loss), ~torch.isfinite(grad_norm)]).float()
+        if self.context.enabled:  # the losses differ between ranks; the gradient norms do not
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        bad_loss, bad_grad = (bool(x) for x in flags.tolist())  # the one host-device sync of an update
+        if bad_loss:
+            return f"the loss is not finite ({loss.item()})"
+        if bad_grad and self.scaler.is_enabled():
+            self.skipped["overflow"] += 1
+            return None
+        if bad_grad:
+            return f"the gradient norm is not finite ({grad_norm.item()})"
+        return None
+
+    def _skip_out_of_memory(self, batches: list[Batch]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Free what the failed update holds, advance the schedule as for any skipped update, warn, go on."""
+        n_tokens = sum(b.n_tgt_tokens for b in batches)
+        if self.context.enabled:  # the other ranks wait in the gradient all-reduce this one would skip
+            raise DeviceError(
+                f"out of memory in update {self.step + 1} on rank {self.context.rank} ({n_tokens} target tokens); "
+                f"a multi-process run cannot skip it on one process: lower data.max_tokens "
+                f"(now {self.config.data.max_tokens})"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        self._advance_schedule(skipped=True)
+        self._skip(
+            f"out of memory ({n_tokens} target tokens); lower data.max_tokens (now {self.config.data.max_tokens}) "
+            "if this repeats", "oom",
+        )
+        zero = torch.zeros((), device=self.device)
+        return zero, zero.clone()
+
+    def _advance_schedule(self, *, skipped: bool) -> None:
+        if not skipped:
+            self.scheduler.step()
+            return
+        with warnings.catch_warnings():  # PyTorch's advice on the order of steps is not about skipped updates
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+            self.scheduler.step()
+
+    def _skip(self, reason: str, kind: str) -> None:
+        """Count a skipped update; too many in a row stop the run.
+
+        Raises:
+            DivergenceError: ``train.max_skipped_updates`` updates in a row were skipped.
+        """
+        self.skipped[kind] += 1
+        self.skipped_in_a_row += 1
+        step, limit = self.step + 1, self.config.train.max_skipped_updates
+        if self.context.is_main:
+            logger.warning(
+                "step %d: %s; update skipped (%d in a row; the run stops at %d, train.max_skipped_updates)",
+                step, reason, self.skipped_in_a_row, limit,
+            )
+        if self.skipped_in_a_row >= limit:
+            saved = f"last saved at step {self.saved_step}" if self.saved_step is not None else "none saved"
+            t = self.config.train
+            raise DivergenceError(
+                f"training stopped at step {step}: the last {limit} updates (train.max_skipped_updates) were skipped, "
+                f"the latest because {reason}; lower train.lr (now {t.lr:g}), set train.clip_grad_norm (now "
+                f"{t.clip_grad_norm:g}) or use train.precision=fp32; the checkpoints in {self.checkpoint_dir} "
+                f"hold finite weights only ({saved})"
+            )
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed label-smoothed loss and NLL of ``batch`` (on the device), the one loss of training and validation.
@@ -269,6 +392,7 @@ class Trainer:
     # -------------------------------------------------------------------------------- logging, validation
     def _log(self, stats: dict[str, float], progress: tqdm) -> dict[str, Any]:
         metrics = {"step": self.step, "epoch": self.train_batches.epoch, "time": round(self.elapsed, 1), "lr": self.scheduler.get_last_lr()[0], **stats}
+        metrics.update({f"skipped_{kind}": n for kind, n in self.skipped.items() if n})
         progress.set_postfix(loss=f"{stats['loss']:.3f}", lr=f"{metrics['lr']:.2e}", tok_s=f"{stats['tgt_tokens_per_s']:.0f}")
         self._write_metrics({"split": "train", **metrics})
         if progress.disable and self.context.is_main:
@@ -321,20 +445,19 @@ class Trainer:
         improved = False
         if metrics:
             score = metrics["bleu"] if t.best_metric == "bleu" and "bleu" in metrics else -metrics["loss"]
-            improved = self.best_score is None or score > self.best_score
+            finite = math.isfinite(score) and math.isfinite(metrics["loss"])  # a NaN is never the best
+            improved = finite and (self.best_score is None or score > self.best_score)
             if improved:
-                self.best_score, self.bad_evals = score, 0
+                self.best_score, self.best_step, self.bad_evals = score, self.step, 0
             else:
                 self.bad_evals += 1
             shown = {k: round(v, 4) for k, v in metrics.items()}
             if self.context.is_main:  # every rank validates (they must agree on early stopping); one reports
-                logger.info("step %d validation %s%s", self.step, shown, " (best)" if improved else "")
+                note = " (best)" if improved else "" if finite else " (not finite: never the best)"
+                (logger.info if finite else logger.warning)("step %d validation %s%s", self.step, shown, note)
             record = {"split": "valid", "step": self.step, "epoch": self.train_batches.epoch, "time": round(self.elapsed, 1)}
             self._write_metrics({**record, **metrics})
-        if self.context.is_main:
-            self._save_step_checkpoint()
-            if improved:
-                self._save(self.checkpoint_dir / "best.pt")
+        self._save_step_checkpoint(best=improved)  # every rank: it gathers their RNG states
         return metrics
 
     def _write_metrics(self, record: dict[str, Any]) -> None:
@@ -365,8 +488,12 @@ class Trainer:
             "rng": rng_states(),
             "tokenizer": self.tokenizer.to_state(),
             "best_score": self.best_score,
+            "best_step": self.best_step,
             "bad_evals": self.bad_evals,
             "elapsed": self.elapsed,
+            "skipped": dict(self.skipped),
+            "skipped_in_a_row": self.skipped_in_a_row,
+            "train_pairs": len(self.train_batches.dataset),  # resume checks that the corpus is the same size
         }
 
     def load_state_dict(self, state: dict[str, Any], *, where: str = "checkpoint") -> None:
@@ -379,32 +506,127 @@ class Trainer:
         self.best_score = state["best_score"]
         self.bad_evals = state["bad_evals"]
         self.elapsed = state.get("elapsed", 0.0)  # absent from checkpoints written before max_minutes existed
-        set_rng_states(state["rng"])
+        # Absent from checkpoints written before fault handling: no best step known, nothing skipped.
+        self.best_step = state.get("best_step")
+        self.skipped = {**{kind: 0 for kind in self.skipped}, **state.get("skipped", {})}
+        self.skipped_in_a_row = state.get("skipped_in_a_row", 0)
+        ranks = state.get("rng_ranks")  # absent from single-process checkpoints and older ones
+        same_world = ranks is not None and len(ranks) == self.context.world_size
+        set_rng_states(ranks[self.context.rank] if same_world else state["rng"])
 
     def resume(self, path: str | Path | None = None) -> None:
-        """Continue from ``path`` (default: the run's ``checkpoints/last.pt``)."""
+        """Continue from ``path`` (default: the run's ``checkpoints/last.pt``).
+
+        Settings that cannot change mid-run (model, vocabulary, batching, seed, optimizer) must equal the
+        checkpoint's; the others (``resume.CHANGEABLE``: the learning rate and its schedule, the limits, the
+        intervals) take effect now: the next update's learning rate is this config's schedule at this step.
+        On the main process, the ``step_N.pt`` and ``best.pt`` that a kill kept from being written after
+        ``last.pt`` are written.
+
+        Raises:
+            CheckpointError: ``path`` cannot be read or does not fit the model.
+            ResumeError: a setting that cannot change differs, or the corpus has another number of pairs.
+        """
         path = Path(path) if path is not None else self._last_path()
-        self.load_state_dict(load_checkpoint(path, map_location=self.device), where=str(path))
+        state = load_checkpoint(path, map_location=self.device)
+        changes = changed_settings(state["config"], self.config, where=str(path))
+        check_resume_settings(changes, where=str(path))
+        pairs, now = state.get("train_pairs"), len(self.train_batches.dataset)
+        if pairs is not None and pairs != now:
+            raise ResumeError(
+                f"cannot resume {path}: the training corpus has {now} pairs after filtering, the checkpoint's had "
+                f"{pairs}, so its data position means nothing now; use the corpus of the run, or start a new run"
+            )
+        self.load_state_dict(state, where=str(path))
+        self._apply_lr_schedule()
+        if self.context.is_main:
+            for change in changes:
+                logger.info("resuming with %s: in effect from step %d", change, self.step + 1)
+            self._complete_checkpoints(path, state)
         logger.info("resumed from %s at step %d", path, self.step)
+
+    def _apply_lr_schedule(self) -> None:
+        """Set the next update's learning rate from this config's ``train.lr`` and schedule at the current step.
+
+        The loaded optimizer and scheduler states carry the checkpoint's base rate; with an unchanged config the
+        result is the very value they held (the scheduler's own formula).
+        """
+        lr = self.config.train.lr
+        self.scheduler.base_lrs = [lr] * len(self.optimizer.param_groups)
+        for group, factor in zip(self.optimizer.param_groups, self.scheduler.lr_lambdas):
+            group["initial_lr"] = lr
+            group["lr"] = lr * factor(self.scheduler.last_epoch)
+
+    def _complete_checkpoints(self, last: Path, state: dict[str, Any]) -> None:
+        """Write the step file and ``best.pt`` that belong with ``last`` (the commit point) if a kill cut them off."""
+        if last != self._last_path():
+            return
+        step_file = self.checkpoint_dir / f"step_{self.step:08d}.pt"
+        if state.get("step_file") and not step_file.is_file():
+            logger.warning("writing %s: it belongs with %s, and a kill cut off its write", step_file, last.name)
+            save_checkpoint(state, step_file)
+        best = self.checkpoint_dir / "best.pt"
+        if self.best_step is None or self.best_step != self.step:
+            return
+        try:
+            current = load_checkpoint(best, map_location="cpu").get("step") if best.is_file() else None
+        except CheckpointError:
+            current = None
+        if current != self.best_step:
+            logger.warning("writing %s: %s holds the best validation (step %d)", best, last.name, self.step)
+            save_checkpoint(state, best)
 
     def _last_path(self) -> Path:
         return self.checkpoint_dir / "last.pt"
 
     def _save(self, path: Path) -> None:
-        if self.context.is_main:
+        if self.context.is_main and self._weights_are_finite():
             save_checkpoint(self.state_dict(), path)
+            self.saved_step = self.step
 
-    def _save_step_checkpoint(self) -> None:
-        """``step_N.pt`` and ``last.pt``; only the newest ``keep_last`` step checkpoints are kept."""
-        if not self.context.is_main:
+    def _save_step_checkpoint(self, *, best: bool = False) -> None:
+        """``step_N.pt``, ``last.pt``, and ``best.pt`` if ``best``; the newest ``keep_last`` step files are kept.
+
+        ``last.pt`` is the commit point: a kill before it leaves the previous one, from which ``resume``
+        replays these steps; a kill after it leaves a ``last.pt`` that says a step file goes with it
+        (``step_file``) and whether it is the best (``best_step``), from which ``resume`` writes what is missing.
+        """
+        rng_ranks = self._rng_states_of_all_ranks()  # a collective: before the other ranks return
+        if not self.context.is_main or not self._weights_are_finite():
             return
-        state = self.state_dict()
-        save_checkpoint(state, self._last_path())
         keep = self.config.train.keep_last
+        state = {**self.state_dict(), "step_file": keep > 0}
+        if rng_ranks is not None:
+            state["rng_ranks"] = rng_ranks
+        save_checkpoint(state, self._last_path())
+        self.saved_step = self.step
         if keep > 0:
             save_checkpoint(state, self.checkpoint_dir / f"step_{self.step:08d}.pt")
+        if best:
+            save_checkpoint(state, self.checkpoint_dir / "best.pt")
+        if keep > 0:
             for old in sorted(self.checkpoint_dir.glob("step_*.pt"))[:-keep]:
                 old.unlink()
+
+    def _rng_states_of_all_ranks(self) -> list[dict[str, Any]] | None:
+        """Under DDP, every rank's RNG states (each rank draws its own dropout masks), else None.
+
+        Gathered where all ranks save together (validation, ``save_every``); a signal's ``last.pt`` holds
+        rank 0's only, since the ranks may stop one update apart.
+        """
+        if not self.context.enabled:
+            return None
+        states: list[Any] = [None] * self.context.world_size
+        torch.distributed.all_gather_object(states, rng_states())
+        return states
+
+    def _weights_are_finite(self) -> bool:
+        """True when every weight is finite; else warn: a checkpoint never holds NaN or inf."""
+        bad = [k for k, v in self.model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            logger.warning("step %d: not saving a checkpoint: %d weight tensor(s) are not finite (%s)",
+                           self.step, len(bad), ", ".join(bad[:3]))
+        return not bad
 
     # ------------------------------------------------------------------------------------------ signals
     def _install_signal_handlers(self) -> dict[int, Any]:

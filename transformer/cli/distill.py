@@ -1,0 +1,98 @@
+"""Translate a corpus's training sources with a teacher model into a new corpus folder (sequence-level distillation).
+
+The teacher is one checkpoint, or several as an ensemble (``--checkpoint`` repeated; one vocabulary), decoding
+with beam search. ``--data-dir`` is a folder of ``{split}.{lang}[.gz]`` files; ``--output`` becomes one too: the
+split's sources with the teacher's translations, the other splits copied, and ``distill.json`` (the checkpoints'
+SHA-256s, the teacher's config and the settings). A config trains on it with ``data.data_dir=OUT_DIR``.
+``--with-original`` keeps the original pairs beside the distilled ones (twice the pairs). Interrupted, the same
+command continues where it stopped; another teacher or other settings are refused. The search settings default to
+the (first) checkpoint's ``decode`` section; the languages to its ``data`` section. A progress bar on stderr when
+it is a terminal. Mistakes end with one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from transformer.distillation import prepare_distillation, run_distillation
+from transformer.training.checkpoint import load_ensemble_for_inference
+from transformer.training.distributed import resolve_device
+
+EXAMPLES = """\
+examples:
+  transformer distill --checkpoint runs/multi30k_en_de_full/checkpoints/avg10.pt --data-dir data/multi30k \\
+      --output data/multi30k_distill_en_de --length-penalty 1.5
+  transformer distill --checkpoint a/avg10.pt --checkpoint b/avg10.pt --data-dir data/multi30k \\
+      --output data/multi30k_distill_en_de                       # an ensemble teacher
+  transformer distill --checkpoint best.pt --data-dir data/multi30k --output data/m30k_both --with-original
+  transformer train --config configs/multi30k_en_de_distilled.yaml   # a student on data/multi30k_distill_en_de
+"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "distill", help="translate a corpus's training sources with a teacher into a new corpus folder",
+        description=__doc__.split("\n\n")[0], epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--checkpoint", type=Path, action="append", required=True, metavar="CKPT",
+        help="the teacher, a .pt file written by training; repeat it to decode several models as an ensemble",
+    )
+    parser.add_argument("--data-dir", type=Path, required=True, help="the corpus folder ({split}.{lang}[.gz] files)")
+    parser.add_argument("--output", type=Path, required=True, metavar="OUT_DIR", help="the new corpus folder")
+    parser.add_argument("--split", default="train", help="the split to translate (default: train)")
+    parser.add_argument("--src-lang", help="override the checkpoint's data.src_lang")
+    parser.add_argument("--tgt-lang", help="override the checkpoint's data.tgt_lang")
+    parser.add_argument("--beam-size", type=int, help="default: the checkpoint's decode.beam_size")
+    parser.add_argument("--length-penalty", type=float, help="GNMT alpha (default: the checkpoint's)")
+    parser.add_argument("--batch-size", type=int, help="sentences per decoding batch (speed only)")
+    parser.add_argument(
+        "--with-original", action="store_true",
+        help="write the original pairs and the distilled ones together (train on both)",
+    )
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    model, tokenizer, config = load_ensemble_for_inference(args.checkpoint, device)
+    changes = {"beam_size": args.beam_size, "length_penalty": args.length_penalty, "batch_size": args.batch_size}
+    decode = dataclasses.replace(config.decode, n_best=1, **{k: v for k, v in changes.items() if v is not None})
+    langs = {"src_lang": args.src_lang, "tgt_lang": args.tgt_lang}
+    data = dataclasses.replace(
+        config.data, data_dir=str(args.data_dir), **{k: v for k, v in langs.items() if v is not None}
+    )
+    job = prepare_distillation(
+        args.checkpoint, config.to_dict(), data, decode, args.output, split=args.split,
+        with_original=args.with_original,
+    )
+    s = job.settings
+    if job.complete:
+        print(f"{args.output} is already complete ({s.lines} sentences); train with data.data_dir={args.output}")
+        return 0
+    if job.done:
+        print(f"continuing {args.output} after {job.done} of {s.lines} sentences", file=sys.stderr)
+    total, initial = job.sentences(), job.sentences(0, job.done)
+    with tqdm(
+        total=total, initial=initial, unit="sent", desc="distill", file=sys.stderr, disable=not sys.stderr.isatty()
+    ) as bar:
+        run_distillation(job, model, tokenizer, device=device, batch_size=decode.batch_size, progress=bar.update)
+    pairs = 2 * s.lines if s.with_original else s.lines
+    print(
+        f"{' + '.join(map(str, args.checkpoint))}: {s.src_lang}-{s.tgt_lang} {s.split} split of {job.corpus}, "
+        f"{s.lines} sentences, beam {s.beam_size}, length penalty {s.length_penalty}, "
+        f"{job.record['seconds']:.0f} s of decoding"
+    )
+    print(
+        f"wrote {args.output}: {s.split}.{s.src_lang} and {s.split}.{s.tgt_lang} ({pairs} pairs"
+        f"{', the original ones first' if s.with_original else ''}), the other splits, and distill.json; "
+        f"train with data.data_dir={args.output}"
+    )
+    return 0

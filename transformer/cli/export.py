@@ -1,0 +1,61 @@
+"""Export a checkpoint for serving: a CTranslate2 model folder that `translate`/`evaluate --engine ctranslate2` read.
+
+The folder holds CTranslate2's model files, the SentencePiece model(s) and the checkpoint's config, and is checked
+before it is written: its token log-probabilities must match the checkpoint's. A model CTranslate2 cannot express
+exactly is refused with the reason. Needs the optional extra: pip install -e ".[serve]".
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from transformer.serving import ENGINES, QUANTIZATIONS, export_ctranslate2
+
+EXAMPLES = """\
+examples:
+  transformer export --checkpoint runs/sample/checkpoints/best.pt --format ctranslate2 --output runs/sample/ct2
+  transformer export --checkpoint avg10.pt --format ctranslate2 --output ct2-int8 --quantization int8
+  transformer translate --engine ctranslate2 --model runs/sample/ct2 "A dog is running on the beach."
+"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "export", help="write a checkpoint as a CTranslate2 model folder",
+        description=__doc__.split("\n\n")[0], epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--checkpoint", required=True, type=Path, metavar="CKPT", help="a .pt file written by `transformer train`"
+    )
+    parser.add_argument("--format", choices=("ctranslate2",), default="ctranslate2", help="the serving format")
+    parser.add_argument("--output", required=True, type=Path, metavar="DIR", help="the model folder to write")
+    parser.add_argument(
+        "--quantization", choices=QUANTIZATIONS, help="weight type (default float32; int8: smaller, faster on CPUs)"
+    )
+    parser.add_argument("--force", action="store_true", help="replace an existing output folder")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that pick the decoding engine, shared by `translate` and `evaluate`."""
+    parser.add_argument(
+        "--engine", choices=ENGINES, default="torch",
+        help="torch: our decoder on --checkpoint; ctranslate2: a folder written by `transformer export` (--model)",
+    )
+    parser.add_argument("--model", type=Path, metavar="DIR", help="a CTranslate2 model folder (--engine ctranslate2)")
+    parser.add_argument(
+        "--inter-threads", type=int, metavar="N", help="CTranslate2 translators working in parallel (default 1)"
+    )
+    parser.add_argument(
+        "--intra-threads", type=int, metavar="N", help="threads of each CTranslate2 translator (default: its own)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    output = export_ctranslate2(args.checkpoint, args.output, quantization=args.quantization, force=args.force)
+    files = ", ".join(sorted(p.name for p in output.iterdir()))
+    print(f"wrote {output} ({args.quantization or 'float32'}): {files}")
+    print(f'translate with: transformer translate --engine ctranslate2 --model {output} "A sentence."')
+    return 0

@@ -1,0 +1,436 @@
+"""Prepare a corpus once: the vocabulary, then the training pairs as flat token arrays that every run maps.
+
+Without it, each start of each run (and each process of a torchrun job) would train SentencePiece on every
+sentence and encode the whole corpus into Python lists. ``prepare`` does that work once per corpus and settings:
+
+1. the vocabulary is trained on a seeded random sample of at most ``data.vocab_sample_size`` sentences per side,
+   drawn from the training split read as a stream;
+2. the training split is read again as a stream, in chunks, encoded by ``data.prepare_workers`` processes,
+   filtered by the length limits (the rules of ``ParallelDataset.from_texts``) and appended to flat files;
+3. each result is written into a temporary folder and renamed into place when complete, so a killed
+   preparation never leaves half a cache, and two runs preparing at once both end with one good copy.
+
+Cache layout (``data.cache_dir``, else ``$TRANSFORMER_CACHE_DIR``, else ``data/cache``)::
+
+    vocab-<key>/   a Tokenizer folder; key: the corpus files' fingerprints, the vocabulary settings, the sample
+    train-<key>/   src.bin tgt.bin (int32 ids, no specials), src_offsets.npy tgt_offsets.npy index.npy and
+                   prepared.json; key: the fingerprints, the tokenizer's model bytes, lowercase, the length filters
+
+A fingerprint is a file's resolved path, size, modification time and a hash of its ends (for the hub, the
+dataset's own fingerprint): an edited corpus gets a new cache, and deciding that reads at most 2 MiB a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import socket
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from transformer.config import DataConfig
+from transformer.data.batching import ParallelDataset, length_filter
+from transformer.data.corpus import (
+    corpus_folder,
+    find_split_file,
+    iter_split,
+    load_hub_dataset,
+    split_name,
+)
+from transformer.data.tokenizer import META_FILE, Tokenizer
+from transformer.errors import DataError, write_error
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CACHE_DIR = Path("data/cache")  # relative to the working directory, like data/multi30k
+FORMAT_VERSION = 1  # part of every key: a change of the file layout gives new folders
+PREPARED_FILE = "prepared.json"  # written last: a train-<key> folder is complete when it has this file
+CHUNK_PAIRS = 50_000  # pairs per encoding task: big enough to amortise the hand-over, small for memory
+FINGERPRINT_BYTES = 1 << 20  # hashed at each end of a corpus file
+SAMPLE_SEED = 0  # the vocabulary sample depends on the corpus and settings only, never on train.seed
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedPairs:
+    """A complete ``train-<key>`` folder and what ``prepared.json`` says of it."""
+
+    path: Path
+    info: dict[str, Any]
+
+    def load(self) -> ParallelDataset:
+        """The pairs, memory-mapped read-only (pages are shared by every process that maps them)."""
+        return ParallelDataset.from_arrays(
+            np.memmap(self.path / "src.bin", dtype=np.int32, mode="r"),
+            np.load(self.path / "src_offsets.npy", mmap_mode="r"),
+            np.memmap(self.path / "tgt.bin", dtype=np.int32, mode="r"),
+            np.load(self.path / "tgt_offsets.npy", mmap_mode="r"),
+            np.load(self.path / "index.npy", mmap_mode="r"),
+        )
+
+
+def cache_root(cfg: DataConfig) -> Path:
+    """``data.cache_dir``, else ``$TRANSFORMER_CACHE_DIR``, else ``data/cache``."""
+    return Path(cfg.cache_dir or os.environ.get("TRANSFORMER_CACHE_DIR") or DEFAULT_CACHE_DIR).expanduser()
+
+
+# ---- keys --------------------------------------------------------------------------------------
+
+
+def corpus_fingerprint(cfg: DataConfig) -> dict[str, Any]:
+    """What identifies the training split's text: its files (path, size, mtime), or the hub dataset's fingerprint.
+
+    Raises:
+        DataError: a file is missing (the same message as reading it would give).
+    """
+    split = split_name(cfg, "train")
+    if cfg.source == "hub":
+        dataset, _ = load_hub_dataset(cfg, split)
+        return {"hub": cfg.hub_name, "config": cfg.hub_config, "split": split, "fingerprint": dataset._fingerprint,
+                "files": [_file_stat(Path(p)) for p in cfg.hub_data_files.values()]}
+    if cfg.source == "folder":
+        folder = corpus_folder(cfg)
+        paths = [find_split_file(folder, split, cfg.src_lang), find_split_file(folder, split, cfg.tgt_lang)]
+    elif cfg.source == "files":
+        paths = [Path(cfg.train_src), Path(cfg.train_tgt)]
+    else:
+        paths = [Path(cfg.train_tsv)]
+    return {"source": cfg.source, "langs": [cfg.src_lang, cfg.tgt_lang], "files": [_file_stat(p) for p in paths]}
+
+
+def _file_stat(path: Path) -> dict[str, Any]:
+    """Path, size, modification time and a hash of the first and last MiB (all of a small file): cheap for
+    a corpus of gigabytes, and an edit that keeps the size within one clock tick still changes the key."""
+    try:
+        stat = path.stat()
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            digest.update(f.read(FINGERPRINT_BYTES))
+            if stat.st_size > FINGERPRINT_BYTES:
+                f.seek(max(FINGERPRINT_BYTES, stat.st_size - FINGERPRINT_BYTES))
+                digest.update(f.read())
+    except OSError as err:
+        raise DataError(f"{path}: cannot read it: {err.strerror or err}") from None
+    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+            "ends_sha256": digest.hexdigest()}
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+
+
+def vocab_key(cfg: DataConfig, fingerprint: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "format": FORMAT_VERSION, "corpus": fingerprint, "lowercase": cfg.lowercase, "vocab_size": cfg.vocab_size,
+        "model_type": cfg.spm_model_type, "joint": cfg.joint_vocab, "character_coverage": cfg.spm_character_coverage,
+        "sample_size": cfg.vocab_sample_size, "sample_seed": SAMPLE_SEED,
+    }
+
+
+def pairs_key(cfg: DataConfig, fingerprint: dict[str, Any], tokenizer: Tokenizer) -> dict[str, Any]:
+    state = tokenizer.to_state()
+    models = hashlib.sha256()
+    for name in sorted(k for k, v in state.items() if isinstance(v, bytes)):
+        models.update(state[name])
+    return {
+        "format": FORMAT_VERSION, "corpus": fingerprint, "lowercase": cfg.lowercase, "tokenizer": models.hexdigest(),
+        "max_src_tokens": cfg.max_src_tokens, "max_tgt_tokens": cfg.max_tgt_tokens,
+        "max_length_ratio": cfg.max_length_ratio,
+    }
+
+
+# ---- the vocabulary ----------------------------------------------------------------------------
+
+
+class Reservoir:
+    """A uniform random sample of at most ``k`` of the items added, one pass (Algorithm R); ``k == 0``: all.
+
+    Until more than ``k`` items have been added it holds all of them in their order, so a small corpus gives
+    exactly the vocabulary that training on every sentence gives.
+    """
+
+    def __init__(self, k: int, seed: int) -> None:
+        self.k = k
+        self.items: list[str] = []
+        self.seen = 0
+        self._rng = random.Random(seed)
+
+    def add(self, item: str) -> None:
+        self.seen += 1
+        if self.k == 0 or len(self.items) < self.k:
+            self.items.append(item)
+        elif (j := self._rng.randrange(self.seen)) < self.k:
+            self.items[j] = item
+
+
+def sample_sentences(cfg: DataConfig) -> tuple[list[str], list[str]]:
+    """At most ``cfg.vocab_sample_size`` non-empty training sentences per side: a seeded sample, read as a stream."""
+    src, tgt = Reservoir(cfg.vocab_sample_size, SAMPLE_SEED), Reservoir(cfg.vocab_sample_size, SAMPLE_SEED + 1)
+    for src_chunk, tgt_chunk in iter_split(cfg, "train"):
+        for text in src_chunk:
+            if text:
+                src.add(text)
+        for text in tgt_chunk:
+            if text:
+                tgt.add(text)
+    if len(src.items) < src.seen or len(tgt.items) < tgt.seen:
+        logger.info("vocabulary sample: %d of %d source and %d of %d target sentences",
+                    len(src.items), src.seen, len(tgt.items), tgt.seen)
+    return src.items, tgt.items
+
+
+def prepare_vocabulary(cfg: DataConfig, fingerprint: dict[str, Any] | None = None) -> Tokenizer:
+    """The cached vocabulary of this corpus and these settings; trained on a sample (and cached) if missing.
+
+    Raises:
+        DataError, ConfigError: see ``Tokenizer.train``; OutputError: the cache cannot be written.
+    """
+    fingerprint = fingerprint or corpus_fingerprint(cfg)
+    key = vocab_key(cfg, fingerprint)
+    final = cache_root(cfg) / f"vocab-{_digest(key)}"
+    if (final / META_FILE).is_file():
+        logger.info("reusing the vocabulary in %s", final)
+        return Tokenizer.load(final)
+    start = time.perf_counter()
+    src, tgt = sample_sentences(cfg)
+    with _building(final) as tmp:
+        Tokenizer.train(
+            src, tgt, tmp, vocab_size=cfg.vocab_size, model_type=cfg.spm_model_type, joint=cfg.joint_vocab,
+            character_coverage=cfg.spm_character_coverage,
+        )
+        _write_json(tmp / "key.json", key)
+    logger.info("vocabulary ready in %s (%.1fs)", final, time.perf_counter() - start)
+    return Tokenizer.load(final)
+
+
+def tokenizer_for_run(cfg: DataConfig, run_tokenizer_dir: Path, fingerprint: dict[str, Any] | None = None) -> Tokenizer:
+    """The run folder's tokenizer (checked against ``cfg``); for a new run, the cached one copied there.
+
+    Call it on one process only (rank 0), then ``Tokenizer.load(run_tokenizer_dir)`` on the others.
+
+    Raises:
+        ConfigError: the run folder's tokenizer was trained with other settings; see also ``prepare_vocabulary``.
+    """
+    if (run_tokenizer_dir / META_FILE).is_file():  # a resumed run keeps its vocabulary, whatever the cache holds
+        return Tokenizer.load_or_train(
+            run_tokenizer_dir, [], [], vocab_size=cfg.vocab_size, model_type=cfg.spm_model_type,
+            joint=cfg.joint_vocab, character_coverage=cfg.spm_character_coverage,
+        )
+    tokenizer = prepare_vocabulary(cfg, fingerprint)
+    tokenizer.save(run_tokenizer_dir)
+    return tokenizer
+
+
+# ---- the encoded training pairs ----------------------------------------------------------------
+
+
+def find_prepared_pairs(cfg: DataConfig, tokenizer: Tokenizer, fingerprint: dict[str, Any] | None = None
+                        ) -> PreparedPairs | None:
+    """The complete cache of the training pairs for this corpus, tokenizer and filters, or None."""
+    fingerprint = fingerprint or corpus_fingerprint(cfg)
+    path = cache_root(cfg) / f"train-{_digest(pairs_key(cfg, fingerprint, tokenizer))}"
+    if not (path / PREPARED_FILE).is_file():
+        return None
+    return PreparedPairs(path, json.loads((path / PREPARED_FILE).read_text(encoding="utf-8")))
+
+
+def prepare_pairs(cfg: DataConfig, tokenizer: Tokenizer, fingerprint: dict[str, Any] | None = None) -> PreparedPairs:
+    """Encode and filter the training split into the cache (unless it is there already).
+
+    Peak memory is a few chunks of text plus the output's per-pair arrays (lengths, offsets, index), whatever
+    the corpus size: the ids themselves go straight to disk.
+
+    Raises:
+        DataError: the corpus cannot be read, or no pair is left after filtering; OutputError: the cache
+            cannot be written.
+    """
+    fingerprint = fingerprint or corpus_fingerprint(cfg)
+    found = find_prepared_pairs(cfg, tokenizer, fingerprint)
+    if found is not None:
+        logger.info("reusing the prepared training pairs in %s (%d pairs)", found.path, found.info["pairs"])
+        return found
+    key = pairs_key(cfg, fingerprint, tokenizer)
+    final = cache_root(cfg) / f"train-{_digest(key)}"
+    workers = cfg.prepare_workers or os.cpu_count() or 1
+    start = time.perf_counter()
+    with _building(final) as tmp:
+        info = _encode_to(tmp, cfg, tokenizer, workers)
+        info.update(key=key, seconds=round(time.perf_counter() - start, 2), workers=workers)
+        _write_json(tmp / PREPARED_FILE, info)
+    logger.info(
+        "prepared %d of %d training pairs (%d source and %d target tokens) in %.1fs with %d worker(s): %s",
+        info["pairs"], info["lines"], info["src_tokens"], info["tgt_tokens"], info["seconds"], workers, final,
+    )
+    return PreparedPairs(final, info)
+
+
+def encode_chunk(
+    tokenizer_state: dict[str, Any], cfg: DataConfig, src: list[str], tgt: list[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
+    """Encode and filter one chunk: (src ids, src lengths, tgt ids, tgt lengths, kept positions, drop counts).
+
+    A plain function of plain values, so that worker processes can run it.
+    """
+    tokenizer = Tokenizer.from_state(tokenizer_state)
+    src_ids, tgt_ids = tokenizer.encode_src(src), tokenizer.encode_tgt(tgt)
+    src_len = np.fromiter(map(len, src_ids), dtype=np.int64, count=len(src_ids))
+    tgt_len = np.fromiter(map(len, tgt_ids), dtype=np.int64, count=len(tgt_ids))
+    drops = length_filter(src_len + 1, tgt_len + 1, cfg)
+    keep = np.flatnonzero(~drops.any)
+    counts = {"empty": int(drops.empty.sum()), "too_long": int(drops.too_long.sum()),
+              "bad_ratio": int(drops.bad_ratio.sum())}
+    return (
+        _concat(src_ids, keep, src_len), src_len[keep].astype(np.int32),
+        _concat(tgt_ids, keep, tgt_len), tgt_len[keep].astype(np.int32),
+        keep, counts,
+    )
+
+
+def _concat(ids: list[list[int]], keep: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    out = np.empty(int(lengths[keep].sum()), dtype=np.int32)
+    position = 0
+    for i in keep.tolist():
+        n = len(ids[i])
+        out[position : position + n] = ids[i]
+        position += n
+    return out
+
+
+def _encode_to(folder: Path, cfg: DataConfig, tokenizer: Tokenizer, workers: int) -> dict[str, Any]:
+    """Stream the training split through ``encode_chunk`` into the files of ``folder``; returns the counts."""
+    state = tokenizer.to_state()
+    src_lengths: list[np.ndarray] = []
+    tgt_lengths: list[np.ndarray] = []
+    kept: list[np.ndarray] = []
+    drops = {"empty": 0, "too_long": 0, "bad_ratio": 0}
+    lines = 0
+    chunks = iter_split(cfg, "train", chunk_size=CHUNK_PAIRS)
+    try:
+        with open(folder / "src.bin", "wb") as src_out, open(folder / "tgt.bin", "wb") as tgt_out:
+            for offset, (src_ids, src_len, tgt_ids, tgt_len, keep, counts) in _in_order(state, cfg, chunks, workers):
+                src_out.write(src_ids.tobytes())
+                tgt_out.write(tgt_ids.tobytes())
+                src_lengths.append(src_len)
+                tgt_lengths.append(tgt_len)
+                kept.append(keep + offset)
+                lines = offset + counts.pop("lines")
+                for name, n in counts.items():
+                    drops[name] += n
+        index = np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
+        if len(index) == 0:
+            raise DataError(
+                f"no sentence pair left out of {lines} training pairs after filtering: {drops['empty']} empty, "
+                f"{drops['too_long']} longer than max_src_tokens={cfg.max_src_tokens} or "
+                f"max_tgt_tokens={cfg.max_tgt_tokens}, {drops['bad_ratio']} with a length ratio over "
+                f"max_length_ratio={cfg.max_length_ratio}; raise those data.* limits or check the corpus files"
+            )
+        offsets = {}
+        for side, lengths in (("src", src_lengths), ("tgt", tgt_lengths)):
+            offsets[side] = np.zeros(len(index) + 1, dtype=np.int64)
+            np.cumsum(np.concatenate(lengths), out=offsets[side][1:])
+            np.save(folder / f"{side}_offsets.npy", offsets[side])
+        np.save(folder / "index.npy", index.astype(np.int64))
+    except OSError as err:
+        raise write_error(folder, err, what="prepared data folder") from None
+    if sum(drops.values()):
+        logger.warning("dropped %d of %d training pairs: %s", sum(drops.values()), lines,
+                       ", ".join(f"{n} {name.replace('_', ' ')}" for name, n in drops.items()))
+    return {"pairs": len(index), "lines": lines, "dropped": drops,
+            "src_tokens": int(offsets["src"][-1]), "tgt_tokens": int(offsets["tgt"][-1])}
+
+
+def _in_order(
+    state: dict[str, Any], cfg: DataConfig, chunks: Iterator[tuple[list[str], list[str]]], workers: int
+) -> Iterator[tuple[int, tuple]]:
+    """``(line offset, encode_chunk(...) with counts["lines"])`` for each chunk, in corpus order.
+
+    With several workers, at most two chunks per worker are in flight, so the text read ahead stays bounded.
+    """
+    offset = 0
+    if workers == 1:
+        for src, tgt in chunks:
+            *arrays, counts = encode_chunk(state, cfg, src, tgt)
+            yield offset, (*arrays, dict(counts, lines=len(src)))
+            offset += len(src)
+        return
+    pending: deque[tuple[int, int, Future]] = deque()
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for src, tgt in chunks:
+            pending.append((offset, len(src), pool.submit(encode_chunk, state, cfg, src, tgt)))
+            offset += len(src)
+            while len(pending) >= 2 * workers:
+                yield _result(pending.popleft())
+        while pending:
+            yield _result(pending.popleft())
+
+
+def _result(entry: tuple[int, int, Future]) -> tuple[int, tuple]:
+    offset, n_lines, future = entry
+    *arrays, counts = future.result()
+    return offset, (*arrays, dict(counts, lines=n_lines))
+
+
+# ---- writing into place ------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _building(final: Path) -> Iterator[Path]:
+    """A temporary folder beside ``final``, renamed to it when the block ends without an error.
+
+    If another process finished the same folder first, its copy is kept and ours removed. Temporary folders
+    of processes of this host that no longer run (killed mid-way) are swept first.
+    """
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        _sweep_stale(final.parent)
+        tmp = final.parent / f".{final.name}.tmp-{socket.gethostname()}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    except OSError as err:
+        raise write_error(final.parent, err, what="data cache folder") from None
+    try:
+        yield tmp
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.is_dir():
+                raise
+            logger.info("another process prepared %s first; using its copy", final)
+    except OSError as err:
+        raise write_error(final, err, what="data cache folder") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _sweep_stale(root: Path) -> None:
+    host = socket.gethostname()
+    for path in root.glob(f".*.tmp-{host}-*"):
+        pid = path.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            logger.info("removing %s, left by a preparation that was stopped", path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, run by someone else
+        return True
+    return True
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
