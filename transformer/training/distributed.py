@@ -33,6 +33,16 @@ class DistributedContext:
         if self.enabled:
             dist.barrier()
 
+    def sum_over_ranks(self, value: int) -> torch.Tensor:
+        """``value`` summed over every rank, as a 0-dim float tensor on this rank's device (no host sync).
+
+        A collective: every rank must call it.
+        """
+        total = torch.tensor(float(value), device=self.device)
+        if self.enabled:
+            dist.all_reduce(total)
+        return total
+
     def all_ok(self, ok: bool) -> bool:
         """True when ``ok`` is True on every rank (a collective: every rank must call it)."""
         if not self.enabled:

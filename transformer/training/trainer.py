@@ -44,7 +44,7 @@ from transformer.training.checkpoint import (
 )
 from transformer.training.distributed import DistributedContext
 from transformer.training.loss import linear_label_smoothed_nll_loss
-from transformer.training.resume import changed_settings, check_resume_settings
+from transformer.training.resume import Change, changed_settings, check_resume_settings
 from transformer.training.run_dir import atomic_write_text, trim_metrics
 from transformer.training.schedule import build_scheduler
 
@@ -248,7 +248,8 @@ class Trainer:
 
         The batches are the micro-batches of one update (``grad_accum_steps`` of them in ``fit``; any number
         here): their gradients accumulate, each loss divided by the target tokens of all of them, so the
-        update equals one over a single large batch. Under DDP gradients sync on the last batch only.
+        update equals one over a single large batch. Under DDP gradients sync on the last batch only, and the
+        divisor is the target tokens of every rank's batches: N processes equal one accumulating N times as many.
 
         An update with a non-finite loss or gradient norm, or that runs out of GPU memory, changes no weight
         and no optimizer state (the schedule still advances, as for fp16's skipped steps); ``skipped_in_a_row``
@@ -280,7 +281,12 @@ class Trainer:
 
     def _forward_backward(self, batches: list[Batch]) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward and backward each micro-batch; gradients accumulate. Returns the summed loss and NLL."""
-        n_tokens = max(1, sum(b.n_tgt_tokens for b in batches))  # host ints: the whole update's target tokens
+        n_tokens: int | torch.Tensor = max(1, sum(b.n_tgt_tokens for b in batches))  # this rank's target tokens
+        if self.context.enabled:
+            # Every rank divides by the target tokens of the whole update, over all ranks (times the world size,
+            # since DDP averages the ranks' gradients): N processes then make the update that one process makes
+            # accumulating the same batches, whatever the ranks' token counts.
+            n_tokens = self.context.sum_over_ranks(n_tokens) / self.context.world_size
         loss_total = torch.zeros((), device=self.device)
         nll_total = torch.zeros((), device=self.device)
         for i, batch in enumerate(batches):
@@ -485,6 +491,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "step": self.step,
             "data": self.train_batches.state_dict(),
+            "world_size": self.context.world_size,  # the data position counts this many ranks' batches
             "rng": rng_states(),
             "tokenizer": self.tokenizer.to_state(),
             "best_score": self.best_score,
@@ -502,7 +509,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.step = state["step"]
-        self.train_batches.load_state_dict(state["data"])
+        self.train_batches.load_state_dict(data_position(state, self.context.world_size, where=where))
         self.best_score = state["best_score"]
         self.bad_evals = state["bad_evals"]
         self.elapsed = state.get("elapsed", 0.0)  # absent from checkpoints written before max_minutes existed
@@ -513,6 +520,8 @@ class Trainer:
         ranks = state.get("rng_ranks")  # absent from single-process checkpoints and older ones
         same_world = ranks is not None and len(ranks) == self.context.world_size
         set_rng_states(ranks[self.context.rank] if same_world else state["rng"])
+        if not same_world and self.context.rank > 0:  # a new world: the other ranks draw their own dropout masks
+            torch.manual_seed(self.config.train.seed + 1000 * self.context.rank + self.step)
 
     def resume(self, path: str | Path | None = None) -> None:
         """Continue from ``path`` (default: the run's ``checkpoints/last.pt``).
@@ -530,7 +539,7 @@ class Trainer:
         path = Path(path) if path is not None else self._last_path()
         state = load_checkpoint(path, map_location=self.device)
         changes = changed_settings(state["config"], self.config, where=str(path))
-        check_resume_settings(changes, where=str(path))
+        check_resume_settings(self._world_change_allowed(changes, state, where=str(path)), where=str(path))
         pairs, now = state.get("train_pairs"), len(self.train_batches.dataset)
         if pairs is not None and pairs != now:
             raise ResumeError(
@@ -544,6 +553,31 @@ class Trainer:
                 logger.info("resuming with %s: in effect from step %d", change, self.step + 1)
             self._complete_checkpoints(path, state)
         logger.info("resumed from %s at step %d", path, self.step)
+
+    def _world_change_allowed(self, changes: list[Change], state: dict[str, Any], *, where: str) -> list[Change]:
+        """``changes`` without a ``train.grad_accum_steps`` change that keeps the batches per update.
+
+        A run may resume on another number of processes when ``grad_accum_steps x processes`` stays the same
+        (2 processes accumulating 1 batch = 1 process accumulating 2): the updates are the same.
+
+        Raises:
+            ResumeError: the number of processes changed and the batches per update with it.
+        """
+        saved_world, world = state.get("world_size", 1), self.context.world_size
+        saved_accum = state["config"].get("train", {}).get("grad_accum_steps", 1)
+        accum = self.config.train.grad_accum_steps
+        if saved_accum * saved_world != accum * world:
+            if saved_world == world:
+                return changes  # an accumulation change on the same processes: check_resume_settings names it
+            fits = saved_accum * saved_world % world == 0
+            advice = (f"set train.grad_accum_steps={saved_accum * saved_world // world}" if fits
+                      else f"resume it on {saved_world} process(es)")
+            raise ResumeError(
+                f"cannot resume {where} on {world} process(es) with train.grad_accum_steps={accum}: it was trained on "
+                f"{saved_world} with train.grad_accum_steps={saved_accum}, {saved_accum * saved_world} batches per "
+                f"update; {advice} to keep the updates the same"
+            )
+        return [c for c in changes if c.key != "train.grad_accum_steps"]
 
     def _apply_lr_schedule(self) -> None:
         """Set the next update's learning rate from this config's ``train.lr`` and schedule at the current step.
@@ -645,6 +679,32 @@ class Trainer:
     def _restore_signal_handlers(previous: dict[int, Any]) -> None:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def data_position(state: dict[str, Any], world_size: int, *, where: str) -> dict[str, int]:
+    """The checkpoint's data position for a run on ``world_size`` processes.
+
+    A position counts one rank's batches of the epoch; rank r of N takes batches r, r + N, ... So N processes
+    at position p have used the first p * N batches, which M processes reach at position p * N / M. The tokens
+    per update (``data.max_tokens`` x ``train.grad_accum_steps`` x processes) are kept by the resume check, so
+    the division is exact at every update boundary.
+
+    Raises:
+        ResumeError: the position cannot be split evenly over ``world_size`` processes.
+    """
+    saved_world = state.get("world_size", 1)  # absent from checkpoints written before it was recorded
+    position = dict(state["data"])
+    if saved_world == world_size:
+        return position
+    used = position["position"] * saved_world
+    if used % world_size:
+        raise ResumeError(
+            f"{where} was written by {saved_world} process(es) after {used} batches of epoch {position['epoch']}, "
+            f"which {world_size} processes cannot share evenly; resume it with {saved_world} process(es)"
+        )
+    logger.info("resuming a %d-process run on %d process(es): data position %d -> %d", saved_world, world_size,
+                position["position"], used // world_size)
+    return {"epoch": position["epoch"], "position": used // world_size}
 
 
 def open_tensorboard(log_dir: Path) -> Any | None:
