@@ -216,3 +216,10 @@ def test_checkpoint_with_the_old_source_name_still_evaluates(files, monkeypatch,
     assert "BLEU" in capsys.readouterr().out
     warnings = [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()]
     assert len(warnings) == 1 and "write 'folder'" in warnings[0]
+
+
+def test_a_precision_the_device_lacks_is_reported_before_any_data_is_read(tmp_path, capsys):
+    code = main([*TRAIN, f"train.run_dir={tmp_path / 'run'}", f"data.data_dir={tmp_path / 'no such folder'}",
+                 "train.precision=fp16", "train.device=cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: train.precision=fp16 needs a CUDA device") and err.count("\n") == 1

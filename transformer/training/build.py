@@ -31,7 +31,7 @@ from transformer.errors import RunDirError, UserError
 from transformer.model.transformer import Transformer, count_parameters
 from transformer.training.distributed import DistributedContext
 from transformer.training.run_dir import RunFolder
-from transformer.training.trainer import Trainer, ValidationData
+from transformer.training.trainer import Trainer, ValidationData, autocast_context
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +43,10 @@ def build_trainer(config: Config, context: DistributedContext) -> Trainer:
     ``config.model`` is updated in place with the vocabulary sizes, which is what checkpoints record.
 
     Raises:
+        ConfigError: train.precision is not available on the device (checked first).
         DataError: the corpus cannot be read, or nothing is left after filtering.
     """
+    autocast_context(config.train.precision, context.device)  # e.g. fp16 on a CPU: said before any data work
     torch.manual_seed(config.train.seed + context.rank)
     random.seed(config.train.seed + context.rank)
     d = config.data
