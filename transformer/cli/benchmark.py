@@ -33,7 +33,7 @@ MODES = (
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "benchmark", help="speed benchmarks (compare, ablate, decode, data, engines)",
+        "benchmark", help="speed benchmarks (compare, ablate, decode, data, engines, scale)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     modes = parser.add_subparsers(dest="mode", metavar="MODE", required=True)
