@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import transformer.data.prepare as prepare
 from transformer.cli import main as cli_main
@@ -234,3 +235,31 @@ def test_prepare_command_in_a_subprocess(corpus, tmp_path):
     failed = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
     assert failed.returncode == 2 and "Traceback" not in failed.stderr
     assert failed.stderr.strip().splitlines()[-1].startswith(f"error: missing {corpus / 'train.en'}")
+
+
+@pytest.mark.slow
+def test_the_wmt14_recipe_trains_on_a_small_local_slice(tmp_path, monkeypatch, capsys):
+    """configs/wmt14_en_de_base.yaml as it is (the base model, bf16 autocast, noam), its hub source pointed at a
+    local slice in the wmt14 layout (a `translation` column): prepare, then one update and a saved checkpoint."""
+    import datasets.config
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+    cfg = DataConfig(data_dir=str(SAMPLE))
+    files = {}
+    for role, split in (("train", "train"), ("valid", "validation")):
+        src, tgt = load_split(cfg, role)
+        rows = [json.dumps({"translation": {"de": t, "en": s}}, ensure_ascii=False) for s, t in zip(src, tgt)]
+        files[split] = tmp_path / f"{split}.jsonl"
+        files[split].write_text("\n".join(rows) + "\n", encoding="utf-8")
+    overrides = [
+        "data.hub_name=json", "data.hub_config=", f"data.cache_dir={tmp_path / 'cache'}",
+        f"data.hub_data_files={{train: {files['train']}, validation: {files['validation']}}}",
+        f"train.run_dir={tmp_path / 'run'}", "train.max_steps=1", "train.eval_bleu=false", "train.device=cpu",
+    ]
+    config_path = str(ROOT / "configs" / "wmt14_en_de_base.yaml")
+    assert cli_main(["prepare", "--config", config_path, *overrides]) == 0
+    assert "training pairs: 520 of 520 lines" in capsys.readouterr().out
+    assert cli_main(["train", "--config", config_path, *overrides]) == 0
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["step"] == 1 and state["config"]["model"]["d_model"] == 512
+    assert state["config"]["train"]["schedule"] == "noam"
