@@ -359,11 +359,12 @@ def rank_pid(launcher: subprocess.Popen, rank: int) -> int:
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker processes in /proc")
 def test_torchrun_two_processes_sigkill_one_rank_then_resume_equals_an_uninterrupted_run(tmp_path):
     torchrun = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "transformer")
-    args = ("train.max_steps=24", "train.eval_every=4", "train.keep_last=2")
+    # Long enough that no launch finishes before its kill point on a fast machine (the points are wall-clock times).
+    args = ("train.max_steps=1000", "train.eval_every=25", "train.keep_last=2")
     reference = launch(tmp_path / "reference", *args, command=torchrun)
     out, err = reference.communicate(timeout=600)
     assert reference.returncode == 0, err[-3000:]
-    points = kill_points(seed=23, n=5, start=4.0, end=14.0)
+    points = kill_points(seed=23, n=5, start=4.0, end=10.0)
     hits = kill_and_resume(tmp_path / "killed", args, points, command=torchrun,
                            victim=lambda process: lambda: rank_pid(process, 1))
     assert len(hits) >= 3, hits
