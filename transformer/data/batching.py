@@ -56,8 +56,8 @@ class ParallelDataset:
     ):
         if len(src_ids) != len(tgt_ids):
             raise ValueError(f"{len(src_ids)} source but {len(tgt_ids)} target sequences")
-        self._src_flat, self._src_offsets = _flatten(src_ids)
-        self._tgt_flat, self._tgt_offsets = _flatten(tgt_ids)
+        self._src_flat, self._src_offsets = flatten(src_ids)
+        self._tgt_flat, self._tgt_offsets = flatten(tgt_ids)
         self.src_lengths = np.diff(self._src_offsets) + 1
         self.tgt_lengths = np.diff(self._tgt_offsets) + 1
         self.src_texts = list(src_texts) if src_texts is not None else []
@@ -204,7 +204,7 @@ def length_filter(src_len: np.ndarray, tgt_len: np.ndarray, cfg: DataConfig, *, 
     return Drops(empty, too_long, bad_ratio)
 
 
-def _flatten(seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+def flatten(seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
     """Ragged id lists -> (flat int32 ids, (N+1,) int64 offsets)."""
     lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
     offsets = np.zeros(len(seqs) + 1, dtype=np.int64)

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from transformer.config import DataConfig
-from transformer.data.batching import ParallelDataset, length_filter
+from transformer.data.batching import ParallelDataset, flatten, length_filter
 from transformer.data.corpus import (
     corpus_folder,
     find_split_file,
@@ -290,21 +290,12 @@ def encode_chunk(
     keep = np.flatnonzero(~drops.any)
     counts = {"empty": int(drops.empty.sum()), "too_long": int(drops.too_long.sum()),
               "bad_ratio": int(drops.bad_ratio.sum())}
+    kept = keep.tolist()
     return (
-        _concat(src_ids, keep, src_len), src_len[keep].astype(np.int32),
-        _concat(tgt_ids, keep, tgt_len), tgt_len[keep].astype(np.int32),
+        flatten([src_ids[i] for i in kept])[0], src_len[keep].astype(np.int32),
+        flatten([tgt_ids[i] for i in kept])[0], tgt_len[keep].astype(np.int32),
         keep, counts,
     )
-
-
-def _concat(ids: list[list[int]], keep: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    out = np.empty(int(lengths[keep].sum()), dtype=np.int32)
-    position = 0
-    for i in keep.tolist():
-        n = len(ids[i])
-        out[position : position + n] = ids[i]
-        position += n
-    return out
 
 
 def _encode_to(folder: Path, cfg: DataConfig, tokenizer: Tokenizer, workers: int) -> dict[str, Any]:
