@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     for key, value in (("data.data_dir", args.data_dir), ("train.run_dir", args.run_dir), ("train.device", args.device)):
         if value is not None:
             overrides.append(f"{key}={value}")
-    context = None
+    context, finished = None, False
     try:
         config = load_config(args.config, overrides)
         if config.train.threads > 0:
@@ -72,9 +72,10 @@ def run(args: argparse.Namespace) -> int:
             if context.is_main:
                 print(yaml.safe_dump(config.to_dict(), sort_keys=False), flush=True)  # the resolved config
             metrics = trainer.fit()
+        finished = True
     finally:
         if context is not None:
-            teardown(context)
+            teardown(context, finished=finished)
     if trainer.stop_signal is not None:  # a scheduler must see that the run stopped early
         if context.is_main:
             name = signal.Signals(trainer.stop_signal).name

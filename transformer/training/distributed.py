@@ -99,6 +99,14 @@ def setup(device_name: str = "auto") -> DistributedContext:
     return DistributedContext(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
 
 
-def teardown(context: DistributedContext) -> None:
+def teardown(context: DistributedContext, *, finished: bool = True) -> None:
+    """Leave the process group.
+
+    After a run that ``finished`` (every rank got to the end), wait for the others first: a gloo rank that
+    leaves while another still writes its checkpoint can abort at exit. After an error the others may never
+    come, so then it leaves at once.
+    """
     if context.enabled and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
