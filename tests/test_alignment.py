@@ -21,6 +21,7 @@ from transformer.decoding.alignment import (
     format_alignment,
     layer_index,
     sentence_alignment,
+    translate_with_attention,
     word_alignment,
     word_ids,
 )
@@ -132,6 +133,16 @@ def test_translate_alignment_appends_the_links_to_each_line(checkpoint, capsys):
     assert cli_main(["translate", "--checkpoint", str(checkpoint), "--alignment", "--n-best", "2", texts[0]]) == 0
     rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
     assert [r[0] for r in rows] == ["0", "0"] and all(len(r) == 4 for r in rows)
+
+
+def test_an_over_long_input_is_warned_about_once_with_alignment(checkpoint, caplog):
+    model, tokenizer, config = load_for_inference(checkpoint)
+    texts = ["two dogs play in the park " * 4, "a man"]
+    with caplog.at_level("WARNING"):
+        pairs = translate_with_attention(model, tokenizer, texts, config.decode, device="cpu", max_src_tokens=5)
+    assert len(pairs) == 2 and pairs[0][1].cross.size(-1) == 5  # the truncated source, EOS included
+    warnings = [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()]
+    assert warnings == ["1 of 2 input sentences are longer than 5 tokens (EOS included) and were truncated"]
 
 
 @pytest.mark.parametrize(

@@ -187,7 +187,10 @@ def align_hypotheses(
     if max_src_tokens is None:
         max_src_tokens = model.config.max_positions
     todo = [(i, k) for i, hyps in enumerate(nbest) for k in range(len(hyps))]
-    sources = encode_sources(tokenizer, [texts[i] for i, _ in todo], max_src_tokens=max_src_tokens) if todo else []
+    sources = (
+        encode_sources(tokenizer, [texts[i] for i, _ in todo], max_src_tokens=max_src_tokens, warn=False)
+        if todo else []
+    )
     attentions = forced_attention(
         model, tokenizer, sources, [nbest[i][k].tokens for i, k in todo], device=device, batch_size=batch_size
     )
@@ -218,7 +221,7 @@ def translate_with_attention(
     nbest = decode_texts(model, tokenizer, texts, cfg, device=device, max_src_tokens=max_src_tokens)
     todo = [i for i, hyps in enumerate(nbest) if hyps]
     limit = model.config.max_positions if max_src_tokens is None else max_src_tokens
-    sources = encode_sources(tokenizer, [texts[i] for i in todo], max_src_tokens=limit) if todo else []
+    sources = encode_sources(tokenizer, [texts[i] for i in todo], max_src_tokens=limit, warn=False) if todo else []
     attentions = forced_attention(
         model, tokenizer, sources, [nbest[i][0].tokens for i in todo], device=device, batch_size=cfg.batch_size
     )

@@ -327,18 +327,22 @@ def decode_batch(
 
 
 def encode_sources(
-    tokenizer: Tokenizer, texts: Sequence[str], *, max_src_tokens: int | None
+    tokenizer: Tokenizer, texts: Sequence[str], *, max_src_tokens: int | None, warn: bool = True
 ) -> list[list[int]]:
-    """Source ids (pieces + EOS) of each text; longer than ``max_src_tokens`` is truncated, keeping EOS."""
+    """Source ids (pieces + EOS) of each text; longer than ``max_src_tokens`` is truncated, keeping EOS.
+
+    ``warn=False`` for a second pass over texts that were already decoded (and warned about) once.
+    """
     encoded = tokenizer.encode_src(list(texts))
     ids = [pieces + [EOS_ID] for pieces in encoded]
     if max_src_tokens is not None:
         too_long = sum(len(x) > max_src_tokens for x in ids)
-        if too_long:
+        if too_long and warn:
             logger.warning(
                 "%d of %d input sentences are longer than %d tokens (EOS included) and were truncated",
                 too_long, len(ids), max_src_tokens,
             )
+        if too_long:
             ids = [x if len(x) <= max_src_tokens else x[: max_src_tokens - 1] + [EOS_ID] for x in ids]
     return ids
 
