@@ -337,12 +337,12 @@ def encode_sources(
     ids = [pieces + [EOS_ID] for pieces in encoded]
     if max_src_tokens is not None:
         too_long = sum(len(x) > max_src_tokens for x in ids)
-        if too_long and warn:
-            logger.warning(
-                "%d of %d input sentences are longer than %d tokens (EOS included) and were truncated",
-                too_long, len(ids), max_src_tokens,
-            )
         if too_long:
+            if warn:
+                logger.warning(
+                    "%d of %d input sentences are longer than %d tokens (EOS included) and were truncated",
+                    too_long, len(ids), max_src_tokens,
+                )
             ids = [x if len(x) <= max_src_tokens else x[: max_src_tokens - 1] + [EOS_ID] for x in ids]
     return ids
 
