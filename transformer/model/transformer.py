@@ -123,6 +123,13 @@ class Transformer(nn.Module):
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
 
+    def output_projection(self) -> nn.Linear:
+        """The (V, D) output classifier (its weight is the target embedding when ``tie_output``).
+
+        Public so that a loss can apply it itself, a chunk of rows at a time, to the ``return_hidden`` states.
+        """
+        return self.output
+
     def src_mask(self, src: torch.Tensor) -> torch.Tensor:
         """(B, S) -> (B, 1, 1, S), True at real source tokens."""
         return padding_mask(src, self.config.pad_id)
