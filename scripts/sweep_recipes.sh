@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
-# The recipe sweep of docs/EXPERIMENTS.md: short Multi30k en->de runs side by side on one GPU, each capped in
-# wall time and validated every 500 updates (greedy BLEU on the first 300 `val` sentences).
-#   bash scripts/sweep_recipes.sh ROUND OUT [MINUTES] [MULTI30K_DIR]      # ROUND: 1 or 2
+# The recipe sweep of docs/EXPERIMENTS.md: short Multi30k en->de runs side by side on one GPU, each bounded by
+# a number of updates and validated every 500 updates (greedy BLEU on the first 300 `val` sentences).
+#   bash scripts/sweep_recipes.sh ROUND OUT [UPDATES] [MULTI30K_DIR]      # ROUND: 1 or 2
 # Each run's metrics.jsonl is copied to OUT/NAME.jsonl.
 set -u
 ROUND=$1
 OUT=$2
-MINUTES=${3:-2.5}
+UPDATES=${3:-3000}
 DATA=${4:-data/multi30k}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
 PY=${PYTHON:-python3}
-common=(--config configs/multi30k_en_de_gpu.yaml --data-dir "$DATA" train.max_minutes="$MINUTES" train.max_epochs=200
+common=(--config configs/multi30k_en_de_gpu.yaml --data-dir "$DATA" train.max_steps="$UPDATES"
         train.patience=0 train.keep_last=0 train.eval_every=500 train.eval_max_sentences=300 train.log_every=100)
 
 run() {

@@ -1,4 +1,5 @@
-"""Shared fixtures: a seeded tiny model config, a model factory, a token generator and the Multi30k folder."""
+"""Shared fixtures: a seeded tiny model config, a model factory, a token generator and the Multi30k folder; tiny
+models, sources and checkpoint states for decoding tests; a model trained for seconds on data/sample and its export."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from transformer.config import ModelConfig
+from transformer.config import Config, ModelConfig
+from transformer.data.tokenizer import Tokenizer
 from transformer.model.transformer import Transformer
+from transformer.tokens import EOS_ID, PAD_ID
 
 VOCAB = 23  # small, and not a multiple of anything in the tiny preset
 PAD = 0
@@ -20,7 +23,7 @@ PAD = 0
 @pytest.fixture
 def tiny_config() -> ModelConfig:
     """The tiny preset (d_model=32, 4 heads, 2 + 2 layers) with a small vocabulary."""
-    return ModelConfig.preset("tiny", src_vocab_size=VOCAB, tgt_vocab_size=VOCAB, pad_id=PAD)
+    return ModelConfig.preset("tiny", src_vocab_size=VOCAB, tgt_vocab_size=VOCAB)
 
 
 @pytest.fixture
@@ -78,3 +81,86 @@ def data_cache(tmp_path_factory) -> Path:
         os.environ.pop("TRANSFORMER_CACHE_DIR", None)
     else:
         os.environ["TRANSFORMER_CACHE_DIR"] = before
+
+
+# ---- tiny models, sources and checkpoints shared by the decoding, ensemble and inference tests ------------
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tmp_path_factory) -> Tokenizer:
+    """A small joint SentencePiece vocabulary (40 pieces) of a few English sentences."""
+    texts = ["a man rides a bike", "two dogs play in the park", "a woman reads a book"] * 5
+    return Tokenizer.train(texts, texts, tmp_path_factory.mktemp("spm"), vocab_size=40, joint=True)
+
+
+@pytest.fixture(scope="session")
+def make_state() -> Callable[..., tuple[dict, Transformer]]:
+    """``make_state(tokenizer, seed=0)``: the state of a checkpoint file of a seeded tiny model, and the model."""
+    def make(tokenizer: Tokenizer, seed: int = 0) -> tuple[dict, Transformer]:
+        config = Config(model=ModelConfig.preset("tiny", src_vocab_size=tokenizer.src_vocab_size,
+                                                 tgt_vocab_size=tokenizer.tgt_vocab_size))
+        torch.manual_seed(seed)
+        model = Transformer(config.model)
+        state = {"config": config.to_dict(), "model": model.state_dict(), "tokenizer": tokenizer.to_state(),
+                 "step": seed}
+        return state, model
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Callable[..., Transformer]:
+    """``tiny_model(vocab, seed=0, **overrides)``: an untrained tiny model in eval mode whose output layer is
+    untied and scaled, so that its outputs vary and end early."""
+
+    def make(vocab: int, seed: int = 0, **overrides) -> Transformer:
+        torch.manual_seed(seed)
+        config = ModelConfig.preset("tiny", src_vocab_size=vocab, tgt_vocab_size=vocab, tie_output=False)
+        model = Transformer(dataclasses.replace(config, **overrides))
+        torch.nn.init.normal_(model.output.weight, std=0.4)
+        return model.eval()
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def random_src() -> Callable[..., torch.Tensor]:
+    """``random_src(batch, vocab, seed=1, min_len=2, max_len=9)``: (batch, S) padded sources of random lengths,
+    each ending with EOS."""
+    def make(batch: int, vocab: int, seed: int = 1, min_len: int = 2, max_len: int = 9) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        lengths = torch.randint(min_len, max_len + 1, (batch,), generator=g).tolist()
+        rows = [torch.randint(4, vocab, (n - 1,), generator=g).tolist() + [EOS_ID] for n in lengths]
+        width = max(lengths)
+        return torch.tensor([r + [PAD_ID] * (width - len(r)) for r in rows])
+
+    return make
+
+
+SAMPLE_TRAINING = (  # `transformer train` on data/sample: the sample model with d_ff=128, 150 updates (~7 s on a CPU)
+    "model.d_ff=128", "data.vocab_size=200", "train.max_steps=150", "train.warmup_steps=20", "train.lr=5e-3",
+    "train.eval_bleu=false", "train.device=cpu", "train.threads=1",
+)
+
+
+@pytest.fixture(scope="session")
+def sample_checkpoint(tmp_path_factory, data_cache) -> Path:
+    """last.pt of a tiny model trained for a few seconds on the sample corpus: it translates into short German
+    sentences that end with EOS (unlike an untrained model), which is what the engines must agree on."""
+    from transformer.cli import main  # here, not at the top: a broken command must not break every test
+
+    root = Path(__file__).resolve().parents[1]
+    run = tmp_path_factory.mktemp("sample_run") / "run"
+    argv = ["train", "--config", str(root / "configs" / "sample.yaml"), f"data.data_dir={root / 'data' / 'sample'}",
+            *SAMPLE_TRAINING, f"train.run_dir={run}"]
+    assert main(argv) == 0
+    return run / "checkpoints" / "last.pt"
+
+
+@pytest.fixture(scope="session")
+def sample_export(sample_checkpoint, tmp_path_factory) -> Path:
+    """The float32 CTranslate2 export of ``sample_checkpoint`` (skips without ctranslate2)."""
+    pytest.importorskip("ctranslate2")
+    from transformer.inference import export_ctranslate2
+
+    return export_ctranslate2(sample_checkpoint, tmp_path_factory.mktemp("sample_ct2") / "ct2")

@@ -14,10 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from transformer.config import Config, ModelConfig
-from transformer.data.tokenizer import Tokenizer
-from transformer.model.transformer import Transformer
-from transformer.training.checkpoint import (
+from transformer.checkpoint import (
     CheckpointError,
     average_checkpoints,
     load_checkpoint,
@@ -25,6 +22,9 @@ from transformer.training.checkpoint import (
     load_model_state,
     save_checkpoint,
 )
+from transformer.config import Config, ModelConfig
+from transformer.data.tokenizer import Tokenizer
+from transformer.model.transformer import Transformer
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from transformer.config import (
     PRESETS,
+    ROLES,
     Config,
     ConfigError,
     DataConfig,
     DecodeConfig,
     ModelConfig,
     TrainConfig,
-    _warn_old_source_name,
     load_config,
 )
 from transformer.model.transformer import Transformer, count_parameters
@@ -190,7 +192,6 @@ def test_d_model_not_divisible_by_heads() -> None:
         (lambda: ModelConfig(dropout=1.0), "dropout"),
         (lambda: ModelConfig(activation="swish"), "activation"),
         (lambda: ModelConfig(share_embeddings=True, src_vocab_size=100, tgt_vocab_size=200), "share_embeddings"),
-        (lambda: ModelConfig(pad_id=8000), "pad_id"),
         (lambda: DataConfig(src_lang="en", tgt_lang="en"), "src_lang"),
         (lambda: TrainConfig(precision="fp8"), "precision"),
         (lambda: TrainConfig(max_steps=0, max_epochs=0), "max_steps"),
@@ -263,10 +264,9 @@ def test_wmt14_base_yaml_is_the_papers_setup() -> None:
     assert t.label_smoothing == pytest.approx(0.1) and t.precision == "bf16"
 
 
-@pytest.mark.parametrize("key", ["max_minutes", "threads"])
-def test_negative_time_budget_or_thread_count_is_rejected(key):
-    with pytest.raises(ConfigError, match=key):
-        TrainConfig(**{key: -1})
+def test_negative_thread_count_is_rejected():
+    with pytest.raises(ConfigError, match="train.threads must be >= 0, got -1"):
+        TrainConfig(threads=-1)
 
 
 # ---------------------------------------------------------------------------------------------- validation
@@ -313,16 +313,120 @@ def test_values_that_make_no_sense_name_the_key(build, message):
     assert message in str(info.value)
 
 
-def test_old_source_name_is_read_as_folder_with_one_warning(caplog):
-    _warn_old_source_name.cache_clear()
+# ---------------------------------------------------------------------------------------------- data.files
+
+
+def test_files_in_yaml_and_as_an_override(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "data:\n  source: files\n  files:\n    train: corpus/train.{lang}\n"))
+    assert config.data.files == {"train": "corpus/train.{lang}"}
+    config = load_config(None, ["data.source=tsv", "data.files={train: a.tsv, valid: b.tsv, test: c.tsv}"])
+    assert config.data.files == {"train": "a.tsv", "valid": "b.tsv", "test": "c.tsv"}
+    assert Config.from_dict(config.to_dict()) == config
+    # As data/README.md shows: {lang} inside a YAML {...} mapping must be quoted.
+    config = load_config(None, ["data.source=files", 'data.files={train: "c/train.{lang}", valid: "c/dev.{lang}"}'])
+    assert config.data.files == {"train": "c/train.{lang}", "valid": "c/dev.{lang}"}
+
+
+@pytest.mark.parametrize(
+    ("source", "files", "message"),
+    [
+        ("files", {"dev": "dev.{lang}"}, "data.files: unknown role(s) ['dev']; valid roles: ['train', 'valid', 'test']"),
+        ("folder", {"val": "x"}, "data.files: unknown role(s) ['val']"),
+        ("files", {"train": "corpus/train.en"}, "data.files.train='corpus/train.en' needs {lang} (source: files), "
+                                                "e.g. corpus/train.{lang} for corpus/train.en and corpus/train.de"),
+        ("tsv", {"valid": "corpus/valid.{lang}.tsv"}, "data.files.valid='corpus/valid.{lang}.tsv' has {lang}, but a "
+                                                      "source: tsv file holds both languages"),
+        ("tsv", {"test": " "}, "data.files.test is empty"),
+    ],
+)  # fmt: skip
+def test_files_errors_name_the_key(source: str, files: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [f"data.source={source}", f"data.files={files}"])
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_files_are_not_checked_for_the_sources_that_do_not_read_them() -> None:
+    tsv = DataConfig(source="tsv", files={"train": "train.tsv"})
+    assert dataclasses.replace(tsv, source="folder").files == {"train": "train.tsv"}  # as distillation does
+
+
+# ---------------------------------------------------------------------------------------------- saved configs
+
+
+def old_saved_config(**data: Any) -> dict[str, Any]:
+    """A config as checkpoints before ``data.files`` saved it: ``model.pad_id``, ``train.max_minutes`` and the
+    nine per-role path keys, all present."""
+    values = Config().to_dict()
+    del values["data"]["files"]
+    values["model"]["pad_id"] = 0
+    values["train"]["max_minutes"] = 30.0
+    values["data"].update({f"{role}_{kind}": "" for role in ROLES for kind in ("src", "tgt", "tsv")})
+    values["data"].update(data)
+    return values
+
+
+def test_an_old_saved_config_loads_into_the_new_form() -> None:
+    old = old_saved_config(
+        source="files", train_src="corpus/train.en", train_tgt="corpus/train.de",
+        valid_src="en-de/en/dev.en", valid_tgt="en-de/de/dev.de",  # the language twice, and "en" elsewhere too
+        test_tsv="unread.tsv",  # a path of the other source: it was never read
+    )  # fmt: skip
+    config = Config.from_saved(old, where="config in old.pt")
+    assert config.data.source == "files"
+    assert config.data.files == {"train": "corpus/train.{lang}", "valid": "en-de/{lang}/dev.{lang}"}
+    assert config.model == Config().model and config.train == Config().train
+    assert old["model"]["pad_id"] == 0 and "train_src" in old["data"]  # the caller's dict is left as it was
+
+    tsv = Config.from_saved(old_saved_config(source="tsv", train_tsv="a.tsv", test_tsv="c.tsv"))
+    assert tsv.data.files == {"train": "a.tsv", "test": "c.tsv"}
+    folder = Config.from_saved(old_saved_config(source="multi30k", data_dir="data/m30k"))
+    assert (folder.data.source, folder.data.data_dir, folder.data.files) == ("folder", "data/m30k", {})
+    assert Config.from_saved(Config().to_dict()) == Config()  # a new config passes through unchanged
+
+
+def test_old_file_pairs_that_differ_by_more_than_the_language_are_left_out(caplog) -> None:
+    old = old_saved_config(source="files", train_src="corpus/a.txt", train_tgt="corpus/b.txt")
     with caplog.at_level(logging.WARNING, logger="transformer.config"):
-        assert DataConfig(source="multi30k").source == "folder"
-        old = Config().to_dict()
-        old["data"]["source"] = "multi30k"  # a checkpoint's config from before the rename
-        assert Config.from_dict(old).data.source == "folder"
-    warnings = [r.getMessage() for r in caplog.records if "multi30k" in r.getMessage()]
-    assert len(warnings) == 1 and "write 'folder'" in warnings[0]
-    assert DataConfig().source == "folder"
+        assert Config.from_saved(old).data.files == {}
+    assert "data.train_src=corpus/a.txt and data.train_tgt=corpus/b.txt differ by more than the language" in caplog.text
+
+
+def test_an_old_saved_config_with_another_pad_id_is_refused() -> None:
+    old = old_saved_config()
+    old["model"]["pad_id"] = 4
+    with pytest.raises(ConfigError, match=r"^config in old.pt: model.pad_id=4, but this version pads with id 0 only"):
+        Config.from_saved(old, where="config in old.pt")
+
+
+def test_old_keys_from_a_user_are_errors_that_list_the_valid_keys(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, "model:\n  preset: tiny\n  pad_id: 0\n"))
+    assert "run.yaml: unknown key(s) ['pad_id'] in ModelConfig; valid keys: [" in str(info.value)
+    assert "'d_model'" in str(info.value) and "'preset'" in str(info.value)
+    for override, key in [("train.max_minutes=5", "max_minutes"), ("data.train_src=a.en", "train_src"),
+                          ("data.valid_tsv=b.tsv", "valid_tsv")]:
+        with pytest.raises(ConfigError) as info:
+            load_config(None, [override])
+        assert f"unknown key(s) ['{key}']" in str(info.value) and "valid keys: [" in str(info.value)
+    with pytest.raises(ConfigError, match=r"data.source must be one of \[.*\], got 'multi30k'"):
+        load_config(None, ["data.source=multi30k"])
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['pad_id'\]"):
+        Config.from_dict(old_saved_config())  # only from_saved translates
+
+
+# ---------------------------------------------------------------------------------------------- decode
+
+
+def test_decode_updated_skips_none_and_validates() -> None:
+    decode = DecodeConfig(beam_size=4, length_penalty=1.0)
+    assert decode.updated() == decode and decode.updated() is not decode
+    changed = decode.updated(beam_size=2, length_penalty=None, max_len_b=None, n_best=2)
+    assert (changed.beam_size, changed.length_penalty, changed.max_len_b, changed.n_best) == (2, 1.0, 10, 2)
+    assert decode.beam_size == 4  # a copy
+    with pytest.raises(ConfigError, match=r"decode.n_best \(5\) cannot exceed decode.beam_size \(4\)"):
+        decode.updated(n_best=5)
+    with pytest.raises(TypeError, match="beam"):
+        decode.updated(beam=3)
 
 
 def test_unreadable_config_files(tmp_path: Path) -> None:

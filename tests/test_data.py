@@ -23,7 +23,7 @@ import torch
 
 from transformer.cli import main as cli_main
 from transformer.config import ConfigError, DataConfig
-from transformer.data.batching import Batch, BatchIterator, ParallelDataset, SubwordSampler, collate
+from transformer.data.batching import Batch, BatchIterator, ParallelDataset, SubwordSampler, collate, pad_ids
 from transformer.data.corpus import DataError, load_split
 from transformer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, load_or_train_tokenizer
 
@@ -101,24 +101,30 @@ def test_multi30k_folder_from_env_then_default(tmp_path, monkeypatch):
     assert load_split(DataConfig(), "train") == (EN[1:3], DE[1:3])
 
 
-def test_files_source(tmp_path):
-    cfg = DataConfig(
-        source="files",
-        train_src=str(write(tmp_path / "a.txt", EN)),
-        train_tgt=str(write(tmp_path / "b.txt.gz", DE, gz=True)),
-    )
+def test_files_source_fills_in_each_language(tmp_path):
+    write(tmp_path / "en" / "corpus.en", EN)  # {lang} twice: the folder and the extension
+    write(tmp_path / "de" / "corpus.de", DE)
+    write(tmp_path / "dev.en.gz", EN[2:], gz=True)
+    write(tmp_path / "dev.de.gz", DE[2:], gz=True)
+    files = {"train": str(tmp_path / "{lang}" / "corpus.{lang}"), "valid": str(tmp_path / "dev.{lang}.gz")}
+    cfg = DataConfig(source="files", files=files)
     assert load_split(cfg, "train") == (EN, DE)
-    with pytest.raises(DataError, match="data.valid_src and data.valid_tgt"):
-        load_split(cfg, "valid")
+    assert load_split(cfg, "valid") == (EN[2:], DE[2:])
+    with pytest.raises(DataError, match=r"data.source=files reads the test split from data.files, which has no "
+                                        r"test path; add one, e.g. test: \"corpus/test.\{lang\}\""):
+        load_split(cfg, "test")
 
 
 def test_tsv_source(tmp_path):
     path = write(tmp_path / "train.tsv", [f"{e}\t{d}" for e, d in zip(EN, DE)] + [""])
-    src, tgt = load_split(DataConfig(source="tsv", train_tsv=str(path)), "train")
+    src, tgt = load_split(DataConfig(source="tsv", files={"train": str(path)}), "train")
     assert (src, tgt) == (EN + [""], DE + [""])  # the blank line is kept here, dropped (counted) when encoding
     bad = write(tmp_path / "bad.tsv", [f"{EN[0]}\t{DE[0]}", "no tab here"])
     with pytest.raises(DataError, match=rf"{bad}:2: expected source<TAB>target"):
-        load_split(DataConfig(source="tsv", train_tsv=str(bad)), "train")
+        load_split(DataConfig(source="tsv", files={"train": str(bad)}), "train")
+    with pytest.raises(DataError, match="data.source=tsv reads the valid split from data.files, which has no valid "
+                                        "path; add one, e.g. valid: corpus/valid.tsv"):
+        load_split(DataConfig(source="tsv", files={"train": str(path)}), "valid")
 
 
 @pytest.fixture
@@ -246,15 +252,9 @@ def test_data_dir_that_is_a_file_or_a_file_that_is_a_folder(tmp_path):
     with pytest.raises(DataError, match=rf"data folder {path} \(data.data_dir\) is a file, not a folder"):
         load_split(DataConfig(data_dir=str(path)), "train")
     (tmp_path / "train.de").mkdir()
-    cfg = DataConfig(source="files", train_src=str(path), train_tgt=str(tmp_path / "train.de"))
+    cfg = DataConfig(source="files", files={"train": str(tmp_path / "train.{lang}")})
     with pytest.raises(DataError, match=rf"{tmp_path / 'train.de'} is a folder"):
         load_split(cfg, "train")
-
-
-def test_old_source_name_reads_the_folder(tmp_path):
-    write(tmp_path / "train.en", EN)
-    write(tmp_path / "train.de", DE)
-    assert load_split(DataConfig(source="multi30k", data_dir=str(tmp_path)), "train") == (EN, DE)
 
 
 def test_filtering_counts_each_reason(tokenizer, caplog):
@@ -307,6 +307,14 @@ def test_batch_layout_eos_bos_shift_and_padding(dataset, tokenizer):
             assert batch.tgt_in[row].tolist() == [BOS_ID] + y + padding
             assert batch.tgt_out[row].tolist() == y + [EOS_ID] + padding
     assert tokenizer.decode_tgt(batch.tgt_out) == [dataset.tgt_texts[i] for i in batch.indices.tolist()]
+
+
+def test_pad_ids_right_pads_with_pad_id():
+    padded = pad_ids([[5, 6, 7], (8,), np.array([9, 4], dtype=np.int32)], "cpu")
+    assert padded.dtype == torch.long and padded.device.type == "cpu"
+    assert padded.tolist() == [[5, 6, 7], [8, PAD_ID, PAD_ID], [9, 4, PAD_ID]]
+    assert pad_ids([[3], [4]], torch.device("cpu")).tolist() == [[3], [4]]  # nothing to pad
+    assert pad_ids([], "cpu").shape == (0, 0)
 
 
 def test_batch_to_and_pin_memory_keep_contents(dataset):
@@ -588,8 +596,14 @@ def test_download_script_from_a_local_mirror(tmp_path, capsys):
         out = tmp_path / "out"
         assert download.main(["multi30k", "--out", str(out), "--base-url", url, "--splits", "val"]) == 0
         assert load_split(DataConfig(data_dir=str(out)), "valid") == (EN, DE)
+        assert sorted(p.name for p in out.iterdir()) == ["val.de.gz", "val.en.gz"]  # no temporary file left
         assert download.main(["multi30k", "--out", str(out), "--base-url", url, "--splits", "val", "--langs", "fr"]) == 2
         assert "HTTP 404" in capsys.readouterr().err
+        (mirror / "test_2016_flickr.en.gz").write_text("not gzip", encoding="utf-8")
+        argv = ["multi30k", "--out", str(out), "--base-url", url, "--splits", "test_2016_flickr", "--langs", "en"]
+        assert download.main(argv) == 2
+        assert "test_2016_flickr.en.gz is not gzip-compressed UTF-8 text" in capsys.readouterr().err
+        assert sorted(p.name for p in out.iterdir()) == ["val.de.gz", "val.en.gz"]  # nothing written for it
     finally:
         server.shutdown()
         server.server_close()

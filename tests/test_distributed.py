@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from transformer.training.checkpoint import load_checkpoint
+from transformer.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -13,6 +13,7 @@ from transformer.model.embeddings import (
     TokenEmbedding,
     sinusoidal_table,
 )
+from transformer.tokens import PAD_ID
 
 
 def reference_pe(pos: int, j: int, d_model: int) -> float:
@@ -68,8 +69,8 @@ def test_sinusoidal_encoding_keeps_the_input_dtype() -> None:
 def test_token_embedding_is_scaled_by_sqrt_d_model() -> None:
     torch.manual_seed(0)
     d_model = 16
-    module = TokenEmbedding(11, d_model, pad_id=0)
-    tokens = torch.tensor([[1, 4, 0], [10, 2, 2]])
+    module = TokenEmbedding(11, d_model)
+    tokens = torch.tensor([[1, 4, PAD_ID], [10, 2, 2]])
     out = module(tokens)
     assert out.shape == (2, 3, d_model)
     torch.testing.assert_close(out, module.weight[tokens] * math.sqrt(d_model))
@@ -78,9 +79,10 @@ def test_token_embedding_is_scaled_by_sqrt_d_model() -> None:
 
 
 def test_token_embedding_pad_row_gets_no_gradient() -> None:
-    module = TokenEmbedding(7, 8, pad_id=0)
-    module(torch.tensor([[0, 1, 2]])).sum().backward()
-    assert torch.all(module.weight.grad[0] == 0) and torch.any(module.weight.grad[1] != 0)
+    module = TokenEmbedding(7, 8)
+    assert module.embedding.padding_idx == PAD_ID
+    module(torch.tensor([[PAD_ID, 1, 2]])).sum().backward()
+    assert torch.all(module.weight.grad[PAD_ID] == 0) and torch.any(module.weight.grad[1] != 0)
 
 
 def test_learned_positions_add_one_row_per_position() -> None:

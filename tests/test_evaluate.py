@@ -14,15 +14,15 @@ import torch
 from sacrebleu.metrics import BLEU
 from torch import nn
 
+from transformer.checkpoint import save_checkpoint
 from transformer.cli import main as cli_main
 from transformer.config import Config, DataConfig, DecodeConfig, ModelConfig
 from transformer.data.tokenizer import Tokenizer
 from transformer.decoding.ensemble import Ensemble
-from transformer.decoding.search import decode_texts, translate_texts
 from transformer.errors import DataError, UserError
 from transformer.evaluation import corpus_scores, evaluate_model, moses_tokenize, tokenized_bleu
+from transformer.inference import TorchTranslator, translate_texts
 from transformer.model.transformer import Transformer
-from transformer.training.checkpoint import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBJECTS = ["A man", "Two women", "A little girl", "The old dog", "Three children", "A young boy"]
@@ -49,6 +49,11 @@ def make_model(tokenizer: Tokenizer, seed: int = 0) -> Transformer:
     model = Transformer(config)
     nn.init.normal_(model.output.weight, std=0.4)
     return model.eval()
+
+
+def translator(model: nn.Module, tokenizer: Tokenizer) -> TorchTranslator:
+    """The PyTorch engine of a model or an ensemble, on the CPU."""
+    return TorchTranslator(model, tokenizer, device="cpu")
 
 
 def load_script(name: str) -> SimpleNamespace:
@@ -84,14 +89,14 @@ def test_translations_are_plain_text_in_input_order(tokenizer):
     model = make_model(tokenizer)
     texts = ["", SRC[3], SRC[10] + " " + SRC[11], "   ", SRC[0]]
     cfg = DecodeConfig(beam_size=3, max_len_a=0.2, max_len_b=4, batch_size=2)
-    out = translate_texts(model, tokenizer, texts, cfg, device="cpu")
+    out = translate_texts(translator(model, tokenizer), texts, cfg)
     assert len(out) == len(texts) and out[0] == "" and out[3] == ""
     for i in (1, 2, 4):
-        assert out[i] == translate_texts(model, tokenizer, [texts[i]], cfg, device="cpu")[0]
+        assert out[i] == translate_texts(translator(model, tokenizer), [texts[i]], cfg)[0]
     assert all(s not in text for text in out for s in SPECIALS)
     # Not vacuous: the hypotheses' raw pieces do carry the word marker that decoding must remove.
     sp = spm.SentencePieceProcessor(model_proto=tokenizer.to_state()["src_model"])
-    pieces = [sp.id_to_piece(i) for hyps in decode_texts(model, tokenizer, texts, cfg, device="cpu") for h in hyps
+    pieces = [sp.id_to_piece(i) for hyps in translator(model, tokenizer).translate(texts, cfg) for h in hyps
               for i in h.tokens]
     assert any(p.startswith("▁") for p in pieces)
 
@@ -100,26 +105,26 @@ def test_overlong_input_is_truncated_with_a_warning(tokenizer, caplog):
     model = make_model(tokenizer)
     long_text = " ".join(SRC)  # hundreds of pieces
     cfg = DecodeConfig(beam_size=2, max_len_a=0.0, max_len_b=5)
-    with caplog.at_level(logging.WARNING, logger="transformer.decoding"):
-        out = translate_texts(model, tokenizer, [long_text, "A dog."], cfg, device="cpu", max_src_tokens=8)
+    with caplog.at_level(logging.WARNING, logger="transformer.inference"):
+        out = translate_texts(translator(model, tokenizer), [long_text, "A dog."], cfg, max_src_tokens=8)
     assert len(out) == 2 and "1 of 2 input sentences are longer than 8 tokens" in caplog.text
     # Truncation keeps EOS: the result is the translation of the first 7 pieces + EOS.
     first_pieces = tokenizer.decode_src([tokenizer.encode_src([long_text])[0][:7]])[0]
-    assert out[0] == translate_texts(model, tokenizer, [first_pieces], cfg, device="cpu")[0]
+    assert out[0] == translate_texts(translator(model, tokenizer), [first_pieces], cfg)[0]
 
 
 def test_evaluate_model_scores_and_restores_train_mode(tokenizer):
     model = make_model(tokenizer).train()
     cfg = DecodeConfig(beam_size=1, max_len_a=0.2, max_len_b=3)
-    scores, hyps = evaluate_model(model, tokenizer, SRC[:6], TGT[:6], cfg, device="cpu", max_sentences=4)
+    scores, hyps = evaluate_model(translator(model, tokenizer), SRC[:6], TGT[:6], cfg, max_sentences=4)
     assert len(hyps) == 4 and scores["sentences"] == 4
     assert 0.0 <= scores["bleu"] < 100.0 and "nrefs:1" in scores["bleu_signature"]
     assert model.training  # the trainer's mode is given back
     model.eval()
-    again, _ = evaluate_model(model, tokenizer, SRC[:4], TGT[:4], cfg, device="cpu")
+    again, _ = evaluate_model(translator(model, tokenizer), SRC[:4], TGT[:4], cfg)
     assert again["bleu"] == scores["bleu"]  # dropout was off during the first call too
     with pytest.raises(ValueError, match="6 source sentences but 5 references"):
-        evaluate_model(model, tokenizer, SRC[:6], TGT[:5], cfg, device="cpu")
+        evaluate_model(translator(model, tokenizer), SRC[:6], TGT[:5], cfg)
 
 
 # ---------------------------------------------------------------------------------------- scripts
@@ -157,6 +162,7 @@ def test_translate_script_arguments_and_stdin(run, capsys, monkeypatch):
     rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
     assert len(rows) == 3 and all(r[0] == "0" for r in rows)
     scores = [float(r[1]) for r in rows]
+    print("NBEST", rows)
     assert scores == sorted(scores, reverse=True) and len({r[2] for r in rows}) >= 1
 
 
@@ -213,7 +219,7 @@ def test_evaluate_script_decodes_a_split(run, tmp_path, capsys, tokenizer):
     # The same numbers as evaluate_model with the checkpoint's settings (what the trainer reports).
     model = make_model(tokenizer)
     cfg = DecodeConfig(beam_size=2, max_len_a=0.2, max_len_b=3)
-    expected, _ = evaluate_model(model, tokenizer, SRC[5:12], TGT[5:12], cfg, device="cpu")
+    expected, _ = evaluate_model(translator(model, tokenizer), SRC[5:12], TGT[5:12], cfg)
     assert expected["bleu_text"] in out
     assert evaluate.main(["--checkpoint", str(run / "model.pt"), "--split", "valid", "--beam-size", "1"]) == 0
     assert "5 sentences" in capsys.readouterr().out
@@ -230,8 +236,8 @@ def test_translate_script_decodes_several_checkpoints_as_an_ensemble(run, capsys
     out = capsys.readouterr().out.splitlines()
     ensemble = Ensemble([make_model(tokenizer), make_model(tokenizer, seed=1)])
     cfg = DecodeConfig(beam_size=2, max_len_a=0.2, max_len_b=3)  # the checkpoint's settings
-    assert out == translate_texts(ensemble, tokenizer, texts, cfg, device="cpu")
-    assert out != translate_texts(make_model(tokenizer), tokenizer, texts, cfg, device="cpu")  # not model.pt alone
+    assert out == translate_texts(translator(ensemble, tokenizer), texts, cfg)
+    assert out != translate_texts(translator(make_model(tokenizer), tokenizer), texts, cfg)  # not model.pt alone
     # A checkpoint of another vocabulary: one line on stderr, exit status 2.
     other = Tokenizer.train([s.lower() for s in SRC], [t.lower() for t in TGT], tmp_path / "tok", vocab_size=80)
     config = Config(model=ModelConfig.preset("tiny", src_vocab_size=other.src_vocab_size,
@@ -253,10 +259,10 @@ def test_evaluate_script_scores_an_ensemble(run, tmp_path, capsys, tokenizer):
     assert out.startswith(f"{paths[0]} + {paths[1]}: ") and "7 sentences" in out
     ensemble = Ensemble([make_model(tokenizer), make_model(tokenizer, seed=1)])
     cfg = DecodeConfig(beam_size=2, max_len_a=0.2, max_len_b=3)
-    expected, hyps = evaluate_model(ensemble, tokenizer, SRC[5:12], TGT[5:12], cfg, device="cpu")
+    expected, hyps = evaluate_model(translator(ensemble, tokenizer), SRC[5:12], TGT[5:12], cfg)
     assert hyp_path.read_text(encoding="utf-8").splitlines() == hyps
     assert expected["bleu_text"] in out
-    _, alone = evaluate_model(make_model(tokenizer), tokenizer, SRC[5:12], TGT[5:12], cfg, device="cpu")
+    _, alone = evaluate_model(translator(make_model(tokenizer), tokenizer), SRC[5:12], TGT[5:12], cfg)
     assert hyps != alone  # the second checkpoint changed the translations
     assert evaluate.main(["--checkpoint", paths[0], "--checkpoint", str(tmp_path / "missing.pt")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err

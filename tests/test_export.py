@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from transformer.checkpoint import save_checkpoint
 from transformer.cli import main
 from transformer.config import Config, DecodeConfig, ModelConfig
 from transformer.data.tokenizer import Tokenizer
 from transformer.model.transformer import Transformer
-from transformer.training.checkpoint import save_checkpoint
 
 pytest.importorskip("ctranslate2")
+from transformer.inference import ct2_export  # noqa: E402
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,16 +28,14 @@ SAMPLE = ROOT / "data" / "sample"
 INSTALL = 'pip install -e ".[serve]"'
 
 
-def checkpoint(folder: Path, tokenizer: Tokenizer, **options) -> Path:
-    """A tiny untrained checkpoint of this project (model, config and vocabulary)."""
+def checkpoint(folder: Path, tokenizer: Tokenizer, **saved_model_config) -> Path:
+    """A tiny untrained checkpoint of this project (model, config and vocabulary); ``saved_model_config`` is
+    written into its config's model section as it is (as an older version's checkpoint may have it)."""
     torch.manual_seed(0)
-    sizes = dict(src_vocab_size=tokenizer.src_vocab_size, tgt_vocab_size=tokenizer.tgt_vocab_size)
-    config = ModelConfig.preset("tiny", **sizes, **options)
-    state = {
-        "model": Transformer(config).state_dict(),
-        "config": Config(model=config, decode=DecodeConfig(max_len_a=0, max_len_b=3)).to_dict(),
-        "tokenizer": tokenizer.to_state(),
-    }
+    config = ModelConfig.preset("tiny", src_vocab_size=tokenizer.src_vocab_size, tgt_vocab_size=tokenizer.tgt_vocab_size)
+    saved = Config(model=config, decode=DecodeConfig(max_len_a=0, max_len_b=3)).to_dict()
+    saved["model"].update(saved_model_config)
+    state = {"model": Transformer(config).state_dict(), "config": saved, "tokenizer": tokenizer.to_state()}
     save_checkpoint(state, folder / "model.pt")
     return folder / "model.pt"
 
@@ -79,9 +78,17 @@ def test_export_writes_the_folder_and_refuses_to_overwrite_it(capsys, files):
     assert f"wrote {files['model']}" in capsys.readouterr().out and (files["model"] / "model.bin").is_file()
 
 
-def test_export_refuses_a_model_ctranslate2_cannot_express(capsys, files):
+def test_export_refuses_a_model_ctranslate2_cannot_express(capsys, files, monkeypatch):
+    """Every option of today's models is expressible: the exporter is told here that ReLU is not."""
+    monkeypatch.setitem(ct2_export.SUPPORTED, "activation", ("gelu",))
+    line = error_line(capsys, ["export", "--checkpoint", str(files["checkpoint"]), "--output", str(files["tmp"] / "relu")])
+    assert "cannot export to CTranslate2 exactly" in line and "model.activation='relu': CTranslate2 supports gelu" in line
+    assert not (files["tmp"] / "relu").exists()
+
+
+def test_export_refuses_an_old_checkpoint_padded_with_another_id(capsys, files):
     line = error_line(capsys, ["export", "--checkpoint", str(files["pad4"]), "--output", str(files["tmp"] / "pad-ct2")])
-    assert "model.pad_id=4" in line and "by length" in line
+    assert str(files["pad4"]) in line and "model.pad_id=4" in line and "pads with id 0 only" in line
     assert not (files["tmp"] / "pad-ct2").exists()
 
 

@@ -2,7 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from transformer.training.loss import label_smoothed_nll_loss, linear_label_smoothed_nll_loss
+from transformer.data.batching import Batch
+from transformer.training.loss import Seq2SeqLoss, label_smoothed_nll_loss, linear_label_smoothed_nll_loss
 
 PAD = 0
 
@@ -144,3 +145,36 @@ def test_fused_projection_with_bf16_products_matches_bf16_logits():
     assert grads[0].dtype == torch.bfloat16 and grads[1].dtype == torch.float32
     for got, ref in zip(grads, want):
         torch.testing.assert_close(got.float(), ref, atol=0.05, rtol=0.05)
+
+
+def test_seq2seq_loss_fused_equals_full_logits_and_runs_the_given_module(make_model, tokens):
+    """The trainer's loss (output projection fused in) against ``fused=False`` (full logits, then the plain
+    loss): the same sums and the same gradients, within float tolerance."""
+    model = make_model(dropout=0.0)
+    tgt = tokens(3, 6)
+    tgt[1, 4:] = PAD
+    tgt_out = torch.cat([tgt[:, 1:], torch.full((3, 1), PAD)], dim=1)
+    batch = Batch(src=tokens(3, 5), tgt_in=tgt, tgt_out=tgt_out, indices=torch.arange(3), n_src_tokens=15,
+                  n_tgt_tokens=int((tgt_out != PAD).sum()))
+    results = []
+    for fused in (True, False):
+        loss_fn = Seq2SeqLoss(model, smoothing=0.1, precision="fp32", device=torch.device("cpu"), fused=fused)
+        loss, nll = loss_fn(batch)
+        grads = torch.autograd.grad(loss, list(model.parameters()))
+        results.append((loss, nll, *grads))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+    calls = []
+
+    class Wrapper(torch.nn.Module):  # stands for the DDP or compiled wrapper the trainer runs through
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, *args, **kwargs):
+            calls.append(kwargs)
+            return self.inner(*args, **kwargs)
+
+    loss, _ = Seq2SeqLoss(model, smoothing=0.1, precision="fp32", device=torch.device("cpu"))(batch, Wrapper())
+    assert calls == [{"return_hidden": True}] and torch.equal(loss.detach(), results[0][0].detach())

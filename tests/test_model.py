@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,8 +12,9 @@ from torch import nn
 
 from transformer.config import PRESETS, ModelConfig
 from transformer.model.transformer import Transformer, count_parameters
+from transformer.tokens import PAD_ID
 
-PAD = 0
+MODEL_DIR = Path(__file__).resolve().parents[1] / "transformer" / "model"
 TOL = dict(atol=1e-5, rtol=1e-5)
 
 
@@ -73,7 +77,7 @@ def test_no_future_leakage(make_model, tokens, norm_first: bool) -> None:
 def test_source_padding_does_not_change_outputs(make_model, tokens, norm_first: bool) -> None:
     model = make_model(norm_first=norm_first)
     src, tgt = tokens(1, 5), tokens(1, 4)
-    padded = torch.cat([src, torch.full((1, 3), PAD)], dim=1)
+    padded = torch.cat([src, torch.full((1, 3), PAD_ID)], dim=1)
     torch.testing.assert_close(model(padded, tgt), model(src, tgt), **TOL)
     memory = model.encode(padded, model.src_mask(padded))
     torch.testing.assert_close(memory[:, :5], model.encode(src), **TOL)
@@ -83,7 +87,7 @@ def test_source_padding_does_not_change_outputs(make_model, tokens, norm_first: 
 def test_target_padding_does_not_change_real_positions(make_model, tokens, norm_first: bool) -> None:
     model = make_model(norm_first=norm_first)
     src, tgt = tokens(1, 5), tokens(1, 4)
-    padded = torch.cat([tgt, torch.full((1, 3), PAD)], dim=1)
+    padded = torch.cat([tgt, torch.full((1, 3), PAD_ID)], dim=1)
     torch.testing.assert_close(model(src, padded)[:, :4], model(src, tgt), **TOL)
 
 
@@ -91,8 +95,8 @@ def test_a_sentence_decodes_the_same_alone_and_in_a_batch(make_model, tokens) ->
     model = make_model()
     src_a, tgt_a = tokens(1, 4), tokens(1, 3)
     src_b, tgt_b = tokens(1, 9), tokens(1, 8)
-    src = torch.cat([torch.cat([src_a, torch.full((1, 5), PAD)], dim=1), src_b])
-    tgt = torch.cat([torch.cat([tgt_a, torch.full((1, 5), PAD)], dim=1), tgt_b])
+    src = torch.cat([torch.cat([src_a, torch.full((1, 5), PAD_ID)], dim=1), src_b])
+    tgt = torch.cat([torch.cat([tgt_a, torch.full((1, 5), PAD_ID)], dim=1), tgt_b])
     batched = model(src, tgt)
     torch.testing.assert_close(batched[:1, :3], model(src_a, tgt_a), **TOL)
     torch.testing.assert_close(batched[1:], model(src_b, tgt_b), **TOL)
@@ -115,7 +119,7 @@ def test_learned_positions_error_past_max_positions(make_model, tokens) -> None:
 
 def padded_batch(tokens) -> tuple[torch.Tensor, torch.Tensor]:
     src = tokens(2, 6)
-    src[1, 4:] = PAD  # the cross-attention must use the source mask
+    src[1, 4:] = PAD_ID  # the cross-attention must use the source mask
     return src, tokens(2, 7)
 
 
@@ -163,7 +167,7 @@ def test_decoder_state_reorder_equals_recomputing(make_model, tokens, norm_first
     logits of the kept rows must match a fresh uncached state and the teacher-forced pass of the same rows."""
     model = make_model(norm_first=norm_first)
     src = tokens(3, 6)
-    src[1, 4:] = PAD  # the cross-attention must use the source mask
+    src[1, 4:] = PAD_ID  # the cross-attention must use the source mask
     k = 2
     state = model.init_state(src, max_len=8, beam_size=k)  # memory per sentence, self-attention per row
     assert state.memory.shape == (3, 6, 32) and state.rows == 6
@@ -314,8 +318,27 @@ def test_tie_output(make_model) -> None:
 
 def test_pad_embeddings_start_at_zero(make_model) -> None:
     model = make_model()
-    assert torch.all(model.encoder.embedding.weight[PAD] == 0)
-    assert torch.all(model.decoder.embedding.weight[PAD] == 0)
+    assert torch.all(model.encoder.embedding.weight[PAD_ID] == 0)
+    assert torch.all(model.decoder.embedding.weight[PAD_ID] == 0)
+
+
+def test_the_source_mask_hides_exactly_the_pad_id(make_model) -> None:
+    model = make_model()
+    src = torch.tensor([[5, PAD_ID + 1, PAD_ID, PAD_ID]])
+    assert model.src_mask(src)[0, 0, 0].tolist() == [True, True, False, False]
+
+
+def test_the_model_imports_no_data_module() -> None:
+    """The model knows the special ids from ``transformer.tokens`` only: no tokenizer, corpus or batching."""
+    imported = []
+    for path in sorted(MODEL_DIR.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.append(node.module)
+            elif isinstance(node, ast.Import):
+                imported += [alias.name for alias in node.names]
+    assert "transformer.tokens" in imported  # so the check below cannot pass vacuously
+    assert not [name for name in imported if name.startswith("transformer.data")]
 
 
 def test_dropout_is_active_only_in_training(make_model, tokens) -> None:
@@ -378,8 +401,8 @@ def test_attention_weights_through_forward(make_model, tokens, norm_first: bool)
     asking for them changes no output."""
     model = make_model(norm_first=norm_first)
     src, tgt = tokens(3, 6), tokens(3, 5)
-    src[1, 4:] = PAD
-    src[2, 2:] = PAD
+    src[1, 4:] = PAD_ID
+    src[2, 2:] = PAD_ID
     logits, weights = model(src, tgt, return_attention=True)
     torch.testing.assert_close(logits, model(src, tgt), **TOL)
     hidden, _ = model(src, tgt, return_hidden=True, return_attention=True)
@@ -388,7 +411,7 @@ def test_attention_weights_through_forward(make_model, tokens, norm_first: bool)
     c = model.config
     assert [len(weights.encoder), len(weights.decoder), len(weights.cross)] == [c.n_encoder_layers, c.n_decoder_layers,
                                                                                 c.n_decoder_layers]
-    real = src.ne(PAD)[:, None, None, :]  # (B, 1, 1, S)
+    real = src.ne(PAD_ID)[:, None, None, :]  # (B, 1, 1, S)
     for w in weights.encoder + weights.cross:
         assert w.shape[:2] == (3, c.n_heads) and w.shape[-1] == 6
         torch.testing.assert_close(w.sum(-1), torch.ones(w.shape[:-1]))
@@ -425,7 +448,7 @@ def test_cached_step_attention_equals_the_forced_pass(make_model, tokens) -> Non
     what the forced pass shows."""
     model = make_model()
     src = tokens(2, 6)
-    src[1, 4:] = PAD
+    src[1, 4:] = PAD_ID
     k, tgt = 3, tokens(6, 5)  # row i*K + b: hypothesis b of sentence i
     state = model.init_state(src, max_len=5, beam_size=k)
     steps = {"self": [], "cross": []}

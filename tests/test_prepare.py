@@ -191,6 +191,23 @@ def test_hub_source_from_arrow_batches_equals_the_folder(corpus, tmp_path, monke
     assert_same_pairs(prepare_pairs(hub_cfg, tokenizer).load(), prepare_pairs(folder_cfg, tokenizer).load())
 
 
+def test_files_and_tsv_sources_prepare_the_pairs_of_the_folder(corpus, tmp_path):
+    folder_cfg = data_config(corpus, tmp_path / "cache", prepare_workers=1)
+    files_cfg = replace(folder_cfg, source="files", files={"train": str(corpus / "train.{lang}")})
+    src, tgt = load_split(folder_cfg, "train")
+    tsv = tmp_path / "train.tsv"
+    tsv.write_text("".join(f"{s}\t{t}\n" for s, t in zip(src, tgt)), encoding="utf-8")
+    tsv_cfg = replace(folder_cfg, source="tsv", files={"train": str(tsv)})
+    # The key names the files read: both languages of the {lang} path, or the one TSV file.
+    stat = prepare.corpus_fingerprint(files_cfg)
+    assert [f["path"] for f in stat["files"]] == [str((corpus / name).resolve()) for name in ("train.en", "train.de")]
+    assert [f["path"] for f in prepare.corpus_fingerprint(tsv_cfg)["files"]] == [str(tsv.resolve())]
+    tokenizer = prepare_vocabulary(folder_cfg)
+    expected = prepare_pairs(folder_cfg, tokenizer).load()
+    assert_same_pairs(prepare_pairs(files_cfg, tokenizer).load(), expected)
+    assert_same_pairs(prepare_pairs(tsv_cfg, tokenizer).load(), expected)
+
+
 def test_a_run_keeps_its_own_tokenizer_and_training_maps_the_cache(corpus, tmp_path):
     config = load_config(ROOT / "configs" / "sample.yaml", [
         f"data.data_dir={corpus}", f"data.cache_dir={tmp_path / 'cache'}", f"train.run_dir={tmp_path / 'run'}",

@@ -26,7 +26,7 @@ def test_reduced_multi30k_run_translates_well_above_chance(tmp_path, multi30k):
     run_dir = tmp_path / "run"
     status = cli_main(["train",
         "--config", str(ROOT / "configs" / "multi30k_en_de.yaml"), "--data-dir", str(multi30k),
-        "--run-dir", str(run_dir), f"train.max_steps={STEPS}", "train.max_minutes=0", f"train.eval_every={STEPS}",
+        "--run-dir", str(run_dir), f"train.max_steps={STEPS}", f"train.eval_every={STEPS}",
         "train.eval_max_sentences=300", "train.keep_last=0", f"train.log_every={STEPS // 3}",
     ])
     assert status == 0

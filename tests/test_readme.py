@@ -63,3 +63,10 @@ def test_the_quick_start_runs_as_written(tmp_path):
     translation = result.stdout.strip().splitlines()[-1]
     assert translation and translation != "A dog is running on the beach." and "Traceback" not in result.stderr
     assert (tmp_path / "runs" / "sample" / "checkpoints" / "best.pt").is_file()
+    # The Python section runs as written on the model the quick start trained, and prints the same translation.
+    [python_block] = re.findall(r"```python\n(.*?)```", README, flags=re.S)
+    result = subprocess.run(["python", "-c", python_block], cwd=tmp_path, env=ENV, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = result.stdout.splitlines()
+    assert printed[0] == repr([translation]) and "Hypothesis(tokens=" in printed[1]

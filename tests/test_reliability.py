@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from transformer.checkpoint import load_checkpoint
 from transformer.cli import main
 from transformer.config import load_config
 from transformer.training.build import training_run
-from transformer.training.checkpoint import load_checkpoint
 from transformer.training.distributed import setup
 from transformer.training.run_dir import LOCK_FILE, RunFolder
 from transformer.training.schedule import inverse_sqrt

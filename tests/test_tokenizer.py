@@ -11,6 +11,7 @@ import pytest
 import sentencepiece as spm
 import torch
 
+from transformer import tokens
 from transformer.data.tokenizer import (
     BOS_ID,
     EOS_ID,
@@ -43,8 +44,9 @@ def joint(corpus, tmp_path_factory) -> Tokenizer:
     return Tokenizer.train(src, tgt, tmp_path_factory.mktemp("joint"), vocab_size=200)
 
 
-def test_special_id_constants_are_fixed():
+def test_special_id_constants_are_fixed_and_come_from_the_tokens_module():
     assert (PAD_ID, UNK_ID, BOS_ID, EOS_ID) == (0, 1, 2, 3)
+    assert (PAD_ID, UNK_ID, BOS_ID, EOS_ID) == (tokens.PAD_ID, tokens.UNK_ID, tokens.BOS_ID, tokens.EOS_ID)
 
 
 @pytest.mark.parametrize("model_type", ["bpe", "unigram"])
@@ -149,7 +151,7 @@ def test_unwritable_folder_is_one_clear_error(joint, tmp_path):
     (tmp_path / "tok" / META_FILE).mkdir(parents=True)  # a folder where tokenizer.json goes
     with pytest.raises(OutputError, match=str(tmp_path / "tok" / META_FILE)):
         joint.save(tmp_path / "tok")
-    assert not list((tmp_path / "tok").glob("*.tmp"))
+    assert sorted(p.name for p in (tmp_path / "tok").iterdir()) == [JOINT_MODEL, META_FILE]  # no temporary file left
 
 
 def test_training_is_quiet(corpus, tmp_path, capfd):

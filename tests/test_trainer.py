@@ -1,4 +1,5 @@
-"""The training loop: learning, exact resume, signals, gradient accumulation, atomic checkpoints."""
+"""The training loop and its update step: learning, exact resume, signals, gradient accumulation, faults,
+atomic checkpoints."""
 
 from __future__ import annotations
 
@@ -13,13 +14,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from transformer.checkpoint import load_checkpoint
 from transformer.config import Config, DataConfig, DecodeConfig, ModelConfig, TrainConfig
-from transformer.data.batching import BatchIterator, ParallelDataset, SubwordSampler, collate
+from transformer.data.batching import Batch, BatchIterator, ParallelDataset, SubwordSampler, collate
 from transformer.data.tokenizer import Tokenizer
 from transformer.decoding.search import greedy_decode
+from transformer.errors import DivergenceError
 from transformer.model.transformer import Transformer
-from transformer.training.checkpoint import load_checkpoint
+from transformer.training.loss import Seq2SeqLoss
+from transformer.training.optim import build_optimizer
+from transformer.training.resume import resume_trainer
 from transformer.training.trainer import Trainer, ValidationData
+from transformer.training.update import UpdateStep
 
 # 20 pairs: English number words -> German number words (a deterministic mapping a tiny model can learn).
 EN = "one two three four five six seven eight nine ten".split()
@@ -106,7 +112,7 @@ def test_resume_equals_an_uninterrupted_run_bitwise(tmp_path, tokenizer, subword
     first.fit()
     resumed = make_trainer(config("b", 9), tokenizer)
     assert not torch.equal(resumed.model.output.weight, first.model.output.weight)  # really rebuilt
-    resumed.resume()
+    resume_trainer(resumed)
     assert resumed.step == 4
     resumed.fit()
     assert resumed.step == 9
@@ -119,15 +125,15 @@ def test_sigterm_saves_last_checkpoint_and_resume_continues_exactly(tmp_path, to
     full.fit()
 
     interrupted = make_trainer(make_config(tmp_path / "b", tokenizer, max_steps=7), tokenizer)
-    original_update = interrupted.train_step
+    original_loss, calls = interrupted.update.loss_fn, []
 
-    def update_then_signal(group):
-        out = original_update(group)
-        if interrupted.step == 2:  # during the third update
+    def loss_then_signal(batch):
+        calls.append(1)
+        if len(calls) == 3:  # during the third update (one batch each)
             os.kill(os.getpid(), signal.SIGTERM)
-        return out
+        return original_loss(batch)
 
-    monkeypatch.setattr(interrupted, "train_step", update_then_signal)
+    monkeypatch.setattr(interrupted.update, "loss_fn", loss_then_signal)
     interrupted.fit()
     assert interrupted.step == 3
     saved = load_checkpoint(Path(interrupted.config.train.run_dir) / "checkpoints" / "last.pt")
@@ -135,33 +141,9 @@ def test_sigterm_saves_last_checkpoint_and_resume_continues_exactly(tmp_path, to
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
 
     resumed = make_trainer(make_config(tmp_path / "b", tokenizer, max_steps=7), tokenizer)
-    resumed.resume()
+    resume_trainer(resumed)
     resumed.fit()
     assert_bitwise_equal(params(full), params(resumed))
-
-
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")  # the test swaps in a plain SGD
-def test_gradient_accumulation_equals_one_large_batch(tmp_path, tokenizer):
-    config = make_config(tmp_path, tokenizer, grad_accum_steps=2)
-    config.model = replace(config.model, dropout=0.0)
-    src, tgt = zip(*PAIRS)
-    dataset = ParallelDataset.from_texts(list(src), list(tgt), tokenizer, config.data)
-    # Two micro-batches of different sizes and lengths: per-micro-batch normalisation would weight them wrongly.
-    a, b = [0, 1, 2], [3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
-    micro = [collate(dataset, a), collate(dataset, b)]
-    whole = [collate(dataset, a + b)]
-    accumulated, single = make_trainer(config, tokenizer), make_trainer(config, tokenizer)
-    initial = params(single)
-    for trainer in (accumulated, single):
-        # Plain SGD with lr 1: the parameter change is the gradient itself (Adam's first step is sign-like).
-        trainer.optimizer = torch.optim.SGD(trainer.model.parameters(), lr=1.0)
-    accumulated.train_step(micro)
-    single.train_step(whole)
-    grads_acc = {k: initial[k] - v for k, v in params(accumulated).items()}
-    grads_one = {k: initial[k] - v for k, v in params(single).items()}
-    for name in grads_one:
-        assert torch.allclose(grads_acc[name], grads_one[name], rtol=1e-4, atol=1e-7), name
-    assert grads_one["output.weight"].abs().sum() > 0
 
 
 def test_validation_keeps_best_checkpoint_and_early_stopping_stops(tmp_path, tokenizer, monkeypatch):
@@ -178,30 +160,17 @@ def test_validation_keeps_best_checkpoint_and_early_stopping_stops(tmp_path, tok
     assert [r["loss"] for r in records if r["split"] == "valid"] == [3.0, 2.0, 2.5, 2.6]
 
 
-def fake_clock(trainer: Trainer, seconds_per_tick: float) -> None:
-    """Each tick of the run's wall clock (after an update, after a validation) advances it by a fixed amount."""
-    trainer._tick = lambda: setattr(trainer, "elapsed", trainer.elapsed + seconds_per_tick)
-
-
-def test_max_minutes_stops_after_a_final_validation_and_the_clock_survives_resume(tmp_path, tokenizer, monkeypatch):
-    config = make_config(tmp_path, tokenizer, max_steps=50, eval_every=100, max_minutes=1.0)
-    trainer = make_trainer(config, tokenizer, validation=True)
-    monkeypatch.setattr(trainer, "validate", lambda: {"loss": 1.0})
-    fake_clock(trainer, 20.0)
-    trainer.fit()  # 20, 40, 60 s after updates 1-3: the budget is spent, validate (80 s) and stop
-    assert trainer.step == 3
-    run_dir = Path(config.train.run_dir)
-    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [(r["step"], r["time"]) for r in records if r["split"] == "valid"] == [(3, 80.0)]
-    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["elapsed"] == 80.0
-
-    longer = replace(config, train=replace(config.train, max_minutes=2.0))
-    resumed = make_trainer(longer, tokenizer, validation=True)
-    monkeypatch.setattr(resumed, "validate", lambda: {"loss": 1.0})
-    resumed.resume()
-    fake_clock(resumed, 20.0)
-    resumed.fit()  # 100, 120 s after updates 4-5
-    assert resumed.step == 5
+def test_the_clock_of_the_records_is_carried_across_resume(tmp_path, tokenizer):
+    config = make_config(tmp_path, tokenizer, max_steps=2)
+    make_trainer(config, tokenizer).fit()
+    saved = load_checkpoint(Path(config.train.run_dir) / "checkpoints" / "last.pt")["elapsed"]
+    resumed = make_trainer(replace(config, train=replace(config.train, max_steps=4)), tokenizer)
+    resume_trainer(resumed)
+    assert resumed.elapsed == saved > 0
+    resumed.fit()
+    records = [json.loads(x) for x in (Path(config.train.run_dir) / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["split"] == "train"] == [2, 4]
+    assert records[-1]["time"] >= round(saved, 1)
 
 
 def test_validation_computes_loss_and_bleu(tmp_path, tokenizer):
@@ -230,10 +199,10 @@ def test_interrupted_checkpoint_write_leaves_the_last_good_one(tmp_path, tokeniz
         f.write(b"partial bytes of a checkpoint")
         raise OSError("disk full")
 
-    monkeypatch.setattr("transformer.training.checkpoint.torch.save", crash)
+    monkeypatch.setattr("transformer.checkpoint.torch.save", crash)
     trainer.step += 1
     with pytest.raises(OSError, match="disk full"):
-        trainer._save_step_checkpoint()
+        trainer.checkpoints.save(trainer)
     assert last.read_bytes() == before
     assert load_checkpoint(last)["step"] == 2
     assert not list(last.parent.glob(".*.tmp")), "temporary file left behind"
@@ -293,27 +262,20 @@ def test_metrics_go_to_tensorboard_when_it_is_installed(tmp_path, tokenizer, mon
 
 def test_a_non_finite_loss_skips_the_update_and_the_run_goes_on(tmp_path, tokenizer, monkeypatch, caplog):
     trainer = make_trainer(make_config(tmp_path, tokenizer, max_steps=4), tokenizer)
-    original_loss, calls = trainer.loss, []
+    original_loss, calls = trainer.update.loss_fn, []
 
-    def nan_in_update_2(model, batch):
-        loss, nll = original_loss(model, batch)
+    def nan_in_update_2(batch):
+        loss, nll = original_loss(batch)
         calls.append(1)
         return (loss * float("nan"), nll) if len(calls) == 2 else (loss, nll)
 
-    monkeypatch.setattr(trainer, "loss", nan_in_update_2)
-    steps = []
-    original_step = trainer.train_step
-
-    def record(group):
-        before = params(trainer)
-        out = original_step(group)
-        steps.append(all(torch.equal(before[k], v) for k, v in params(trainer).items()))
-        return out
-
-    monkeypatch.setattr(trainer, "train_step", record)
+    monkeypatch.setattr(trainer.update, "loss_fn", nan_in_update_2)
+    stepped = []
+    trainer.optimizer.register_step_post_hook(lambda *_: stepped.append(trainer.step + 1))
     trainer.fit()
-    assert trainer.step == 4 and steps == [False, True, False, False]  # only update 2 changed nothing
-    assert trainer.skipped == {"nonfinite": 1, "oom": 0, "overflow": 0} and trainer.skipped_in_a_row == 0
+    assert trainer.step == 4 and stepped == [1, 3, 4]  # update 2 never reached the optimizer
+    assert trainer.update.skipped == {"nonfinite": 1, "oom": 0, "overflow": 0}
+    assert trainer.update.skipped_in_a_row == 0
     assert any(r.getMessage().startswith("step 2: the loss is not finite (nan); update skipped") for r in caplog.records)
     saved = load_checkpoint(Path(trainer.config.train.run_dir) / "checkpoints" / "last.pt")
     assert saved["skipped"]["nonfinite"] == 1
@@ -321,28 +283,30 @@ def test_a_non_finite_loss_skips_the_update_and_the_run_goes_on(tmp_path, tokeni
 
 def test_out_of_memory_on_one_batch_skips_it_frees_it_and_goes_on(tmp_path, tokenizer, monkeypatch, caplog):
     trainer = make_trainer(make_config(tmp_path, tokenizer, max_steps=3), tokenizer)
-    original_loss, calls = trainer.loss, []
+    original_loss, calls = trainer.update.loss_fn, []
 
-    def oom_once(model, batch):
+    def oom_once(batch):
         calls.append(1)
         if len(calls) == 1:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return original_loss(model, batch)
+        return original_loss(batch)
 
-    monkeypatch.setattr(trainer, "loss", oom_once)
+    monkeypatch.setattr(trainer.update, "loss_fn", oom_once)
     before = params(trainer)
-    trainer.train_step([next(iter(trainer.train_batches))])
+    trainer.update([next(iter(trainer.train_batches))])
     assert_bitwise_equal(before, params(trainer))  # nothing applied
     assert all(p.grad is None for p in trainer.model.parameters())  # and nothing held
-    assert trainer.skipped["oom"] == 1 and trainer.scheduler.last_epoch == 1
-    assert any("out of memory" in r.getMessage() and "data.max_tokens" in r.getMessage() for r in caplog.records)
+    assert trainer.update.skipped["oom"] == 1 and trainer.scheduler.last_epoch == 1
+    assert any(r.getMessage().startswith("step 1: out of memory") and "data.max_tokens" in r.getMessage()
+               for r in caplog.records)
     trainer.fit()
-    assert trainer.step == 3 and trainer.skipped_in_a_row == 0
+    assert trainer.step == 3 and trainer.update.skipped_in_a_row == 0
 
 
 def test_fp16_overflows_are_counted_apart_and_never_stop_the_run(tmp_path, tokenizer):
     trainer = make_trainer(make_config(tmp_path, tokenizer, max_steps=3, max_skipped_updates=1), tokenizer)
-    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)  # fp16's scaler (fp16 itself needs CUDA)
+    # fp16's scaler (fp16 itself needs CUDA), for the update and the checkpoints
+    trainer.scaler = trainer.update.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
     overflow = {"left": 2}
 
     def overflow_twice(grad):
@@ -353,7 +317,7 @@ def test_fp16_overflows_are_counted_apart_and_never_stop_the_run(tmp_path, token
 
     trainer.model.output.weight.register_hook(overflow_twice)
     trainer.fit()
-    assert trainer.step == 3 and trainer.skipped == {"nonfinite": 0, "oom": 0, "overflow": 2}
+    assert trainer.step == 3 and trainer.update.skipped == {"nonfinite": 0, "oom": 0, "overflow": 2}
     assert trainer.scaler.get_scale() == 2.0**14  # halved twice
 
 
@@ -376,6 +340,76 @@ def test_non_finite_weights_are_never_saved(tmp_path, tokenizer, caplog):
     with torch.no_grad():
         trainer.model.output.weight[0, 0] = float("inf")
     trainer.step += 1
-    trainer._save_step_checkpoint(best=True)
+    trainer.checkpoints.save(trainer, best=True)
     assert last.read_bytes() == before and not (last.parent / "step_00000003.pt").exists()
     assert any("not saving a checkpoint" in r.getMessage() for r in caplog.records)
+
+
+# ---- the update step, through its public API ----------------------------------------------------------------
+
+
+def update_parts(tokenizer: Tokenizer) -> tuple[Transformer, Seq2SeqLoss, ParallelDataset]:
+    """A seeded tiny model without dropout, its loss and the number pairs."""
+    config = make_config(Path("unused"), tokenizer)
+    torch.manual_seed(0)
+    model = Transformer(replace(config.model, dropout=0.0))
+    loss = Seq2SeqLoss(model, smoothing=0.1, precision="fp32", device=torch.device("cpu"))
+    src, tgt = zip(*PAIRS)
+    return model, loss, ParallelDataset.from_texts(list(src), list(tgt), tokenizer, config.data)
+
+
+def constant_schedule(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
+def params_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_accumulating_two_micro_batches_equals_one_batch_of_both(tokenizer):
+    # Micro-batches of different sizes and lengths: per-micro-batch normalisation would weight them wrongly.
+    a, b = [0, 1, 2], [3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+    changes = []
+    for micro in (True, False):
+        model, loss, dataset = update_parts(tokenizer)
+        before = params_of(model)
+        # Plain SGD with lr 1: the parameter change is the gradient itself (Adam's first step is sign-like).
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        update = UpdateStep(model, loss, optimizer, constant_schedule(optimizer))
+        batches = [collate(dataset, a), collate(dataset, b)] if micro else [collate(dataset, a + b)]
+        loss_sum, nll_sum = update(batches)
+        assert loss_sum.dim() == 0 and 0 < nll_sum < loss_sum
+        changes.append({k: before[k] - v for k, v in params_of(model).items()})
+    for name in changes[0]:
+        assert torch.allclose(changes[0][name], changes[1][name], rtol=1e-4, atol=1e-7), name
+    assert changes[1]["output.weight"].abs().sum() > 0
+
+
+def test_a_non_finite_loss_leaves_weights_and_optimizer_state_unchanged(tokenizer, caplog):
+    model, loss, dataset = update_parts(tokenizer)
+    optimizer = build_optimizer(model, TrainConfig(lr=1e-3))
+    scheduler = constant_schedule(optimizer)
+    nan = {"on": False}
+
+    def loss_fn(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        loss_sum, nll_sum = loss(batch)
+        return (loss_sum * float("nan"), nll_sum) if nan["on"] else (loss_sum, nll_sum)
+
+    update = UpdateStep(model, loss_fn, optimizer, scheduler, clip_grad_norm=1.0, max_skipped_updates=2)
+    batch = collate(dataset, [0, 1, 2, 3])
+    update([batch])  # a good update first: the optimizer has state to keep
+    weights = params_of(model)
+    state = {k: v.clone() for k, v in optimizer.state_dict()["state"][0].items()}
+    nan["on"] = True
+    update([batch])
+    assert_bitwise_equal(weights, params_of(model))
+    assert all(torch.equal(v, optimizer.state_dict()["state"][0][k]) for k, v in state.items())
+    assert all(p.grad is None for p in model.parameters())
+    assert update.skipped == {"nonfinite": 1, "oom": 0, "overflow": 0} and update.skipped_in_a_row == 1
+    assert scheduler.last_epoch == 2  # the schedule advances for a skipped update too
+    assert any(r.getMessage().startswith("step 2: the loss is not finite (nan); update skipped") for r in caplog.records)
+    with pytest.raises(DivergenceError, match=r"training stopped at step 3: the last 2 updates .* train.lr \(now 0.001\)"):
+        update([batch])
+    nan["on"] = False
+    update([batch])
+    assert update.skipped_in_a_row == 0 and update.skipped["nonfinite"] == 2

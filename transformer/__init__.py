@@ -1,12 +1,15 @@
 """The original encoder-decoder Transformer for machine translation."""
 
+from transformer.checkpoint import load_for_inference
 from transformer.config import Config, ConfigError, DataConfig, DecodeConfig, ModelConfig, TrainConfig, load_config
-from transformer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
-from transformer.decoding.search import Hypothesis, beam_search, greedy_decode, translate_texts
+from transformer.data.tokenizer import Tokenizer
+from transformer.decoding.search import Hypothesis, beam_search, greedy_decode
+from transformer.errors import CheckpointError
 from transformer.evaluation import corpus_scores, evaluate_model
+from transformer.inference import TorchTranslator, Translator, load_translator, translate_texts
 from transformer.model.kv_cache import DecoderCache, DecoderState, KVCache
 from transformer.model.transformer import AttentionWeights, Transformer, count_parameters
-from transformer.training.checkpoint import CheckpointError, load_for_inference
+from transformer.tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 __all__ = [
     "AttentionWeights",
@@ -24,9 +27,11 @@ __all__ = [
     "Hypothesis",
     "KVCache",
     "ModelConfig",
+    "TorchTranslator",
     "TrainConfig",
     "Tokenizer",
     "Transformer",
+    "Translator",
     "beam_search",
     "corpus_scores",
     "count_parameters",
@@ -34,5 +39,6 @@ __all__ = [
     "greedy_decode",
     "load_config",
     "load_for_inference",
+    "load_translator",
     "translate_texts",
 ]

@@ -3,14 +3,16 @@
 A YAML file only overrides them, and dotted command-line overrides (``train.lr=5e-4``) override the
 YAML. Every key is checked: an unknown key is an error that lists the valid ones, and a value that
 cannot be converted to the field's type names the key and the value. The resolved config is saved
-inside every checkpoint (``asdict``), so a checkpoint rebuilds its model without any other file.
+inside every checkpoint (``asdict``), so a checkpoint rebuilds its model without any other file;
+``Config.from_saved`` reads it back, also from checkpoints written with keys that have since gone.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
+import itertools
 import logging
+import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -20,6 +22,7 @@ from typing import Any
 import yaml
 
 from transformer.errors import ConfigError
+from transformer.tokens import PAD_ID
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +60,6 @@ class ModelConfig:
     share_embeddings: bool = False  # one embedding for source and target (needs a joint vocabulary)
     tie_output: bool = True  # classifier weight = target embedding weight
     layer_norm_eps: float = 1e-5
-    pad_id: int = 0
 
     def __post_init__(self) -> None:
         for name in ("src_vocab_size", "tgt_vocab_size", "d_model", "n_heads", "d_ff", "max_positions",
@@ -76,8 +78,6 @@ class ModelConfig:
                 "model.share_embeddings needs one joint vocabulary, but src_vocab_size="
                 f"{self.src_vocab_size} != tgt_vocab_size={self.tgt_vocab_size}"
             )
-        if not 0 <= self.pad_id < min(self.src_vocab_size, self.tgt_vocab_size):
-            raise ConfigError(f"model.pad_id ({self.pad_id}) must be a valid id of both vocabularies")
         if not self.layer_norm_eps > 0:
             raise ConfigError(f"model.layer_norm_eps must be positive, got {self.layer_norm_eps}")
 
@@ -94,23 +94,16 @@ class ModelConfig:
 
 
 MIN_VOCAB_SIZE = 5  # the 4 special ids and one piece; SentencePiece also wants every character of the corpus
-
-
-@functools.cache  # once per process
-def _warn_old_source_name() -> None:
-    logger.warning(
-        "data.source: 'multi30k' is deprecated, write 'folder' (a folder of {split}.{lang}[.gz] files); "
-        "it is read as 'folder'"
-    )
+ROLES = ("train", "valid", "test")  # the keys of DataConfig.files
+LANG = "{lang}"  # in a data.files path of source "files": replaced by data.src_lang, then data.tgt_lang
 
 
 @dataclass
 class DataConfig:
     """Where the parallel text comes from, how it is tokenized and batched."""
 
-    # Source kind: "folder" (a folder of {split}.{lang}[.gz] files, e.g. Multi30k), "files" (explicit paths),
-    # "tsv" (one file per split, source<TAB>target) or "hub" (a Hugging Face `datasets` name).
-    # "multi30k", the old name of "folder", is still read (with a warning) and becomes "folder".
+    # Source kind: "folder" (a folder of {split}.{lang}[.gz] files, e.g. Multi30k), "files" (a path per role),
+    # "tsv" (one file per role, source<TAB>target) or "hub" (a Hugging Face `datasets` name).
     source: str = "folder"
     data_dir: str = ""  # folder for "folder"; empty: $MULTI30K_DIR, else data/multi30k
     src_lang: str = "en"
@@ -119,17 +112,9 @@ class DataConfig:
     train_split: str = "train"
     valid_split: str = "val"
     test_split: str = "test_2016_flickr"
-    # For source="files": explicit paths per role (source and target file of each split).
-    train_src: str = ""
-    train_tgt: str = ""
-    valid_src: str = ""
-    valid_tgt: str = ""
-    test_src: str = ""
-    test_tgt: str = ""
-    # For source="tsv": one file per role.
-    train_tsv: str = ""
-    valid_tsv: str = ""
-    test_tsv: str = ""
+    # For source="files" and "tsv": role (train/valid/test) -> path. A "files" path holds {lang}, which becomes
+    # src_lang and tgt_lang (corpus/train.{lang}: corpus/train.en and corpus/train.de); a "tsv" path is the file.
+    files: dict[str, str] = field(default_factory=dict)
     # For source="hub": datasets.load_dataset(hub_name, hub_config) or a local format ("json", "csv", ...)
     # with hub_data_files mapping split -> path.
     hub_name: str = ""
@@ -160,9 +145,6 @@ class DataConfig:
     prepare_workers: int = 0  # processes that encode the corpus; 0: one per CPU core
 
     def __post_init__(self) -> None:
-        if self.source == "multi30k":  # the old name; checkpoints written before the rename still say it
-            _warn_old_source_name()
-            self.source = "folder"
         _check_choice("data.source", self.source, ("folder", "files", "tsv", "hub"))
         _check_choice("data.spm_model_type", self.spm_model_type, ("bpe", "unigram"))
         if self.vocab_size < MIN_VOCAB_SIZE:
@@ -195,6 +177,29 @@ class DataConfig:
             raise ConfigError("data.hub_name must be set when data.source is 'hub'")
         if self.source == "hub" and self.hub_name in ("json", "csv", "parquet") and not self.hub_data_files:
             raise ConfigError(f"data.hub_data_files (split: path) must be set when data.hub_name is {self.hub_name!r}")
+        self._check_files()
+
+    def _check_files(self) -> None:
+        """Known roles always; paths for "files" and "tsv" only: the other sources never read ``files``, so a copy
+        switched to "folder" (as distillation makes) may keep them."""
+        unknown = sorted(set(self.files) - set(ROLES))
+        if unknown:
+            raise ConfigError(f"data.files: unknown role(s) {unknown}; valid roles: {list(ROLES)}")
+        if self.source not in ("files", "tsv"):
+            return
+        for role, path in self.files.items():
+            if not path.strip():
+                raise ConfigError(f"data.files.{role} is empty; give a path or leave the role out")
+            if self.source == "files" and LANG not in path:
+                raise ConfigError(
+                    f"data.files.{role}={path!r} needs {LANG} (source: files), e.g. corpus/{role}.{LANG} for "
+                    f"corpus/{role}.{self.src_lang} and corpus/{role}.{self.tgt_lang}"
+                )
+            if self.source == "tsv" and LANG in path:
+                raise ConfigError(
+                    f"data.files.{role}={path!r} has {LANG}, but a source: tsv file holds both languages; "
+                    "for one file per language use source: files"
+                )
 
 
 @dataclass
@@ -209,6 +214,14 @@ class DecodeConfig:
     n_best: int = 1
     no_repeat_ngram_size: int = 0
     batch_size: int = 128  # sentences per decoding batch
+
+    def updated(self, **changes: Any) -> DecodeConfig:
+        """A copy with ``changes`` applied, skipping those that are None (command-line options left unset).
+
+        Raises:
+            ConfigError: a changed value is invalid (checked by ``__post_init__``); TypeError: an unknown name.
+        """
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def __post_init__(self) -> None:
         for name in ("beam_size", "n_best", "batch_size"):
@@ -240,7 +253,6 @@ class TrainConfig:
     # Sets the update count: max_epochs x the updates of the first epoch (with subword sampling, later
     # epochs differ by a few batches; the run still stops after exactly that many updates).
     max_epochs: int = 10
-    max_minutes: float = 0.0  # wall-clock budget of training (validation included); 0: no limit
     min_lr: float = 0.0  # floor of the cosine schedule
     label_smoothing: float = 0.1
     grad_accum_steps: int = 1
@@ -276,7 +288,7 @@ class TrainConfig:
         for name in ("grad_accum_steps", "log_every", "max_skipped_updates"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("seed", "warmup_steps", "max_steps", "max_epochs", "max_minutes", "min_lr", "weight_decay",
+        for name in ("seed", "warmup_steps", "max_steps", "max_epochs", "min_lr", "weight_decay",
                      "clip_grad_norm", "eval_every", "eval_max_sentences", "patience", "keep_last", "save_every",
                      "threads"):
             if getattr(self, name) < 0:
@@ -306,8 +318,86 @@ class Config:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, where: str = "config") -> Config:
-        """Build from nested plain values (YAML or a checkpoint); unknown keys are errors."""
+        """Build from nested plain values (YAML, overrides, ``to_dict``); unknown keys are errors."""
         return _build(cls, values, where)
+
+    @classmethod
+    def from_saved(cls, values: dict[str, Any], *, where: str = "saved config") -> Config:
+        """Build from a config saved in a checkpoint or an export, written by this version or an older one.
+
+        Older versions saved keys that are gone: ``model.pad_id`` (always 0, now ``transformer.tokens.PAD_ID``),
+        ``train.max_minutes``, ``data.source: multi30k`` (now ``folder``) and the nine per-role paths
+        ``data.{train,valid,test}_{src,tgt,tsv}`` (now ``data.files``). They are translated, then ``from_dict``
+        checks the rest; a user's YAML or override with an old key stays an error.
+
+        Raises:
+            ConfigError: ``model.pad_id`` is not 0 (such a model cannot run here), or see ``from_dict``.
+        """
+        if not isinstance(values, dict):
+            return cls.from_dict(values, where=where)  # its error names the problem
+        values = {name: dict(section) if isinstance(section, dict) else section for name, section in values.items()}
+        model, data, train = (values.get(name) for name in ("model", "data", "train"))
+        if isinstance(model, dict) and "pad_id" in model:
+            pad_id = model.pop("pad_id")
+            if pad_id != PAD_ID:
+                raise ConfigError(
+                    f"{where}: model.pad_id={pad_id}, but this version pads with id {PAD_ID} only; "
+                    "the model cannot be used"
+                )
+        if isinstance(train, dict):
+            train.pop("max_minutes", None)
+        if isinstance(data, dict):
+            if data.get("source") == "multi30k":
+                data["source"] = "folder"
+            old_paths = {key: data.pop(key) for key in _OLD_PATH_KEYS if key in data}
+            if old_paths and "files" not in data:
+                data["files"] = _old_paths_to_files(old_paths, data, where)
+        return cls.from_dict(values, where=where)
+
+
+# The per-role paths of configs saved before ``data.files`` (read by ``Config.from_saved``).
+_OLD_PATH_KEYS = tuple(f"{role}_{kind}" for role in ROLES for kind in ("src", "tgt", "tsv"))
+
+
+def _old_paths_to_files(old: dict[str, Any], data: dict[str, Any], where: str) -> dict[str, str]:
+    """``data.files`` from the old per-role paths of the saved source (the other source's paths were unread).
+
+    A "files" pair becomes one ``{lang}`` template when the two paths differ by the language codes only; a
+    pair that does not (e.g. ``a.txt`` and ``b.txt``) is left out with a warning: the saved model still
+    loads, and reading that role asks for ``data.files``.
+    """
+    source = data.get("source", DataConfig.source)
+    files: dict[str, str] = {}
+    for role in ROLES:
+        if source == "tsv" and old.get(f"{role}_tsv"):
+            files[role] = str(old[f"{role}_tsv"])
+        elif source == "files" and (old.get(f"{role}_src") or old.get(f"{role}_tgt")):
+            src, tgt = str(old.get(f"{role}_src", "")), str(old.get(f"{role}_tgt", ""))
+            template = _lang_template(src, tgt, str(data.get("src_lang", DataConfig.src_lang)),
+                                      str(data.get("tgt_lang", DataConfig.tgt_lang)))
+            if template is None:
+                logger.warning("%s: data.%s_src=%s and data.%s_tgt=%s differ by more than the language, so "
+                               "data.files gets no %s path", where, role, src, role, tgt, role)
+            else:
+                files[role] = template
+    return files
+
+
+def _lang_template(src: str, tgt: str, src_lang: str, tgt_lang: str) -> str | None:
+    """A path with ``{lang}`` that gives ``src`` for ``src_lang`` and ``tgt`` for ``tgt_lang``, or None.
+
+    Some occurrences of ``src_lang`` may be other text (``en-de/en/dev.en`` -> ``en-de/{lang}/dev.{lang}``), so
+    subsets of them are tried, the largest first (a path holds a handful at most).
+    """
+    starts = [match.start() for match in re.finditer(re.escape(src_lang), src)][:8]
+    for n in range(len(starts), 0, -1):
+        for chosen in itertools.combinations(starts, n):
+            template = src
+            for i in reversed(chosen):
+                template = template[:i] + LANG + template[i + len(src_lang):]
+            if template.replace(LANG, src_lang) == src and template.replace(LANG, tgt_lang) == tgt:
+                return template
+    return None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -19,7 +19,6 @@ translates the same in any batch, and on another device up to floating-point rou
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -33,13 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from transformer.config import DataConfig, DecodeConfig
 from transformer.data.corpus import corpus_folder, load_split
-from transformer.data.tokenizer import Tokenizer
-from transformer.decoding.search import SearchModel, translate_texts
 from transformer.errors import ConfigError, DataError, write_error
+from transformer.files import atomic_write_text
+from transformer.inference.translator import Translator, translate_texts
 
 logger = logging.getLogger(__name__)
 
@@ -192,17 +189,15 @@ def prepare_distillation(
 
 def run_distillation(
     job: DistillJob,
-    model: SearchModel,
-    tokenizer: Tokenizer,
+    teacher: Translator,
     *,
-    device: torch.device | str,
     batch_size: int = DecodeConfig.batch_size,
     progress: Callable[[int], None] | None = None,
 ) -> DistillJob:
     """Translate what ``job`` has left, chunk by chunk, with the recorded settings; then write the corpus folder.
 
     Args:
-        model: the teacher (a ``Transformer`` or an ``Ensemble``), on ``device``.
+        teacher: either engine (one model, an ensemble, or a CTranslate2 export of the teacher).
         batch_size: sentences per decoding batch.
         progress: called with the number of sentences of each decoded batch (a tqdm ``update``).
 
@@ -220,7 +215,7 @@ def run_distillation(
     for start in range(job.done, s.lines, s.chunk_size):
         begin = time.perf_counter()
         chunk = job.src_texts[start : start + s.chunk_size]
-        hypotheses = translate_texts(model, tokenizer, chunk, decode, device=device, progress=progress)
+        hypotheses = translate_texts(teacher, chunk, decode, progress=progress)
         _append(job.partial_path, [re.sub(r"[\r\n]+", " ", h) for h in hypotheses])
         job.done = start + len(chunk)
         job.record["translated"] = job.done
@@ -286,16 +281,8 @@ def _append(path: Path, lines: list[str]) -> None:
 
 
 def _write_text(path: Path, lines: Sequence[str]) -> None:
-    """Write lines atomically (a temporary file renamed), so a file of the folder is whole or absent."""
-    tmp = path.with_name(f".{path.name}.tmp")  # one writer per folder; open() keeps the usual permissions
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            f.write("".join(line + "\n" for line in lines))
-        os.replace(tmp, path)
-    except OSError as err:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise write_error(path, err) from None
+    """Write lines atomically, so a file of the folder is whole or absent."""
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
 def _write_record(job: DistillJob) -> None:

@@ -54,6 +54,11 @@ class DivergenceError(UserError, RuntimeError):
     """Training stopped after too many updates in a row were skipped (a non-finite loss or gradient norm)."""
 
 
+class EngineError(UserError, ValueError):
+    """The decoding engine's options do not fit together (e.g. a checkpoint given to CTranslate2, which reads a
+    folder)."""
+
+
 class MissingExtraError(UserError, ImportError):
     """An optional dependency of the feature asked for is not installed; the message gives the install command."""
 

@@ -17,14 +17,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch
 from sacrebleu.metrics import BLEU, CHRF
 
 from transformer.config import DecodeConfig
-from transformer.data.tokenizer import Tokenizer
-from transformer.decoding.search import translate_texts
 from transformer.errors import DataError, require_extra
-from transformer.model.transformer import Transformer
+from transformer.inference.translator import Translator, translate_texts
 
 logger = logging.getLogger(__name__)
 
@@ -129,24 +126,21 @@ def tokenized_bleu(hypotheses: Sequence[str], references: Sequence[str], *, lang
 
 
 def evaluate_model(
-    model: Transformer,
-    tokenizer: Tokenizer,
+    translator: Translator,
     src_texts: Sequence[str],
     ref_texts: Sequence[str],
     cfg: DecodeConfig,
     *,
-    device: torch.device | str,
     max_sentences: int = 0,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """Translate ``src_texts`` with ``cfg`` and score the result against ``ref_texts``.
 
     Args:
-        model: the (unwrapped) model; put in eval mode for the call, its mode restored after.
-        tokenizer: the run's vocabulary.
+        translator: either engine (``transformer.inference``); the trainer's validation passes a
+            ``TorchTranslator`` of the model it trains.
         src_texts, ref_texts: raw parallel sentences.
         cfg: decoding settings (greedy when ``beam_size == 1``).
-        device: where the source batches go (the model's device).
         max_sentences: score only the first N pairs; 0 for all.
         progress: called after each decoded batch with its number of sentences (e.g. a progress bar's
             ``update``); None for none, as in the trainer's validation.
@@ -162,7 +156,7 @@ def evaluate_model(
     if max_sentences > 0:
         src_texts, ref_texts = src_texts[:max_sentences], ref_texts[:max_sentences]
     start = time.perf_counter()
-    hypotheses = translate_texts(model, tokenizer, src_texts, cfg, device=device, progress=progress)
+    hypotheses = translate_texts(translator, src_texts, cfg, progress=progress)
     seconds = time.perf_counter() - start
     scores = corpus_scores(hypotheses, ref_texts)
     scores["seconds"] = seconds

@@ -7,29 +7,45 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from transformer.errors import write_error
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, what: str = "file") -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename: readers see the old or the new file.
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """A binary file to write ``path`` through: it becomes ``path`` only when the block ends without an error.
 
-    The temporary file is ``.NAME.PID.tmp`` beside ``path`` (a run folder's sweep removes those of killed
-    writers); it is removed when the write fails.
-
-    Raises:
-        OutputError: the file cannot be written (the message names ``what`` and the reason).
+    The data goes to ``.NAME.PID.tmp`` beside ``path`` (a run folder's sweep removes those of killed writers),
+    is flushed to disk, then renamed over ``path``: readers, and a crash at any point, see the old file or the
+    new one, never half of one. On an error the temporary file is removed and the error passes on unchanged.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as err:
+    except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, what: str = "file") -> None:
+    """Write ``data`` to ``path`` atomically (``atomic_open``).
+
+    Raises:
+        OutputError: the file cannot be written (the message names ``what`` and the reason).
+    """
+    try:
+        with atomic_open(path) as f:
+            f.write(data)
+    except OSError as err:
         raise write_error(path, err, what=what) from None
 
 

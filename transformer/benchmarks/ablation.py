@@ -2,94 +2,60 @@
 
     transformer benchmark ablate --steps 3 --rounds 10 --json ablation.json
 
-Every variant is the same model (``--preset``, same initial weights) with its own ``Trainer`` (so its own Adam
-state), trained with ``Trainer.train_step`` on the same batches of the Multi30k training split (the batches of
-``transformer benchmark compare``). A variant switches one path to the plain PyTorch operation by swapping an
-object of that trainer (a benchmark-only switch: nothing here is a config key). The rounds are interleaved: in every round each variant runs the same ``--steps`` batches, in an order
-rotated from round to round. For each variant the script reports the median seconds per round, the median
-and range of the per-round ratios ``seconds(variant) / seconds(reference)`` (above 1: the path it switches off
-makes the update faster), the share of its threads' CPU time the process got, and the peak RSS of a
-subprocess that trains that variant alone on the same batches (``--no-memory`` skips these).
+Every variant is the same model (``--preset``, same initial weights) with its own update (so its own Adam
+state): the ``Trainer``'s update (``steps.our_update``: ``UpdateStep``, the fused ``Seq2SeqLoss``, the default
+optimizer) on the same batches of the Multi30k training split (the batches of ``transformer benchmark
+compare``). A variant switches one path to the plain PyTorch operation through the public builders
+(``Seq2SeqLoss(fused=False)``, ``build_optimizer(fused=False)``: benchmark-only switches, not config keys). The
+rounds are interleaved: in every round each variant runs the same ``--steps`` batches, in an order rotated from
+round to round. For each variant the script reports the median seconds per round, the median and range of the
+per-round ratios ``seconds(variant) / seconds(reference)`` (above 1: the path it switches off makes the update
+faster), the share of its threads' CPU time the process got, and the peak RSS of a subprocess that trains that
+variant alone on the same batches (``--no-memory`` skips these).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
-import subprocess
-import sys
-import tempfile
-import time
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from transformer.benchmarks.compare import model_config, peak_rss_mib, train_config, training_data
-from transformer.config import ModelConfig
-from transformer.data.batching import Batch, collate
-from transformer.data.tokenizer import PAD_ID
+from transformer.benchmarks.common import json_settings, model_config
+from transformer.benchmarks.memory import memory_in_subprocess, memory_probe
+from transformer.benchmarks.steps import Rounds, StepFn, on_one_batch, our_update, time_rounds, train_config
+from transformer.benchmarks.train_batches import first_batches, training_data
+from transformer.config import DataConfig, ModelConfig
 from transformer.model.transformer import Transformer
-from transformer.training.distributed import DistributedContext
-from transformer.training.loss import label_smoothed_nll_loss
-from transformer.training.schedule import build_scheduler
-from transformer.training.trainer import Trainer
 
 
-# ------------------------------------------------------------------------------- plain replacements
 # One switch per speed-only path still in the code; docs/PERFORMANCE.md also lists the paths that were measured
 # with this script and then removed (dropout masks, in-place ReLU, concatenated Q/K/V, the hand-written loss
 # backward, the bf16 attention cast), with their figures.
-def unfused_adam(trainer: Trainer) -> None:
-    """Fused Adam -> the default (per-tensor loop on the CPU) Adam, with a fresh schedule."""
-    old, t = trainer.optimizer, trainer.config.train
-    groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in old.param_groups]
-    trainer.optimizer = type(old)(groups, lr=t.lr, betas=t.betas, eps=t.eps)
-    trainer.scheduler = build_scheduler(trainer.optimizer, t, d_model=trainer.config.model.d_model,
-                                        total_steps=trainer.total_steps)
+@dataclass(frozen=True)
+class Variant:
+    """The speed-only paths an update uses (``steps.our_update``'s switches)."""
+
+    fused_loss: bool = True  # False: full logits + F.cross_entropy (label_smoothed_nll_loss)
+    fused_adam: bool | None = None  # False: the default (per-tensor loop on the CPU) Adam; None: build_optimizer's
 
 
-def plain_loss(trainer: Trainer) -> None:
-    """The fused output projection + loss -> ``F.cross_entropy`` (``label_smoothed_nll_loss``) on full logits."""
-
-    def loss(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        with trainer.autocast:
-            logits = model(batch.src, batch.tgt_in)  # (B, T, V)
-        return label_smoothed_nll_loss(
-            logits, batch.tgt_out, smoothing=trainer.config.train.label_smoothing, ignore_index=PAD_ID
-        )
-
-    trainer.loss = loss  # type: ignore[method-assign]
+VARIANTS = {"reference": Variant(), "unfused_adam": Variant(fused_adam=False), "plain_loss": Variant(fused_loss=False)}
 
 
-# name -> the switch applied to a fresh trainer
-VARIANTS: dict[str, Callable[[Trainer], None]] = {
-    "reference": lambda trainer: None,
-    "unfused_adam": unfused_adam,
-    "plain_loss": plain_loss,
-}
-
-
-def build_trainer(variant: str, config: ModelConfig, precision: str, seed: int, run_dir: str,
-                  device: torch.device) -> Trainer:
+def build_step(name: str, config: ModelConfig, precision: str, seed: int, device: torch.device) -> StepFn:
+    """Variant ``name``'s update of a new model (the same initial weights for the same ``seed``)."""
     torch.manual_seed(seed)
-    model = Transformer(config)
-    # Before fit() the Trainer reads only len() of its batches: an empty list will do.
-    trainer = Trainer(train_config(precision, run_dir), model, None, [], context=DistributedContext(device=device))  # type: ignore[arg-type]
-    VARIANTS[variant](trainer)
-    trainer.train_model.train()
-    return trainer
+    variant = VARIANTS[name]
+    update = our_update(Transformer(config).to(device), train_config(precision), device,
+                        fused_loss=variant.fused_loss, fused_adam=variant.fused_adam)
+    return on_one_batch(update)
 
 
-def run_steps(trainer: Trainer, batches: list[Batch]) -> None:
-    for batch in batches:
-        trainer.train_step([batch])[0].item()
-
-
-# ------------------------------------------------------------------------------------------ command
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=sorted(VARIANTS),
                         help="the first is the reference of the ratios (default: all)")
@@ -112,62 +78,58 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write every figure here")
     parser.add_argument("--memory-probe", type=Path, help=argparse.SUPPRESS)  # internal: one child process
-    parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.memory_probe is not None:
-        return memory_probe(args.memory_probe)
+        return memory_probe(args.memory_probe, build_step)
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
-    tokenizer, batch_iter, source = training_data(args, device)
+    data_cfg = DataConfig(data_dir=args.data_dir, src_lang=args.src_lang, tgt_lang=args.tgt_lang,
+                          train_split=args.train_split, test_split=args.test_split, vocab_size=args.vocab_size)
+    tokenizer, batch_iter, source = training_data(data_cfg, max_tokens=args.max_tokens, seed=args.seed, device=device)
     config = model_config(args.preset, tokenizer)
-    epoch = [collate(batch_iter.dataset, idx, batch_iter.pad_to_multiple) for idx in batch_iter.epoch_batches(0)]
-    warm, timed = epoch[: args.warmup], epoch[args.warmup : args.warmup + args.steps]
+    chosen = first_batches(batch_iter, args.warmup + args.steps)
+    warm, timed = chosen[: args.warmup], chosen[args.warmup :]
     print(f"{source}; preset {args.preset}, {args.precision}, {torch.get_num_threads()} threads; "
           f"{sum(b.n_tgt_tokens for b in timed) / len(timed):.0f} target tokens per update; "
           f"{args.rounds} rounds x {args.steps} updates per variant")
-    rows: dict[str, Any] = {v: {} for v in args.variants} if args.memory_only else time_variants(args, config, warm, timed)
+    rows: dict[str, Any] = {v: {} for v in args.variants}
+    if not args.memory_only:
+        steps = {v: build_step(v, config, args.precision, args.seed, device) for v in args.variants}
+
+        def show(r: int, rounds: Rounds) -> None:
+            times = ", ".join(f"{v} {rounds.seconds[v][-1]:.2f}s" for v in args.variants)
+            print(f"round {r + 1}: {times}", flush=True)
+
+        rounds = time_rounds(steps, warm, timed, args.rounds, device, rotate=True, on_round=show)
+        rows = timing_rows(rounds, args.variants[0], args.steps)
     if not args.no_memory:
-        batches = warm + timed
+        repeated = [chosen[i % len(chosen)] for i in range(args.memory_steps)]
         for variant in args.variants:
-            rows[variant]["peak_rss_mib"] = memory_in_subprocess(args, variant, config, batches)
+            peak = memory_in_subprocess("ablate", variant, config, repeated, precision=args.precision, seed=args.seed,
+                                        device=device)
+            rows[variant]["peak_rss_mib"] = peak["peak_mib"]
     print_table(rows, args.variants[0])
     if args.json is not None:
-        report = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if not callable(v)},
-                  "source": source, "torch": torch.__version__, "variants": rows}
+        report = {"settings": json_settings(vars(args)), "source": source, "torch": torch.__version__,
+                  "variants": rows}
         args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {args.json}")
     return 0
 
 
-def time_variants(args: argparse.Namespace, config: ModelConfig, warm: list[Batch], timed: list[Batch]) -> dict[str, Any]:
-    """Interleaved rounds: seconds per round, per-round ratios to the first variant, CPU share."""
-    device = torch.device("cpu")
-    seconds: dict[str, list[float]] = {v: [] for v in args.variants}
-    share: dict[str, list[float]] = {v: [] for v in args.variants}
-    with tempfile.TemporaryDirectory() as run_dir:
-        trainers = {v: build_trainer(v, config, args.precision, args.seed, run_dir, device) for v in args.variants}
-        for variant, trainer in trainers.items():
-            run_steps(trainer, warm)
-        for r in range(args.rounds):
-            order = args.variants[r % len(args.variants):] + args.variants[: r % len(args.variants)]
-            for variant in order:
-                start, cpu = time.perf_counter(), time.process_time()
-                run_steps(trainers[variant], timed)
-                seconds[variant].append(time.perf_counter() - start)
-                share[variant].append((time.process_time() - cpu) / seconds[variant][-1] / torch.get_num_threads())
-            print(f"round {r + 1}: " + ", ".join(f"{v} {seconds[v][-1]:.2f}s" for v in args.variants), flush=True)
-    reference = args.variants[0]
+def timing_rows(rounds: Rounds, reference: str, steps: int) -> dict[str, Any]:
+    """Per variant: seconds per round, median seconds per update, per-round ratios to ``reference``, CPU share."""
     rows: dict[str, Any] = {}
-    for variant in args.variants:
-        ratios = [a / b for a, b in zip(seconds[variant], seconds[reference])]
+    for variant, seconds in rounds.seconds.items():
+        ratios = [a / b for a, b in zip(seconds, rounds.seconds[reference])]
         rows[variant] = {
-            "seconds_per_round": [round(s, 3) for s in seconds[variant]],
-            "median_seconds_per_update": statistics.median(seconds[variant]) / args.steps,
+            "seconds_per_round": [round(s, 3) for s in seconds],
+            "median_seconds_per_update": statistics.median(seconds) / steps,
             "ratio_to_reference_median": statistics.median(ratios),
             "ratio_to_reference_min": min(ratios), "ratio_to_reference_max": max(ratios),
-            "cpu_share_per_round": [round(s, 3) for s in share[variant]],
+            "cpu_share_per_round": [round(s, 3) for s in rounds.cpu_share[variant]],
         }
     return rows
 
@@ -184,40 +146,3 @@ def print_table(rows: dict[str, Any], reference: str) -> None:
               f"{min(row['cpu_share_per_round']):10.2f} {rss:>10}")
     if min((min(r["cpu_share_per_round"]) for r in rows.values() if "cpu_share_per_round" in r), default=1.0) < 0.8:
         print("WARNING: in some rounds this process got under 80% of its threads' CPU time (other processes)")
-
-
-def memory_in_subprocess(args: argparse.Namespace, variant: str, config: ModelConfig, batches: list[Batch]) -> float:
-    """Peak RSS (MiB) of a fresh process that trains ``variant`` on ``batches``."""
-    with tempfile.TemporaryDirectory() as folder:
-        probe = Path(folder) / "probe.pt"
-        repeated = [batches[i % len(batches)] for i in range(args.memory_steps)]
-        torch.save({"variant": variant, "config": dataclasses.asdict(config), "precision": args.precision,
-                    "threads": torch.get_num_threads(), "seed": args.seed,
-                    "batches": [dataclasses.asdict(b) for b in repeated]}, probe)
-        out = subprocess.run([sys.executable, "-m", "transformer.benchmarks.ablation", "--memory-probe", str(probe)],
-                             capture_output=True, text=True)
-        if out.returncode != 0:
-            raise RuntimeError(f"memory probe of {variant} failed:\n{out.stderr[-2000:]}")
-        return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
-
-
-def memory_probe(path: Path) -> int:
-    spec = torch.load(path, weights_only=False)
-    torch.set_num_threads(spec["threads"])
-    with tempfile.TemporaryDirectory() as run_dir:
-        trainer = build_trainer(spec["variant"], ModelConfig(**spec["config"]), spec["precision"], spec["seed"],
-                                run_dir, torch.device("cpu"))
-        run_steps(trainer, [Batch(**b) for b in spec["batches"]])
-    print(json.dumps({"peak_mib": peak_rss_mib()}))
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="transformer benchmark ablate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -43,7 +43,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens", type=int, default=4096)
     parser.add_argument("--pad-to-multiple", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=3, help="epochs to time the iterator over")
-    parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,13 +88,3 @@ def run(args: argparse.Namespace) -> int:
               f"({n} batches; rounding lengths up to the multiple alone allows at most {bound:.3f})")
     return 0
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="transformer benchmark data", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,17 +17,19 @@ import json
 import logging
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-from transformer.config import ConfigError, DataConfig, DecodeConfig, ModelConfig
+from transformer.benchmarks.common import timed, untrained_model
+from transformer.checkpoint import load_for_inference
+from transformer.config import ConfigError, DataConfig, DecodeConfig
 from transformer.data.corpus import DataError, load_split
 from transformer.data.tokenizer import Tokenizer
-from transformer.decoding.search import decode_texts
+from transformer.errors import CheckpointError
+from transformer.inference import TorchTranslator
+from transformer.inference.translator import best_tokens
 from transformer.model.transformer import Transformer, count_parameters
-from transformer.training.checkpoint import CheckpointError, load_for_inference
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,32 +45,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-uncached", action="store_true", help="skip the (slow) uncached runs")
     parser.add_argument("--json", type=Path, help="also write the results here")
-    parser.set_defaults(run=run)
-
-
-def untrained_model(src: list[str], tgt: list[str], device: torch.device) -> tuple[Transformer, Tokenizer, DecodeConfig]:
-    """A randomly initialised "small" model with a vocabulary trained on the benchmark text itself."""
-    with tempfile.TemporaryDirectory() as folder:
-        tokenizer = Tokenizer.train(src, tgt, folder, vocab_size=8000)
-    torch.manual_seed(0)
-    config = ModelConfig.preset(
-        "small", src_vocab_size=tokenizer.src_vocab_size, tgt_vocab_size=tokenizer.tgt_vocab_size,
-        share_embeddings=True,
-    )
-    return Transformer(config).to(device).eval(), tokenizer, DecodeConfig()
 
 
 def timed_decode(
     model: Transformer, tokenizer: Tokenizer, texts: list[str], cfg: DecodeConfig, device: torch.device, use_cache: bool
 ) -> tuple[list[list[int]], float]:
     """Best hypothesis tokens of every text, and the wall time of decoding them."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    nbest = decode_texts(model, tokenizer, texts, cfg, device=device, use_cache=use_cache)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return [hyps[0].tokens if hyps else [] for hyps in nbest], time.perf_counter() - start
+    translator = TorchTranslator(model, tokenizer, device=device, use_cache=use_cache)
+    nbest, seconds, _ = timed(lambda: translator.translate(texts, cfg), device)
+    return best_tokens(nbest), seconds
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,12 +74,14 @@ def run(args: argparse.Namespace) -> int:
         src, tgt = load_split(data_cfg, "test")
         if args.max_sentences:
             src, tgt = src[: args.max_sentences], tgt[: args.max_sentences]
-        if args.checkpoint is None:
-            model, tokenizer, base = untrained_model(src, tgt, device)
-        settings = [("greedy", dataclasses.replace(base, beam_size=1, n_best=1, batch_size=args.batch_size))]
+        if args.checkpoint is None:  # a vocabulary trained on the benchmark text itself
+            with tempfile.TemporaryDirectory() as folder:
+                tokenizer = Tokenizer.train(src, tgt, folder, vocab_size=8000)
+            model, base = untrained_model("small", tokenizer, 0, device), DecodeConfig()
+        settings = [("greedy", base.updated(beam_size=1, n_best=1, batch_size=args.batch_size))]
         if args.beam_size > 1:
-            beam = dataclasses.replace(base, beam_size=args.beam_size, n_best=1, batch_size=args.batch_size)
-            settings.append((f"beam{args.beam_size}", beam))
+            settings.append((f"beam{args.beam_size}", base.updated(beam_size=args.beam_size, n_best=1,
+                                                                    batch_size=args.batch_size)))
     except (CheckpointError, ConfigError, DataError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -103,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{what}: {count_parameters(model):,} parameters; {len(src)} sentences of {args.split} "
           f"({data_cfg.src_lang}-{data_cfg.tgt_lang}); device {device}, {torch.get_num_threads()} threads; "
           f"max length {base.max_len_a} * src_len + {base.max_len_b}, length penalty {base.length_penalty}")
-    decode_texts(model, tokenizer, src[:16], settings[0][1], device=device)  # warm-up
+    timed_decode(model, tokenizer, src[:16], settings[0][1], device, use_cache=True)  # warm-up
     results, identical = [], True
     for name, cfg in settings:
         outputs = {}
@@ -129,13 +116,3 @@ def run(args: argparse.Namespace) -> int:
         args.json.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return 0 if identical else 1
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="transformer benchmark decode", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -2,7 +2,7 @@
 
     transformer benchmark engines --checkpoint runs/multi30k_en_de/checkpoints/avg10.pt --json engines.json
 
-The checkpoint is exported to CTranslate2 twice, float32 and int8 (``transformer.serving.export_ctranslate2``,
+The checkpoint is exported to CTranslate2 twice, float32 and int8 (``transformer.inference.export_ctranslate2``,
 into a temporary folder). Each engine translates the split (default: the checkpoint's test split, e.g.
 Multi30k test_2016_flickr) greedily and with beam ``--beam-size``, each at its best use of ``--threads`` cores:
 our decoder on 1 to ``threads`` PyTorch threads; CTranslate2 with every split of the threads into ``inter_threads``
@@ -36,10 +36,14 @@ from typing import Any
 
 import torch
 
+from transformer.benchmarks.common import below_minimum
 from transformer.config import ConfigError, DecodeConfig
 from transformer.data.corpus import load_split
+from transformer.data.tokenizer import Tokenizer
+from transformer.decoding.search import Hypothesis
 from transformer.evaluation import corpus_scores
-from transformer.serving import decode_texts, export_ctranslate2, load_model
+from transformer.inference import export_ctranslate2, load_translator
+from transformer.inference.translator import best_tokens
 
 ROLES = ("train", "valid", "test")
 MIN_GREEDY_AGREEMENT = 0.99  # share of sentences where CTranslate2 float32 greedy = our greedy
@@ -57,7 +61,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2, help="cores each engine may use (default 2)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per row; the median is reported")
     parser.add_argument("--json", type=Path, help="also write every figure here")
-    parser.set_defaults(run=run)
 
 
 def thread_splits(threads: int) -> list[tuple[int, int]]:
@@ -65,38 +68,46 @@ def thread_splits(threads: int) -> list[tuple[int, int]]:
     return [(inter, threads // inter) for inter in range(1, threads + 1) if threads % inter == 0]
 
 
-def timed(decode: Callable[[], list[list[Any]]], repeats: int) -> tuple[list[list[int]], list[float]]:
-    """Best-hypothesis tokens of one warm-up run, and the wall times of ``repeats`` more."""
-    nbest = decode()
+def measure(
+    engine: str, weights: str, search: str, threads: str, decode: Callable[[], list[list[Hypothesis]]], repeats: int,
+    tokenizer: Tokenizer, references: list[str],
+) -> dict[str, Any]:
+    """One row of the table, from the median of ``repeats`` timed runs of ``decode`` after a warm-up run (the
+    comparisons with our decoder are added by ``run``); its line is printed as tried."""
+    tokens = best_tokens(decode())
     seconds = []
     for _ in range(repeats):
         start = time.perf_counter()
         decode()
         seconds.append(time.perf_counter() - start)
-    return [hyps[0].tokens if hyps else [] for hyps in nbest], seconds
-
-
-def measure(
-    engine: str, weights: str, search: str, threads: str, tokens: list[list[int]], seconds: list[float],
-    hypotheses: list[str], references: list[str],
-) -> dict[str, Any]:
-    """One row of the table (the comparisons with our decoder are added by ``run``)."""
     median = statistics.median(seconds)
     n_tokens = sum(len(t) + 1 for t in tokens)  # + EOS
-    return {
+    row = {
         "engine": engine, "weights": weights, "search": search, "threads": threads,
         "seconds": [round(s, 3) for s in seconds], "seconds_median": round(median, 3),
         "sentences_per_s": round(len(tokens) / median, 1), "tokens_per_s": round(n_tokens / median, 1),
-        "bleu": round(corpus_scores(hypotheses, references)["bleu"], 2), "tokens": tokens,
+        "bleu": round(corpus_scores(tokenizer.decode_tgt(tokens), references)["bleu"], 2), "tokens": tokens,
     }  # fmt: skip
+    print("   tried " + _line(row), flush=True)
+    return row
+
+
+def fastest(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The row of the fastest thread setting, printed."""
+    best = min(rows, key=lambda row: row["seconds_median"])
+    print(_line(best), flush=True)
+    return best
 
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s: %(message)s")
-    for name in ("max_sentences", "repeats", "threads", "beam_size"):
-        if getattr(args, name) < (0 if name == "max_sentences" else 1):
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least {0 if name == 'max_sentences' else 1}")
-    model, tokenizer, config = load_model("torch", checkpoints=[args.checkpoint], device="cpu")
+    problem = below_minimum({"--max-sentences": args.max_sentences}, 0) or below_minimum(
+        {"--repeats": args.repeats, "--threads": args.threads, "--beam-size": args.beam_size}, 1
+    )
+    if problem is not None:
+        raise ConfigError(problem)
+    translator, config = load_translator("torch", checkpoints=[args.checkpoint], device="cpu")
+    tokenizer = translator.tokenizer
     changes = {"data_dir": args.data_dir} if args.data_dir else {}
     role = args.split
     if role not in ROLES:  # a split name of the corpus, read in the test role
@@ -106,10 +117,10 @@ def run(args: argparse.Namespace) -> int:
     if args.max_sentences:
         src, refs = src[: args.max_sentences], refs[: args.max_sentences]
     given = {"length_penalty": args.length_penalty, "batch_size": args.batch_size}
-    base = dataclasses.replace(config.decode, n_best=1, **{k: v for k, v in given.items() if v is not None})
-    searches: list[tuple[str, DecodeConfig]] = [("greedy", dataclasses.replace(base, beam_size=1))]
+    base = config.decode.updated(n_best=1, **given)
+    searches: list[tuple[str, DecodeConfig]] = [("greedy", base.updated(beam_size=1))]
     if args.beam_size > 1:
-        searches.append((f"beam{args.beam_size}", dataclasses.replace(base, beam_size=args.beam_size)))
+        searches.append((f"beam{args.beam_size}", base.updated(beam_size=args.beam_size)))
     split_name = {"train": data_cfg.train_split, "valid": data_cfg.valid_split, "test": data_cfg.test_split}[role]
     print(
         f"{args.checkpoint}: {len(src)} sentences of {split_name} ({data_cfg.src_lang}-{data_cfg.tgt_lang}); "
@@ -119,34 +130,25 @@ def run(args: argparse.Namespace) -> int:
 
     rows, threads_before = [], torch.get_num_threads()
     for search, cfg in searches:
-        best = None
+        tried = []
         for threads in range(1, args.threads + 1):  # a small model may decode faster on fewer threads
             torch.set_num_threads(threads)
-            decode = functools.partial(decode_texts, model, tokenizer, src, cfg, device="cpu")
-            tokens, seconds = timed(decode, args.repeats)
-            row = measure("torch", "float32", search, f"{threads} intra-op", tokens, seconds,
-                          tokenizer.decode_tgt(tokens), refs)  # fmt: skip
-            print("   tried " + _line(row), flush=True)
-            best = row if best is None or row["seconds_median"] < best["seconds_median"] else best
-        rows.append(best)
-        print(_line(best), flush=True)
+            decode = functools.partial(translator.translate, src, cfg)
+            tried.append(measure("torch", "float32", search, f"{threads} intra-op", decode, args.repeats,
+                                 tokenizer, refs))
+        rows.append(fastest(tried))
     torch.set_num_threads(threads_before)
     with tempfile.TemporaryDirectory(prefix="engines-") as tmp:
         for weights in ("float32", "int8"):
             folder = export_ctranslate2(args.checkpoint, Path(tmp) / weights, quantization=weights)
             for search, cfg in searches:
-                best = None
+                tried = []
                 for inter, intra in thread_splits(args.threads):
-                    translator, _, _ = load_model(
-                        "ctranslate2", model_dir=folder, inter_threads=inter, intra_threads=intra
-                    )
-                    tokens, seconds = timed(functools.partial(translator.decode_texts, src, cfg), args.repeats)
-                    row = measure("ctranslate2", weights, search, f"{inter}x{intra}", tokens, seconds,
-                                  tokenizer.decode_tgt(tokens), refs)  # fmt: skip
-                    print("   tried " + _line(row), flush=True)
-                    best = row if best is None or row["seconds_median"] < best["seconds_median"] else best
-                rows.append(best)
-                print(_line(best), flush=True)
+                    ct2, _ = load_translator("ctranslate2", model_dir=folder, inter_threads=inter, intra_threads=intra)
+                    decode = functools.partial(ct2.translate, src, cfg)
+                    tried.append(measure("ctranslate2", weights, search, f"{inter}x{intra}", decode, args.repeats,
+                                         tokenizer, refs))
+                rows.append(fastest(tried))
 
     ours = {row["search"]: row for row in rows if row["engine"] == "torch"}
     for row in rows:

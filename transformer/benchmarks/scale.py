@@ -157,7 +157,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nproc", type=int, default=2, help="torchrun processes for the multi-process row (1: skip)")
     parser.add_argument("--work-dir", type=Path, help="where the corpora and caches go (default: a temporary folder)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
-    parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from transformer.config import ModelConfig
-from transformer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from transformer.model.transformer import Transformer
+from transformer.tokens import BOS_ID, EOS_ID, PAD_ID
 
 
 def sinusoidal_positions(length: int, d_model: int) -> torch.Tensor:
@@ -49,10 +49,10 @@ class StockTransformer(nn.Module):
         super().__init__()
         c = config
         self.config = c
-        self.src_embedding = nn.Embedding(c.src_vocab_size, c.d_model, padding_idx=c.pad_id)
+        self.src_embedding = nn.Embedding(c.src_vocab_size, c.d_model, padding_idx=PAD_ID)
         share = c.share_embeddings
         self.tgt_embedding = (
-            self.src_embedding if share else nn.Embedding(c.tgt_vocab_size, c.d_model, padding_idx=c.pad_id)
+            self.src_embedding if share else nn.Embedding(c.tgt_vocab_size, c.d_model, padding_idx=PAD_ID)
         )
         self.register_buffer("positions", sinusoidal_positions(max_len, c.d_model), persistent=False)
         self.dropout = nn.Dropout(c.dropout)
@@ -76,7 +76,7 @@ class StockTransformer(nn.Module):
 
     def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, S) ids -> (B, S, D) memory and the (B, S) key-padding mask (True at PAD)."""
-        src_padding = src == self.config.pad_id
+        src_padding = src == PAD_ID
         memory = self.transformer.encoder(self._embed(self.src_embedding, src), src_key_padding_mask=src_padding)
         return memory, src_padding
 
@@ -85,7 +85,7 @@ class StockTransformer(nn.Module):
         tgt_mask = nn.Transformer.generate_square_subsequent_mask(tgt.size(1), device=tgt.device)
         hidden = self.transformer.decoder(
             self._embed(self.tgt_embedding, tgt), memory, tgt_mask=tgt_mask,
-            tgt_key_padding_mask=tgt == self.config.pad_id, memory_key_padding_mask=src_padding,
+            tgt_key_padding_mask=tgt == PAD_ID, memory_key_padding_mask=src_padding,
         )
         return self.generator(hidden)
 

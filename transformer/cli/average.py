@@ -2,7 +2,7 @@
 
 The result keeps the config and vocabulary of the newest checkpoint and no optimizer state: it is for
 ``translate`` and ``evaluate``, not for resuming. The work is done by
-``transformer.training.checkpoint.average_checkpoints``. Checkpoints of different models end with one line
+``transformer.checkpoint.average_checkpoints``. Checkpoints of different models end with one line
 on stderr and exit status 2.
 """
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from transformer.checkpoint import average_checkpoints, save_checkpoint
 from transformer.errors import ConfigError
-from transformer.training.checkpoint import average_checkpoints, save_checkpoint
 
 EXAMPLES = """\
 examples:

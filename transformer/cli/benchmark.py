@@ -40,7 +40,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     for name, module, help_text in MODES:
         mode = modes.add_parser(name, help=help_text, description=module.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-        module.add_arguments(mode)  # sets run=module.run on the mode's parser
+        module.add_arguments(mode)
         mode.set_defaults(benchmark=module.run, run=run)
     parser.set_defaults(run=run)
     return parser

@@ -1,7 +1,8 @@
 """Translate a corpus's training sources with a teacher model into a new corpus folder (sequence-level distillation).
 
-The teacher is one checkpoint, or several as an ensemble (``--checkpoint`` repeated; one vocabulary), decoding
-with beam search. ``--data-dir`` is a folder of ``{split}.{lang}[.gz]`` files; ``--output`` becomes one too: the
+The teacher is one checkpoint, or several as an ensemble (``--checkpoint`` repeated; one vocabulary), or its
+CTranslate2 export (``--engine ctranslate2 --model DIR``: the same translations in float32, faster), decoding with
+beam search. ``--data-dir`` is a folder of ``{split}.{lang}[.gz]`` files; ``--output`` becomes one too: the
 split's sources with the teacher's translations, the other splits copied, and ``distill.json`` (the checkpoints'
 SHA-256s, the teacher's config and the settings). A config trains on it with ``data.data_dir=OUT_DIR``.
 ``--with-original`` keeps the original pairs beside the distilled ones (twice the pairs). Interrupted, the same
@@ -19,9 +20,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from transformer.cli.options import add_decode_arguments, add_device_argument, add_engine_arguments
+from transformer.device import resolve_device
 from transformer.distillation import prepare_distillation, run_distillation
-from transformer.training.checkpoint import load_ensemble_for_inference
-from transformer.training.distributed import resolve_device
+from transformer.inference import load_translator
 
 EXAMPLES = """\
 examples:
@@ -30,6 +32,7 @@ examples:
   transformer distill --checkpoint a/avg10.pt --checkpoint b/avg10.pt --data-dir data/multi30k \\
       --output data/multi30k_distill_en_de                       # an ensemble teacher
   transformer distill --checkpoint best.pt --data-dir data/multi30k --output data/m30k_both --with-original
+  transformer distill --engine ctranslate2 --model ct2_en_de --data-dir data/multi30k --output data/m30k_ct2
   transformer train --config configs/multi30k_en_de_distilled.yaml   # a student on data/multi30k_distill_en_de
 """
 
@@ -39,38 +42,41 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "distill", help="translate a corpus's training sources with a teacher into a new corpus folder",
         description=__doc__.split("\n\n")[0], epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--checkpoint", type=Path, action="append", required=True, metavar="CKPT",
-        help="the teacher, a .pt file written by training; repeat it to decode several models as an ensemble",
+    add_engine_arguments(
+        parser,
+        checkpoint_help="the teacher, a .pt file written by training; repeat it to decode several models as an ensemble",
     )
     parser.add_argument("--data-dir", type=Path, required=True, help="the corpus folder ({split}.{lang}[.gz] files)")
     parser.add_argument("--output", type=Path, required=True, metavar="OUT_DIR", help="the new corpus folder")
     parser.add_argument("--split", default="train", help="the split to translate (default: train)")
     parser.add_argument("--src-lang", help="override the checkpoint's data.src_lang")
     parser.add_argument("--tgt-lang", help="override the checkpoint's data.tgt_lang")
-    parser.add_argument("--beam-size", type=int, help="default: the checkpoint's decode.beam_size")
-    parser.add_argument("--length-penalty", type=float, help="GNMT alpha (default: the checkpoint's)")
-    parser.add_argument("--batch-size", type=int, help="sentences per decoding batch (speed only)")
+    add_decode_arguments(parser)
     parser.add_argument(
         "--with-original", action="store_true",
         help="write the original pairs and the distilled ones together (train on both)",
     )
-    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
+    add_device_argument(parser)
     parser.set_defaults(run=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    device = resolve_device(args.device)
-    model, tokenizer, config = load_ensemble_for_inference(args.checkpoint, device)
-    changes = {"beam_size": args.beam_size, "length_penalty": args.length_penalty, "batch_size": args.batch_size}
-    decode = dataclasses.replace(config.decode, n_best=1, **{k: v for k, v in changes.items() if v is not None})
+    translator, config = load_translator(
+        args.engine, checkpoints=args.checkpoint or (), model_dir=args.model, device=resolve_device(args.device),
+        inter_threads=args.inter_threads, intra_threads=args.intra_threads,
+    )
+    decode = config.decode.updated(
+        beam_size=args.beam_size, length_penalty=args.length_penalty, batch_size=args.batch_size, n_best=1
+    )
+    # The teacher's files, hashed into distill.json: the checkpoints, or the export's weights.
+    teacher_files = args.checkpoint or [args.model / "model.bin"]
     langs = {"src_lang": args.src_lang, "tgt_lang": args.tgt_lang}
     data = dataclasses.replace(
         config.data, data_dir=str(args.data_dir), **{k: v for k, v in langs.items() if v is not None}
     )
     job = prepare_distillation(
-        args.checkpoint, config.to_dict(), data, decode, args.output, split=args.split,
+        teacher_files, config.to_dict(), data, decode, args.output, split=args.split,
         with_original=args.with_original,
     )
     s = job.settings
@@ -83,10 +89,10 @@ def run(args: argparse.Namespace) -> int:
     with tqdm(
         total=total, initial=initial, unit="sent", desc="distill", file=sys.stderr, disable=not sys.stderr.isatty()
     ) as bar:
-        run_distillation(job, model, tokenizer, device=device, batch_size=decode.batch_size, progress=bar.update)
+        run_distillation(job, translator, batch_size=decode.batch_size, progress=bar.update)
     pairs = 2 * s.lines if s.with_original else s.lines
     print(
-        f"{' + '.join(map(str, args.checkpoint))}: {s.src_lang}-{s.tgt_lang} {s.split} split of {job.corpus}, "
+        f"{' + '.join(map(str, args.checkpoint or [args.model]))}: {s.src_lang}-{s.tgt_lang} {s.split} split of {job.corpus}, "
         f"{s.lines} sentences, beam {s.beam_size}, length penalty {s.length_penalty}, "
         f"{job.record['seconds']:.0f} s of decoding"
     )

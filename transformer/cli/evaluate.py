@@ -19,12 +19,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from transformer.cli.export import add_engine_arguments
+from transformer.cli.options import add_decode_arguments, add_device_argument, add_engine_arguments
 from transformer.config import ConfigError, DataConfig
 from transformer.data.corpus import DataError, load_split
-from transformer.evaluation import corpus_scores, require_moses, tokenized_bleu
-from transformer.serving import evaluate_model, load_model
-from transformer.training.distributed import resolve_device
+from transformer.device import resolve_device
+from transformer.evaluation import corpus_scores, evaluate_model, require_moses, tokenized_bleu
+from transformer.inference import load_translator
 
 ROLES = ("train", "valid", "test")
 
@@ -46,20 +46,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "evaluate", help="BLEU/chrF of a checkpoint on a split, or of a file",
         description=__doc__.split("\n\n")[0], epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--checkpoint", type=Path, action="append", metavar="CKPT",
-        help="a .pt file written by training; repeat it to decode several models as an ensemble",
+    add_engine_arguments(
+        parser, checkpoint_help="a .pt file written by training; repeat it to decode several models as an ensemble"
     )
     parser.add_argument("--split", default="test", help="train, valid, test, or a split name (default: test)")
     parser.add_argument("--data-dir", help="corpus folder (default: the checkpoint's data.data_dir)")
     parser.add_argument("--src-lang", help="override the checkpoint's data.src_lang")
     parser.add_argument("--tgt-lang", help="override the checkpoint's data.tgt_lang")
-    parser.add_argument("--beam-size", type=int, help="1 = greedy (default: the checkpoint's decode.beam_size)")
-    parser.add_argument("--length-penalty", type=float, help="GNMT alpha (0 = none)")
-    parser.add_argument("--batch-size", type=int, help="sentences per decoding batch")
+    add_decode_arguments(parser)
     parser.add_argument("--max-sentences", type=int, default=0, help="score only the first N sentences (0 = all)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
-    add_engine_arguments(parser)
+    add_device_argument(parser)
     parser.add_argument("--output", type=Path, help="write the hypotheses here, one per line")
     parser.add_argument("--lowercase", action="store_true", help="report case-insensitive BLEU first")
     parser.add_argument(
@@ -73,26 +69,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
-def check_args(args: argparse.Namespace) -> None:
-    parser = args.parser
-    if args.hypotheses is not None or args.references is not None:
-        if args.hypotheses is None or args.references is None:
-            parser.error("--hypotheses and --references go together")
-        if args.checkpoint is not None or args.model is not None:
-            parser.error("give either --checkpoint (or --model) or --hypotheses/--references, not both")
-    elif args.checkpoint is None and args.model is None:
-        parser.error("give --checkpoint (or --engine ctranslate2 --model DIR), or --hypotheses and --references")
-    if args.max_sentences < 0:
-        parser.error("--max-sentences must be >= 0")
-
-
-def data_settings(saved: DataConfig, args: argparse.Namespace) -> tuple[DataConfig, str]:
-    """The checkpoint's data config with the overrides, and the role to load."""
-    changes = {"data_dir": args.data_dir, "src_lang": args.src_lang, "tgt_lang": args.tgt_lang}
+def data_settings(
+    saved: DataConfig, split: str, *, data_dir: str | None, src_lang: str | None, tgt_lang: str | None
+) -> tuple[DataConfig, str]:
+    """The checkpoint's data config with the command line's folder and languages, and the role to load."""
+    changes = {"data_dir": data_dir, "src_lang": src_lang, "tgt_lang": tgt_lang}
     changes = {k: v for k, v in changes.items() if v is not None}
-    role = args.split
+    role = split
     if role not in ROLES:  # a split name of the corpus, read in the test role
-        changes["test_split"], role = args.split, "test"
+        changes["test_split"], role = split, "test"
     return dataclasses.replace(saved, **changes), role
 
 
@@ -125,13 +110,17 @@ def report(hypotheses: list[str], references: list[str], *, lowercase: bool, mos
         print(f"  signature: {tokenized['bleu_signature']}")
 
 
-def moses_lang(args: argparse.Namespace, tgt_lang: str) -> str | None:
-    """The language of the tokenized BLEU, or None when ``--tokenize`` does not ask for it."""
-    return tgt_lang if args.tokenize == "moses" else None
-
-
 def run(args: argparse.Namespace) -> int:
-    check_args(args)
+    parser = args.parser
+    if args.hypotheses is not None or args.references is not None:
+        if args.hypotheses is None or args.references is None:
+            parser.error("--hypotheses and --references go together")
+        if args.checkpoint is not None or args.model is not None:
+            parser.error("give either --checkpoint (or --model) or --hypotheses/--references, not both")
+    elif args.checkpoint is None and args.model is None:
+        parser.error("give --checkpoint (or --engine ctranslate2 --model DIR), or --hypotheses and --references")
+    if args.max_sentences < 0:
+        parser.error("--max-sentences must be >= 0")
     if args.tokenize == "moses":
         require_moses()
     if args.hypotheses is not None:
@@ -142,23 +131,24 @@ def run(args: argparse.Namespace) -> int:
         hypotheses, references = read_text(args.hypotheses), read_text(args.references)
         if args.max_sentences:
             hypotheses, references = hypotheses[: args.max_sentences], references[: args.max_sentences]
-        report(hypotheses, references, lowercase=args.lowercase, moses_lang=moses_lang(args, args.tgt_lang))
+        report(hypotheses, references, lowercase=args.lowercase, moses_lang=args.tgt_lang if args.tokenize == "moses" else None)
         return 0
 
-    device = resolve_device(args.device)
-    model, tokenizer, config = load_model(
-        args.engine, checkpoints=args.checkpoint or (), model_dir=args.model, device=device,
+    translator, config = load_translator(
+        args.engine, checkpoints=args.checkpoint or (), model_dir=args.model, device=resolve_device(args.device),
         inter_threads=args.inter_threads, intra_threads=args.intra_threads,
     )
-    changes = {"beam_size": args.beam_size, "length_penalty": args.length_penalty, "batch_size": args.batch_size}
-    cfg = dataclasses.replace(config.decode, n_best=1, **{k: v for k, v in changes.items() if v is not None})
-    data_cfg, role = data_settings(config.data, args)
+    cfg = config.decode.updated(
+        beam_size=args.beam_size, length_penalty=args.length_penalty, batch_size=args.batch_size, n_best=1
+    )
+    data_cfg, role = data_settings(
+        config.data, args.split, data_dir=args.data_dir, src_lang=args.src_lang, tgt_lang=args.tgt_lang
+    )
     src_texts, ref_texts = load_split(data_cfg, role)
     total = sum(1 for text in src_texts[: args.max_sentences or None] if text.strip())  # blank ones are not decoded
     with tqdm(total=total, unit="sent", desc=role, file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
         scores, hypotheses = evaluate_model(
-            model, tokenizer, src_texts, ref_texts, cfg, device=device, max_sentences=args.max_sentences,
-            progress=bar.update,
+            translator, src_texts, ref_texts, cfg, max_sentences=args.max_sentences, progress=bar.update
         )
 
     references = ref_texts[: len(hypotheses)]
@@ -170,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
         f"beam {cfg.beam_size}, length penalty {cfg.length_penalty}, "
         f"max length {cfg.max_len_a} * src_len + {cfg.max_len_b}, {scores['seconds']:.1f} s"
     )
-    report(hypotheses, references, lowercase=args.lowercase, moses_lang=moses_lang(args, data_cfg.tgt_lang))
+    report(hypotheses, references, lowercase=args.lowercase, moses_lang=data_cfg.tgt_lang if args.tokenize == "moses" else None)
     if args.output is not None:
         try:
             args.output.parent.mkdir(parents=True, exist_ok=True)

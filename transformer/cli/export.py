@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from transformer.serving import ENGINES, QUANTIZATIONS, export_ctranslate2
+from transformer.inference import QUANTIZATIONS, export_ctranslate2
 
 EXAMPLES = """\
 examples:
@@ -36,21 +36,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--force", action="store_true", help="replace an existing output folder")
     parser.set_defaults(run=run)
     return parser
-
-
-def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options that pick the decoding engine, shared by `translate` and `evaluate`."""
-    parser.add_argument(
-        "--engine", choices=ENGINES, default="torch",
-        help="torch: our decoder on --checkpoint; ctranslate2: a folder written by `transformer export` (--model)",
-    )
-    parser.add_argument("--model", type=Path, metavar="DIR", help="a CTranslate2 model folder (--engine ctranslate2)")
-    parser.add_argument(
-        "--inter-threads", type=int, metavar="N", help="CTranslate2 translators working in parallel (default 1)"
-    )
-    parser.add_argument(
-        "--intra-threads", type=int, metavar="N", help="threads of each CTranslate2 translator (default: its own)"
-    )
 
 
 def run(args: argparse.Namespace) -> int:

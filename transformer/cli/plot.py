@@ -9,17 +9,16 @@ and head and their mean; ``plot positions`` draws the sinusoidal encoding (or a 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 
 import torch
 
+from transformer.checkpoint import load_for_inference
 from transformer.config import ConfigError
-from transformer.decoding.alignment import layer_index, pair_attention, translate_with_attention
+from transformer.device import resolve_device
 from transformer.errors import DataError
+from transformer.inference.alignment import layer_index, pair_attention, translate_with_attention
 from transformer.plotting import DPI, attention_figure, positions_figure, read_metrics, run_figure, save_png
-from transformer.training.checkpoint import load_for_inference
-from transformer.training.distributed import resolve_device
 
 EXAMPLES = """\
 examples:
@@ -113,9 +112,8 @@ def run_attention(args: argparse.Namespace) -> int:
     if args.target is not None:
         translation, attention = args.target, pair_attention(model, tokenizer, [args.text], [args.target], device=device)[0]
     else:
-        cfg = config.decode if args.beam_size is None else dataclasses.replace(config.decode, beam_size=args.beam_size)
-        translation, attention = translate_with_attention(model, tokenizer, [args.text], dataclasses.replace(cfg, n_best=1),
-                                                          device=device)[0]
+        cfg = config.decode.updated(beam_size=args.beam_size, n_best=1)
+        translation, attention = translate_with_attention(model, tokenizer, [args.text], cfg, device=device)[0]
     field, rows, cols, row_axis, col_axis, what = KINDS[args.kind]
     weights: torch.Tensor = getattr(attention, field)  # (L, H, T, S)
     layers = list(range(1, weights.size(0) + 1))

@@ -79,10 +79,10 @@ def run(args: argparse.Namespace) -> int:
     if trainer.stop_signal is not None:  # a scheduler must see that the run stopped early
         if context.is_main:
             name = signal.Signals(trainer.stop_signal).name
-            print(f"stopped by {name} at step {trainer.step}; saved {trainer.checkpoint_dir / 'last.pt'}; "
+            print(f"stopped by {name} at step {trainer.step}; saved {trainer.checkpoints.last}; "
                   "continue with --resume")
         return 128 + trainer.stop_signal
     if context.is_main:
         print(f"done at step {trainer.step}; last validation: {metrics}")
-        print(f"checkpoints: {trainer.checkpoint_dir}")
+        print(f"checkpoints: {trainer.checkpoints.folder}")
     return 0

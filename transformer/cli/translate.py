@@ -13,24 +13,19 @@ must share one vocabulary. Decoding settings default to those saved in the (firs
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import sys
 from collections.abc import Callable, Iterable
-from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
-from transformer.cli.export import add_engine_arguments
+from transformer.cli.options import add_decode_arguments, add_device_argument, add_engine_arguments
 from transformer.config import ConfigError, DecodeConfig
-from transformer.data.tokenizer import Tokenizer
-from transformer.decoding.alignment import ALIGNMENT_LAYER, align_hypotheses, format_alignment, layer_index
-from transformer.decoding.ensemble import Ensemble
+from transformer.device import resolve_device
 from transformer.errors import DataError
+from transformer.inference import TorchTranslator, Translator, best_texts, load_translator
+from transformer.inference.alignment import ALIGNMENT_LAYER, align_hypotheses, format_alignment, layer_index
 from transformer.model.transformer import Transformer
-from transformer.serving import decode_texts, load_model
-from transformer.training.distributed import resolve_device
 
 LINES_PER_CHUNK = 10_000  # stdin is translated in chunks this big (sorted by length within a chunk)
 
@@ -52,17 +47,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description=__doc__.split("\n\n")[0], epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("text", nargs="*", help="sentences to translate; none: read stdin (one per line) or prompt")
-    parser.add_argument(
-        "--checkpoint", action="append", type=Path, metavar="CKPT",
-        help="a .pt file written by training; repeat it to decode several models as an ensemble",
+    add_engine_arguments(
+        parser, checkpoint_help="a .pt file written by training; repeat it to decode several models as an ensemble"
     )
-    parser.add_argument("--beam-size", type=int, help="1 = greedy (default: the checkpoint's decode.beam_size)")
-    parser.add_argument("--n-best", type=int, help="print the N best translations with their scores")
-    parser.add_argument("--length-penalty", type=float, help="GNMT alpha (0 = none)")
-    parser.add_argument("--batch-size", type=int, help="sentences per decoding batch")
+    add_decode_arguments(parser, n_best=True)
     parser.add_argument("--max-src-tokens", type=int, help="truncate longer inputs, with a warning")
-    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
-    add_engine_arguments(parser)
+    add_device_argument(parser)
     parser.add_argument(
         "--alignment", action="store_true",
         help="append <TAB> and the word alignment, source-target 'i-j' pairs from the cross-attention",
@@ -75,37 +65,29 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
-def decode_settings(saved: DecodeConfig, args: argparse.Namespace) -> DecodeConfig:
-    """The checkpoint's decoding settings with the options given on the command line on top."""
-    given = {
-        "beam_size": args.beam_size,
-        "n_best": args.n_best,
-        "length_penalty": args.length_penalty,
-        "batch_size": args.batch_size,
-    }
-    changes = {k: v for k, v in given.items() if v is not None}
-    if args.n_best is None:
-        changes["n_best"] = 1
-    return dataclasses.replace(saved, **changes)  # validated by DecodeConfig.__post_init__
-
-
 def translate_lines(
-    model: Transformer | Ensemble, tokenizer: Tokenizer, lines: list[str], cfg: DecodeConfig, args: argparse.Namespace,
-    device: torch.device, first_index: int = 0, *, progress: Callable[[int], None] | None = None,
+    translator: Translator,
+    lines: list[str],
+    cfg: DecodeConfig,
+    *,
+    max_src_tokens: int | None = None,
+    alignment_layer: int | None = None,
+    first_index: int = 0,
+    progress: Callable[[int], None] | None = None,
 ) -> list[str]:
-    """Output lines for ``lines``: translations, or ``index<TAB>score<TAB>text`` n-best lines (with
-    ``--alignment``, each followed by ``<TAB>`` and its alignment)."""
-    nbest = decode_texts(
-        model, tokenizer, lines, cfg, device=device, max_src_tokens=args.max_src_tokens, progress=progress
-    )
+    """Output lines for ``lines``: translations, or ``index<TAB>score<TAB>text`` n-best lines; with an
+    ``alignment_layer``, each followed by ``<TAB>`` and its word alignment."""
+    nbest = translator.translate(lines, cfg, max_src_tokens=max_src_tokens, progress=progress)
     links = None
-    if args.alignment:
+    if alignment_layer is not None:
+        assert isinstance(translator, TorchTranslator)  # checked by check_alignment_options
         links = align_hypotheses(
-            model, tokenizer, lines, nbest, layer=args.alignment_layer, device=device,
-            max_src_tokens=args.max_src_tokens, batch_size=cfg.batch_size,
+            translator.model, translator.tokenizer, lines, nbest, layer=alignment_layer, device=translator.device,
+            max_src_tokens=max_src_tokens, batch_size=cfg.batch_size,
         )
+    tokenizer = translator.tokenizer
     if cfg.n_best == 1:
-        texts = tokenizer.decode_tgt([hyps[0].tokens if hyps else [] for hyps in nbest])
+        texts = best_texts(tokenizer, nbest)
         if links is None:
             return texts
         return [f"{text}\t{format_alignment(found[0] if found else [])}" for text, found in zip(texts, links)]
@@ -120,12 +102,14 @@ def translate_lines(
     return out
 
 
-def check_alignment_options(model: Transformer | Ensemble, layer: int) -> None:
-    """``--alignment`` reads one model's cross-attention: a single checkpoint, and a layer it has."""
-    if isinstance(model, Ensemble):
+def check_alignment_options(translator: Translator, layer: int) -> None:
+    """``--alignment`` reads one model's cross-attention: our engine, a single checkpoint, a layer it has."""
+    if not isinstance(translator, TorchTranslator):
+        raise ConfigError("--alignment reads the cross-attention of our decoder: use it with --engine torch")
+    if not isinstance(translator.model, Transformer):
         raise ConfigError("--alignment needs a single --checkpoint: an ensemble has no one cross-attention to read")
     try:
-        layer_index(layer, model.config.n_decoder_layers)
+        layer_index(layer, translator.model.config.n_decoder_layers)
     except ValueError as err:
         raise ConfigError(f"--alignment-layer: {err}") from None
 
@@ -165,17 +149,25 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--max-src-tokens must be at least 2 (one token and EOS)")
     if args.alignment and args.engine != "torch":
         raise ConfigError("--alignment reads the cross-attention of our decoder: use it with --engine torch")
-    device = resolve_device(args.device)
-    model, tokenizer, config = load_model(
-        args.engine, checkpoints=args.checkpoint or (), model_dir=args.model, device=device,
+    translator, config = load_translator(
+        args.engine, checkpoints=args.checkpoint or (), model_dir=args.model, device=resolve_device(args.device),
         inter_threads=args.inter_threads, intra_threads=args.intra_threads,
     )
-    cfg = decode_settings(config.decode, args)
+    cfg = config.decode.updated(
+        beam_size=args.beam_size, length_penalty=args.length_penalty, batch_size=args.batch_size,
+        n_best=1 if args.n_best is None else args.n_best,
+    )
     if args.alignment:
-        check_alignment_options(model, args.alignment_layer)
+        check_alignment_options(translator, args.alignment_layer)
+
+    def lines_of(texts: list[str], first_index: int = 0, progress: Callable[[int], None] | None = None) -> list[str]:
+        return translate_lines(
+            translator, texts, cfg, max_src_tokens=args.max_src_tokens, first_index=first_index, progress=progress,
+            alignment_layer=args.alignment_layer if args.alignment else None,
+        )
 
     if args.text:
-        for line in translate_lines(model, tokenizer, args.text, cfg, args, device):
+        for line in lines_of(args.text):
             print(line)
     elif sys.stdin.isatty():
         print("Type a sentence and press Enter (Ctrl-D to quit).", file=sys.stderr)
@@ -191,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
                 except UnicodeDecodeError:
                     print("not valid UTF-8: check the terminal's encoding", file=sys.stderr)
                     continue
-                for out in translate_lines(model, tokenizer, [line.rstrip("\r\n")], cfg, args, device, index):
+                for out in lines_of([line.rstrip("\r\n")], index):
                     print(out, flush=True)
                 index += 1
         except KeyboardInterrupt:
@@ -201,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
         index = 0
         lines = StdinLines(sys.stdin.buffer)
         for chunk in chunks(lines, LINES_PER_CHUNK):
-            for out in translate_lines(model, tokenizer, chunk, cfg, args, device, index, progress=bar.update):
+            for out in lines_of(chunk, index, bar.update):
                 print(out)
             sys.stdout.flush()
             index += len(chunk)
@@ -209,4 +201,3 @@ def run(args: argparse.Namespace) -> int:
         if lines.error is not None:
             raise lines.error
     return 0
-

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from transformer.config import DataConfig
-from transformer.data.corpus import DataError
-from transformer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
-from transformer.errors import ConfigError
+from transformer.data.tokenizer import Tokenizer
+from transformer.errors import ConfigError, DataError
+from transformer.tokens import BOS_ID, EOS_ID, PAD_ID
 
 logger = logging.getLogger(__name__)
 
@@ -349,6 +349,21 @@ def collate(dataset: ParallelDataset, indices: np.ndarray, pad_to_multiple: int 
         n_src_tokens=int(src_len.sum()),
         n_tgt_tokens=int(tgt_len.sum()),
     )
+
+
+def pad_ids(rows: Sequence[Sequence[int]], device: torch.device | str) -> torch.Tensor:
+    """Right-pad id lists with PAD_ID into one tensor (for sentences to translate, which have no pairs).
+
+    Args:
+        rows: B id lists (lists, tuples or 1-d arrays), of any lengths.
+        device: where the tensor is made.
+
+    Returns:
+        (B, S) long tensor, S the longest row's length; (0, 0) for no rows.
+    """
+    width = max(map(len, rows), default=0)
+    padded = [[int(i) for i in row] + [PAD_ID] * (width - len(row)) for row in rows]
+    return torch.tensor(padded, dtype=torch.long, device=device).reshape(len(rows), width)
 
 
 def _round_up(n: int | np.ndarray, multiple: int) -> int | np.ndarray:

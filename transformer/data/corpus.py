@@ -2,10 +2,9 @@
 
 Sources (``DataConfig.source``), one loader for all of them (``load_split``):
 
-- ``"folder"``: a folder of raw parallel files ``{split}.{lang}`` or ``{split}.{lang}.gz`` (the Multi30k layout;
-  ``"multi30k"``, its old name, is still read);
-- ``"files"``: an explicit source and target path per role;
-- ``"tsv"``: one file per role, ``source<TAB>target`` on each line;
+- ``"folder"``: a folder of raw parallel files ``{split}.{lang}`` or ``{split}.{lang}.gz`` (the Multi30k layout);
+- ``"files"``: a path per role in ``files``, with ``{lang}`` for the language (``corpus/train.{lang}``);
+- ``"tsv"``: a file per role in ``files``, ``source<TAB>target`` on each line;
 - ``"hub"``: ``datasets.load_dataset(hub_name, hub_config)``, or a local json/csv/parquet file through
   the same call (``hub_name="json"`` and ``hub_data_files={split: path}``); either one column per
   language or a ``translation`` column of ``{lang: text}`` dicts.
@@ -30,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from transformer.config import DataConfig
+from transformer.config import LANG, DataConfig
 from transformer.errors import DataError, os_reason
 
 logger = logging.getLogger(__name__)
@@ -87,19 +86,11 @@ def iter_split(cfg: DataConfig, role: str, *, chunk_size: int = 100_000) -> Iter
         src_path, tgt_path = find_split_file(folder, split, cfg.src_lang), find_split_file(folder, split, cfg.tgt_lang)
         chunks, where = iter_parallel(src_path, tgt_path, chunk_size), f"{src_path} and {tgt_path}"
     elif cfg.source == "files":
-        src_path, tgt_path = {
-            "train": (cfg.train_src, cfg.train_tgt),
-            "valid": (cfg.valid_src, cfg.valid_tgt),
-            "test": (cfg.test_src, cfg.test_tgt),
-        }[role]
-        if not src_path or not tgt_path:
-            raise DataError(f"data.source=files needs data.{role}_src and data.{role}_tgt for the {role} split")
-        chunks, where = iter_parallel(Path(src_path), Path(tgt_path), chunk_size), f"{src_path} and {tgt_path}"
+        src_path, tgt_path = role_path(cfg, role, cfg.src_lang), role_path(cfg, role, cfg.tgt_lang)
+        chunks, where = iter_parallel(src_path, tgt_path, chunk_size), f"{src_path} and {tgt_path}"
     elif cfg.source == "tsv":
-        path = {"train": cfg.train_tsv, "valid": cfg.valid_tsv, "test": cfg.test_tsv}[role]
-        if not path:
-            raise DataError(f"data.source=tsv needs data.{role}_tsv for the {role} split")
-        chunks, where = iter_tsv(Path(path), chunk_size), path
+        path = role_path(cfg, role)
+        chunks, where = iter_tsv(path, chunk_size), str(path)
     else:
         chunks, where = iter_hub_split(cfg, split, chunk_size), f"dataset {cfg.hub_name} ({split})"
     n_lines, n_pairs = 0, 0
@@ -123,6 +114,22 @@ def split_name(cfg: DataConfig, role: str) -> str:
     return {"train": cfg.train_split, "valid": cfg.valid_split, "test": cfg.test_split}[role]
 
 
+def role_path(cfg: DataConfig, role: str, lang: str | None = None) -> Path:
+    """The ``cfg.files`` path of ``role``: of language ``lang`` for source "files", the TSV file (``lang=None``).
+
+    Raises:
+        DataError: ``cfg.files`` has no path for ``role`` (the message shows how to add one).
+    """
+    path = cfg.files.get(role)
+    if not path:
+        example = f'"corpus/{role}.{LANG}"' if cfg.source == "files" else f"corpus/{role}.tsv"
+        raise DataError(
+            f"data.source={cfg.source} reads the {role} split from data.files, which has no {role} path; "
+            f"add one, e.g. {role}: {example}"
+        )
+    return Path(path if lang is None else path.replace(LANG, lang))
+
+
 def corpus_folder(cfg: DataConfig) -> Path:
     """The corpus folder: ``cfg.data_dir``, else ``$MULTI30K_DIR``, else ``data/multi30k``.
 
@@ -134,8 +141,8 @@ def corpus_folder(cfg: DataConfig) -> Path:
     if folder.exists() and not folder.is_dir():
         raise DataError(
             f"data folder {folder} ({origin}) is a file, not a folder; point {origin} at the folder that holds "
-            f"the {{split}}.{{lang}} files (e.g. data.data_dir={folder.parent}), or use data.source=files "
-            "with data.train_src=... data.train_tgt=..."
+            f"the {{split}}.{{lang}} files (e.g. data.data_dir={folder.parent}), or set data.source=files "
+            'and data.files to a path per role (e.g. train: "corpus/train.{lang}")'
         )
     if not folder.is_dir():
         raise DataError(

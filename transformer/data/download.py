@@ -8,8 +8,8 @@ which training finds without ``data.data_dir`` or ``$MULTI30K_DIR``.
 from __future__ import annotations
 
 import gzip
+import io
 import logging
-import os
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -17,6 +17,7 @@ from pathlib import Path
 
 from transformer.data.corpus import DEFAULT_MULTI30K_DIR
 from transformer.errors import DataError
+from transformer.files import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -37,31 +38,31 @@ def multi30k_files(splits: Sequence[str], langs: Sequence[str]) -> list[str]:
 
 
 def fetch_gzip_text(url: str, path: Path, *, timeout: float) -> int:
-    """Fetch ``url`` to ``path`` (through a temporary file) and check it is gzip text; returns its line count.
+    """Fetch ``url``, check it is gzip text, and write it to ``path`` (atomically); returns its line count.
+
+    It is checked in memory (the largest Multi30k file is under 1 MB): nothing is written unless it is good.
 
     Raises:
         DownloadError: the server cannot be reached, answers with an error, or sends something else than
             gzip-compressed UTF-8 text. No partial file is left behind.
+        OutputError: ``path`` cannot be written.
     """
-    tmp = path.with_name(path.name + ".part")
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
-            tmp.write_bytes(response.read())
+            data = response.read()
     except urllib.error.HTTPError as err:
         raise DownloadError(f"{url}: HTTP {err.code} {err.reason}") from None
     except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-        tmp.unlink(missing_ok=True)
         raise DownloadError(
             f"cannot reach {url} ({getattr(err, 'reason', err)}). No network? Copy an existing Multi30k folder "
             "instead and point data.data_dir (or MULTI30K_DIR) at it."
         ) from None
     try:
-        with gzip.open(tmp, "rt", encoding="utf-8") as f:
+        with gzip.open(io.BytesIO(data), "rt", encoding="utf-8") as f:
             n_lines = sum(1 for _ in f)
     except (OSError, EOFError, UnicodeDecodeError) as err:
-        tmp.unlink()
         raise DownloadError(f"{url} is not gzip-compressed UTF-8 text: {err}") from None
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data, what="downloaded file")
     return n_lines
 
 

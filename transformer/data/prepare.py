@@ -42,15 +42,10 @@ import numpy as np
 
 from transformer.config import DataConfig
 from transformer.data.batching import ParallelDataset, flatten, length_filter
-from transformer.data.corpus import (
-    corpus_folder,
-    find_split_file,
-    iter_split,
-    load_hub_dataset,
-    split_name,
-)
+from transformer.data.corpus import corpus_folder, find_split_file, iter_split, load_hub_dataset, role_path, split_name
 from transformer.data.tokenizer import META_FILE, Tokenizer
 from transformer.errors import DataError, write_error
+from transformer.files import process_alive
 
 logger = logging.getLogger(__name__)
 
@@ -103,9 +98,9 @@ def corpus_fingerprint(cfg: DataConfig) -> dict[str, Any]:
         folder = corpus_folder(cfg)
         paths = [find_split_file(folder, split, cfg.src_lang), find_split_file(folder, split, cfg.tgt_lang)]
     elif cfg.source == "files":
-        paths = [Path(cfg.train_src), Path(cfg.train_tgt)]
+        paths = [role_path(cfg, "train", cfg.src_lang), role_path(cfg, "train", cfg.tgt_lang)]
     else:
-        paths = [Path(cfg.train_tsv)]
+        paths = [role_path(cfg, "train")]
     return {"source": cfg.source, "langs": [cfg.src_lang, cfg.tgt_lang], "files": [_file_stat(p) for p in paths]}
 
 
@@ -408,19 +403,9 @@ def _sweep_stale(root: Path) -> None:
     host = socket.gethostname()
     for path in root.glob(f".*.tmp-{host}-*"):
         pid = path.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             logger.info("removing %s, left by a preparation that was stopped", path)
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, run by someone else
-        return True
-    return True
 
 
 def _write_json(path: Path, value: Any) -> None:

@@ -1,8 +1,8 @@
 """SentencePiece vocabulary: train on the training split, save to a folder, encode and decode.
 
-The special ids are fixed here, once, and every other module imports them from here:
+Every model is trained with the fixed special ids of ``transformer.tokens`` (re-exported here):
 ``PAD_ID=0, UNK_ID=1, BOS_ID=2, EOS_ID=3``. ``encode_src``/``encode_tgt`` return subword ids
-*without* BOS/EOS; ``data.py`` adds them where the model needs them.
+*without* BOS/EOS; ``batching.collate`` adds them where the model needs them.
 
 A trained tokenizer is a folder::
 
@@ -16,7 +16,6 @@ checkpoint can embed the vocabulary and still be read with ``torch.load(weights_
 
 from __future__ import annotations
 
-import contextlib
 import io
 import itertools
 import json
@@ -31,13 +30,10 @@ import sentencepiece as spm
 
 from transformer.config import DataConfig
 from transformer.errors import ConfigError, DataError, write_error
+from transformer.files import atomic_write_bytes
+from transformer.tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID  # re-exported: callers import them from here too
 
 logger = logging.getLogger(__name__)
-
-PAD_ID = 0
-UNK_ID = 1
-BOS_ID = 2
-EOS_ID = 3
 
 META_FILE = "tokenizer.json"
 JOINT_MODEL = "spm.model"
@@ -141,12 +137,13 @@ class Tokenizer:
         except OSError as err:
             raise write_error(directory, err, what="tokenizer folder") from None
         if self.joint:
-            _write_atomic(directory / JOINT_MODEL, self._src_bytes)
+            atomic_write_bytes(directory / JOINT_MODEL, self._src_bytes, what="tokenizer file")
         else:
-            _write_atomic(directory / SRC_MODEL, self._src_bytes)
-            _write_atomic(directory / TGT_MODEL, self._tgt_bytes or b"")
+            atomic_write_bytes(directory / SRC_MODEL, self._src_bytes, what="tokenizer file")
+            atomic_write_bytes(directory / TGT_MODEL, self._tgt_bytes or b"", what="tokenizer file")
         meta = {"version": STATE_VERSION, "joint": self.joint, "settings": self.settings}
-        _write_atomic(directory / META_FILE, (json.dumps(meta, indent=2) + "\n").encode("utf-8"))
+        atomic_write_bytes(directory / META_FILE, (json.dumps(meta, indent=2) + "\n").encode("utf-8"),
+                           what="tokenizer file")
 
     @classmethod
     def load(cls, directory: str | Path) -> Tokenizer:
@@ -384,22 +381,6 @@ def _decode(sp: spm.SentencePieceProcessor, ids: Sequence[Sequence[int]]) -> lis
             kept.append(i)
         cleaned.append(kept)
     return sp.decode(cleaned) if cleaned else []  # batched, multithreaded
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file, so a crash never leaves half a file.
-
-    Raises:
-        OutputError: the file cannot be written (the temporary file is removed).
-    """
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except OSError as err:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise write_error(path, err, what="tokenizer file") from None
 
 
 def _yaml(value: Any) -> str:

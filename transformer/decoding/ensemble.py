@@ -40,7 +40,7 @@ class EnsembleState:
 def _shared_config(configs: Sequence[ModelConfig]) -> ModelConfig:
     """The first config, with the tightest position limit of all (what the searches read from ``config``)."""
     for i, c in enumerate(configs[1:], start=1):
-        for key in ("src_vocab_size", "tgt_vocab_size", "pad_id"):
+        for key in ("src_vocab_size", "tgt_vocab_size"):
             if getattr(c, key) != getattr(configs[0], key):
                 raise ValueError(
                     f"ensemble model {i} has {key}={getattr(c, key)} but model 0 has {getattr(configs[0], key)}"

@@ -1,4 +1,6 @@
-"""Greedy decoding and beam search, batched over sentences and beams, with the KV cache.
+"""Greedy decoding and beam search on tensors, batched over sentences and beams, with the KV cache.
+
+Text in, text out is one level up: ``transformer.inference`` (sorting, batching, truncation, detokenization).
 
 Conventions shared by both searches:
 
@@ -30,8 +32,6 @@ maximum length). With ``alpha = 0`` and K = 1 this reduces to greedy decoding.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -39,9 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from transformer.config import DecodeConfig, ModelConfig
-from transformer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
-
-logger = logging.getLogger(__name__)
+from transformer.tokens import BOS_ID, EOS_ID, PAD_ID
 
 NEG_INF = float("-inf")
 
@@ -81,7 +79,7 @@ def gnmt_length_penalty(length: torch.Tensor | int, alpha: float) -> torch.Tenso
 # ------------------------------------------------------------------------------------------ shared steps
 def _max_lengths(config: ModelConfig, src: torch.Tensor, a: float, b: int) -> torch.Tensor:
     """(B, S) padded source ids -> (B,) maximum output lengths ``int(a * src_len + b)``."""
-    src_len = src.ne(config.pad_id).sum(-1).tolist()
+    src_len = src.ne(PAD_ID).sum(-1).tolist()
     # Python floats, so that the cap is exactly what ``int(a * len + b)`` gives by hand.
     max_lens = torch.tensor([int(a * n + b) for n in src_len], dtype=torch.long, device=src.device)
     if config.positional == "learned":  # position max_len (fed after max_len tokens) must exist
@@ -324,99 +322,3 @@ def decode_batch(
     """
     search = greedy_decode if cfg.beam_size == 1 else beam_search
     return search(model, src, cfg, use_cache=use_cache)
-
-
-def encode_sources(
-    tokenizer: Tokenizer, texts: Sequence[str], *, max_src_tokens: int | None, warn: bool = True
-) -> list[list[int]]:
-    """Source ids (pieces + EOS) of each text; longer than ``max_src_tokens`` is truncated, keeping EOS.
-
-    ``warn=False`` for a second pass over texts that were already decoded (and warned about) once.
-    """
-    encoded = tokenizer.encode_src(list(texts))
-    ids = [pieces + [EOS_ID] for pieces in encoded]
-    if max_src_tokens is not None:
-        too_long = sum(len(x) > max_src_tokens for x in ids)
-        if too_long:
-            if warn:
-                logger.warning(
-                    "%d of %d input sentences are longer than %d tokens (EOS included) and were truncated",
-                    too_long, len(ids), max_src_tokens,
-                )
-            ids = [x if len(x) <= max_src_tokens else x[: max_src_tokens - 1] + [EOS_ID] for x in ids]
-    return ids
-
-
-def _pad(rows: list[list[int]], device: torch.device | str) -> torch.Tensor:
-    """Right-pad id lists into a (B, S) LongTensor."""
-    width = max(len(r) for r in rows)
-    return torch.tensor([r + [PAD_ID] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
-
-
-@torch.no_grad()
-def decode_texts(
-    model: SearchModel,
-    tokenizer: Tokenizer,
-    texts: Sequence[str],
-    cfg: DecodeConfig,
-    *,
-    device: torch.device | str,
-    max_src_tokens: int | None = None,
-    use_cache: bool = True,
-    progress: Callable[[int], None] | None = None,
-) -> list[list[Hypothesis]]:
-    """n-best hypotheses (token ids) of raw source sentences, in the order of ``texts``.
-
-    Sentences are sorted by length into batches of ``cfg.batch_size``, then put back in order. An empty
-    (or blank) text gets an empty list. The model is put in eval mode for the call and restored after.
-
-    Args:
-        max_src_tokens: truncate longer sources (EOS kept) with a warning; None uses
-            ``model.config.max_positions`` so that no input can crash the positional table or exhaust memory.
-        progress: called after each decoded batch with the number of sentences in it (e.g. a tqdm ``update``);
-            empty texts are not decoded and not counted.
-    """
-    if max_src_tokens is None:
-        max_src_tokens = model.config.max_positions
-    if max_src_tokens < 2:
-        raise ValueError(f"max_src_tokens must be at least 2 (one token and EOS), got {max_src_tokens}")
-    results: list[list[Hypothesis]] = [[] for _ in texts]
-    todo = [i for i, text in enumerate(texts) if text.strip()]
-    if not todo:
-        return results
-    ids = encode_sources(tokenizer, [texts[i] for i in todo], max_src_tokens=max_src_tokens)
-    order = sorted(range(len(todo)), key=lambda j: len(ids[j]), reverse=True)  # longest first: memory peaks early
-    was_training = model.training
-    model.eval()
-    try:
-        for start in range(0, len(order), cfg.batch_size):
-            chunk = order[start : start + cfg.batch_size]
-            src = _pad([ids[j] for j in chunk], device)
-            for j, hyps in zip(chunk, decode_batch(model, src, cfg, use_cache=use_cache)):
-                results[todo[j]] = hyps
-            if progress is not None:
-                progress(len(chunk))
-    finally:
-        model.train(was_training)
-    return results
-
-
-def translate_texts(
-    model: SearchModel,
-    tokenizer: Tokenizer,
-    texts: Sequence[str],
-    cfg: DecodeConfig,
-    *,
-    device: torch.device | str,
-    max_src_tokens: int | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> list[str]:
-    """Detokenized best translation of each raw source sentence ("" for an empty one), in input order.
-
-    See ``decode_texts`` for batching, truncation and ``progress``.
-    """
-    nbest = decode_texts(
-        model, tokenizer, texts, cfg, device=device, max_src_tokens=max_src_tokens, progress=progress
-    )
-    best = [hyps[0].tokens if hyps else [] for hyps in nbest]
-    return tokenizer.decode_tgt(best) if best else []

@@ -7,18 +7,20 @@ import math
 import torch
 from torch import nn
 
+from transformer.tokens import PAD_ID
+
 
 class TokenEmbedding(nn.Module):
-    """Embedding lookup scaled by sqrt(d_model) (Section 3.4 of the paper)."""
+    """Embedding lookup scaled by sqrt(d_model) (Section 3.4 of the paper); the ``PAD_ID`` row is zero and
+    gets no gradient."""
 
-    def __init__(self, vocab_size: int, d_model: int, *, pad_id: int | None = None) -> None:
+    def __init__(self, vocab_size: int, d_model: int) -> None:
         super().__init__()
-        self.embedding = nn.Embedding(vocab_size, d_model, padding_idx=pad_id)
+        self.embedding = nn.Embedding(vocab_size, d_model, padding_idx=PAD_ID)
         self.scale = math.sqrt(d_model)
         # With the sqrt(d_model) scale, N(0, d_model^-1/2) keeps embedded tokens at unit scale.
         nn.init.normal_(self.embedding.weight, mean=0.0, std=d_model**-0.5)
-        if pad_id is not None:
-            nn.init.zeros_(self.embedding.weight[pad_id])
+        nn.init.zeros_(self.embedding.weight[PAD_ID])
 
     @property
     def weight(self) -> nn.Parameter:

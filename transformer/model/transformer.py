@@ -12,6 +12,7 @@ from transformer.model.embeddings import LearnedPositionalEmbedding, SinusoidalP
 from transformer.model.kv_cache import DecoderCache, DecoderState, KVCache, LayerCache
 from transformer.model.layers import DecoderLayer, EncoderLayer
 from transformer.model.masks import causal_mask, padding_mask
+from transformer.tokens import PAD_ID
 
 
 def _positional(config: ModelConfig) -> nn.Module:
@@ -105,8 +106,8 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        src_embedding = TokenEmbedding(c.src_vocab_size, c.d_model, pad_id=c.pad_id)
-        tgt_embedding = src_embedding if c.share_embeddings else TokenEmbedding(c.tgt_vocab_size, c.d_model, pad_id=c.pad_id)
+        src_embedding = TokenEmbedding(c.src_vocab_size, c.d_model)
+        tgt_embedding = src_embedding if c.share_embeddings else TokenEmbedding(c.tgt_vocab_size, c.d_model)
         self.encoder = Encoder(c, src_embedding)
         self.decoder = Decoder(c, tgt_embedding)
         self.output = nn.Linear(c.d_model, c.tgt_vocab_size, bias=False)
@@ -132,7 +133,7 @@ class Transformer(nn.Module):
 
     def src_mask(self, src: torch.Tensor) -> torch.Tensor:
         """(B, S) -> (B, 1, 1, S), True at real source tokens."""
-        return padding_mask(src, self.config.pad_id)
+        return padding_mask(src, PAD_ID)
 
     def encode(self, src: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, S) source ids -> (B, S, D) memory."""

@@ -1,7 +1,9 @@
-"""The training loop and what it needs: loss, learning-rate schedules, checkpoints, torchrun set-up."""
+"""The training loop and what it needs: loss, optimizer update, schedules, checkpoints, resume, torchrun set-up."""
 
-from transformer.training.build import build_trainer
-from transformer.training.checkpoint import load_checkpoint, load_for_inference, save_checkpoint
+from transformer.training.build import build_trainer, training_run
+from transformer.training.loss import Seq2SeqLoss
+from transformer.training.optim import build_optimizer
 from transformer.training.trainer import Trainer
+from transformer.training.update import UpdateStep
 
-__all__ = ["Trainer", "build_trainer", "load_checkpoint", "load_for_inference", "save_checkpoint"]
+__all__ = ["Seq2SeqLoss", "Trainer", "UpdateStep", "build_optimizer", "build_trainer", "training_run"]

@@ -26,12 +26,14 @@ from transformer.config import Config
 from transformer.data.batching import BatchIterator, ParallelDataset, SubwordSampler
 from transformer.data.corpus import load_split
 from transformer.data.prepare import corpus_fingerprint, find_prepared_pairs, prepare_pairs, tokenizer_for_run
-from transformer.data.tokenizer import PAD_ID, Tokenizer
+from transformer.data.tokenizer import Tokenizer
 from transformer.errors import RunDirError, UserError
 from transformer.model.transformer import Transformer, count_parameters
 from transformer.training.distributed import DistributedContext
+from transformer.training.precision import autocast_context
+from transformer.training.resume import resume_trainer
 from transformer.training.run_dir import RunFolder
-from transformer.training.trainer import Trainer, ValidationData, autocast_context
+from transformer.training.trainer import Trainer, ValidationData
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +67,7 @@ def build_trainer(config: Config, context: DistributedContext) -> Trainer:
         tokenizer = Tokenizer.load(tokenizer_dir)
     # The vocabulary decides the embedding sizes; the resolved sizes are what checkpoints record.
     config.model = dataclasses.replace(
-        config.model, src_vocab_size=tokenizer.src_vocab_size, tgt_vocab_size=tokenizer.tgt_vocab_size, pad_id=PAD_ID
+        config.model, src_vocab_size=tokenizer.src_vocab_size, tgt_vocab_size=tokenizer.tgt_vocab_size
     )
     if sampling:  # a fresh segmentation of the raw text every epoch: the sentences stay in memory
         train_src, train_tgt = load_split(d, "train")
@@ -109,7 +111,7 @@ def training_run(
 
     Raises:
         RunDirError: the folder is in use by another process, holds a run that ``resume`` was not asked to
-            continue, or has nothing to resume. See ``build_trainer`` and ``Trainer.resume`` for the others.
+            continue, or has nothing to resume. See ``build_trainer`` and ``resume_trainer`` for the others.
     """
     folder = RunFolder(config.train.run_dir) if context.is_main else None
     try:
@@ -125,7 +127,7 @@ def training_run(
         if not context.all_ok(error is None):  # every rank stops, not only the one that found the problem
             raise error or RunDirError(f"the main process cannot train into {config.train.run_dir}; see its error")
         if resume:
-            trainer.resume()
+            resume_trainer(trainer)
         yield trainer
     finally:
         if folder is not None:

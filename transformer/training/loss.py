@@ -15,12 +15,18 @@ closed form
     d loss / dx = softmax(x) - (1 - smoothing) * onehot(y) - smoothing / V
 
 It exists for speed and memory; docs/PERFORMANCE.md has its measured row against the plain loss.
+``Seq2SeqLoss`` runs a model on a batch and applies it: what the trainer backwards and validates with.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from transformer.data.batching import Batch
+from transformer.tokens import PAD_ID
+from transformer.training.precision import autocast_context, loss_matmul_dtype
 
 CPU_CHUNK_ELEMENTS = 1 << 20  # 4 MiB of float32 per chunk: served from the heap, no page faults
 
@@ -161,3 +167,42 @@ def linear_label_smoothed_nll_loss(
     return _LinearLabelSmoothedCrossEntropy.apply(
         flat, weight, target.reshape(-1), smoothing, ignore_index, chunk_rows, matmul_dtype
     )
+
+
+class Seq2SeqLoss:
+    """``loss(batch)`` -> (summed label-smoothed loss, summed NLL) of a teacher-forced batch, on its device.
+
+    Args:
+        model: the unwrapped model; its ``output_projection()`` is applied inside the fused loss, so the full
+            (B, T, V) logits never exist at once.
+        smoothing: ``train.label_smoothing``.
+        precision: ``train.precision``: the forward pass runs under its autocast, the fused loss's products in
+            its dtype.
+        fused: False computes the full logits and ``label_smoothed_nll_loss`` (the plain reference).
+
+    Raises:
+        ConfigError: ``precision`` is not available on ``device``.
+    """
+
+    def __init__(self, model: nn.Module, *, smoothing: float, precision: str, device: torch.device,
+                 fused: bool = True) -> None:
+        self.model = model
+        self.smoothing = smoothing
+        self.autocast = autocast_context(precision, device)
+        self.matmul_dtype = loss_matmul_dtype(precision)
+        self.fused = fused
+
+    def __call__(self, batch: Batch, run_model: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sums over the non-pad targets of ``batch``; ``run_model``: the module to run (e.g. the DDP or
+        compiled wrapper of ``model``), ``model`` itself when None."""
+        run = self.model if run_model is None else run_model
+        if not self.fused:
+            with self.autocast:
+                logits = run(batch.src, batch.tgt_in)  # (B, T, V)
+            return label_smoothed_nll_loss(logits, batch.tgt_out, smoothing=self.smoothing, ignore_index=PAD_ID)
+        with self.autocast:
+            hidden = run(batch.src, batch.tgt_in, return_hidden=True)  # (B, T, D)
+        return linear_label_smoothed_nll_loss(
+            hidden, self.model.output_projection().weight, batch.tgt_out, smoothing=self.smoothing,
+            ignore_index=PAD_ID, matmul_dtype=self.matmul_dtype,
+        )

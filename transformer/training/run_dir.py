@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from transformer.errors import RunDirError, write_error
+from transformer.files import atomic_write_text, process_alive
 
 if sys.platform != "win32":
     import fcntl
@@ -99,7 +100,10 @@ class RunFolder:
     def _try_lock(self, fd: int) -> bool:
         if fcntl is None:
             owner = _read_owner(fd)
-            return not owner or owner.get("host") != socket.gethostname() or not _alive(int(owner.get("pid", 0)))
+            return not owner or owner.get("host") != socket.gethostname() or not process_alive(int(owner.get("pid", 0)))
+        # A plain flock, not the filelock package: its FileLock (3.x) opens the file with O_TRUNC before it tries
+        # the lock, erasing the holder's pid, host and start time that a refused run reports; it also keeps its
+        # descriptor to itself (the owner is written through ours) and leaves the file in place on release.
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -212,39 +216,12 @@ def trim_metrics(path: str | os.PathLike[str], *, after: int) -> int:
     return dropped
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str, *, what: str = "file") -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: readers see the old or the new file.
-
-    Raises:
-        OutputError: the file cannot be written.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as err:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise write_error(path, err, what=what) from None
-
-
 def _read_owner(fd: int) -> dict[str, Any]:
     try:
         owner = json.loads(os.pread(fd, 4096, 0).decode("utf-8") or "{}")
     except (OSError, ValueError):
         return {"pid": "?"}  # unreadable: still an owner to report
     return owner if isinstance(owner, dict) else {"pid": "?"}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return pid > 0
 
 
 def _names(paths: Iterable[Path], root: Path, limit: int | None = 6) -> str:

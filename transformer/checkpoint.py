@@ -7,11 +7,8 @@ vocabulary. It never holds pickled objects, so loading one can never run code.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
-import random
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -21,16 +18,15 @@ import torch
 
 from transformer.config import Config, ConfigError
 from transformer.data.tokenizer import Tokenizer
-from transformer.decoding.ensemble import Ensemble
 from transformer.errors import CheckpointError, CheckpointWriteError, os_reason
+from transformer.files import atomic_open
 from transformer.model.transformer import Transformer
 
 FORMAT_VERSION = 1
 
 
-
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Write ``state`` to ``path`` atomically: a crash mid-write leaves the previous file intact.
+    """Write ``state`` to ``path`` atomically (``files.atomic_open``): a crash mid-write leaves the previous file.
 
     Raises:
         CheckpointWriteError: (a ``CheckpointError`` and an ``OSError``) the file cannot be written (full disk,
@@ -38,23 +34,13 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
             previous file is intact and the temporary file removed.
     """
     path = Path(path)
-    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
+        with atomic_open(path) as f:
             torch.save({"format_version": FORMAT_VERSION, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            kept = " (the previous file is unchanged)" if path.is_file() else ""
-            raise CheckpointWriteError(f"cannot write checkpoint {path}{kept}: {os_reason(err, path)}") from None
-        raise
+    except OSError as err:
+        kept = " (the previous file is unchanged)" if path.is_file() else ""
+        raise CheckpointWriteError(f"cannot write checkpoint {path}{kept}: {os_reason(err, path)}") from None
 
 
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -119,7 +105,7 @@ def load_for_inference(
     """Rebuild the model (in eval mode on ``device``), the tokenizer and the config from one checkpoint file."""
     state = load_checkpoint(path)
     try:
-        config = Config.from_dict(state["config"], where=f"config in {path}")
+        config = Config.from_saved(state["config"], where=f"config in {path}")
     except ConfigError as err:
         raise CheckpointError(str(err)) from None
     if "tokenizer" not in state:
@@ -131,58 +117,6 @@ def load_for_inference(
     model = Transformer(config.model)
     load_model_state(model, state["model"], where=str(path))
     return model.to(device).eval(), tokenizer, config
-
-
-def load_ensemble_for_inference(
-    paths: list[str | Path], device: str | torch.device = "cpu"
-) -> tuple[Transformer | Ensemble, Tokenizer, Config]:
-    """``load_for_inference`` of one or more checkpoints; several make an ``Ensemble``.
-
-    The tokenizer and config returned are those of the first checkpoint (its decoding and data settings).
-
-    Raises:
-        CheckpointError: no paths, an unreadable checkpoint, or checkpoints whose vocabularies differ.
-    """
-    if not paths:
-        raise CheckpointError("no checkpoints given")
-    model, tokenizer, config = load_for_inference(paths[0], device)
-    if len(paths) == 1:
-        return model, tokenizer, config
-    models, pieces = [model], tokenizer.pieces()
-    for path in paths[1:]:
-        other, other_tokenizer, _ = load_for_inference(path, device)
-        if other_tokenizer.pieces() != pieces:
-            raise CheckpointError(
-                f"{path} has another vocabulary than {paths[0]}: an ensemble needs models trained on one vocabulary"
-            )
-        models.append(other)
-    try:
-        ensemble = Ensemble(models)
-    except ValueError as err:
-        raise CheckpointError(str(err)) from None
-    return ensemble.eval(), tokenizer, config
-
-
-def rng_states() -> dict[str, Any]:
-    """Every RNG the training loop draws from (dropout, shuffling helpers)."""
-    states: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_rng_states(states: dict[str, Any]) -> None:
-    """Restore what ``rng_states`` saved."""
-    random.setstate(_as_python_state(states["python"]))
-    torch.set_rng_state(states["torch"].cpu())
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])
-
-
-def _as_python_state(state: Any) -> tuple:
-    # torch.save keeps tuples, but be lenient with lists (e.g. a state that went through JSON).
-    version, internal, gauss = state
-    return (version, tuple(internal), gauss)
 
 
 def average_checkpoints(

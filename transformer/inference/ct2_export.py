@@ -1,4 +1,4 @@
-"""CTranslate2: export a trained model into its format, and decode with it under our decoder's conventions.
+"""Export a trained model into CTranslate2's format, checked numerically before it is written.
 
 The export goes through CTranslate2's own model specification (``TransformerSpec``) and ``Converter`` class,
 filled the way its fairseq and OpenNMT-py converters fill them; CTranslate2 writes the files. An exported
@@ -23,28 +23,6 @@ What maps onto what:
 Anything outside this is refused with the reason (``unsupported``), and every export is checked numerically
 before it is written: the token log-probabilities of forced translations of random token sequences must match
 our model's within ``VERIFY_TOLERANCE``; a model that does not is refused, never exported silently wrong.
-
-Decoding (``CTranslate2Translator``) follows ``transformer.decoding.search`` (see its module docstring):
-
-- Same inputs (truncated to ``max_src_tokens``, EOS appended), same maximum output length
-  ``int(max_len_a * src_len + max_len_b)`` per sentence (CTranslate2 has one per batch: sentences are grouped by
-  it), same ``min_len`` and ``no_repeat_ngram_size``, PAD and BOS never generated; the same n-best output
-  (``Hypothesis`` with token ids, GNMT-normalised score and raw log-prob).
-- Greedy: the same tokens. Beam search with length penalty 0: CTranslate2 stops when its best candidate is EOS,
-  ours when no open beam can still beat the K-th finished hypothesis; both return the best hypothesis the search
-  can reach, the same one (lower n-best entries may differ).
-- Length penalty: ours is GNMT's ``((5 + len) / 6) ** alpha`` (len counts EOS), CTranslate2's ``len ** alpha``
-  (len without EOS), and it then stops a sentence after K finished hypotheses. With alpha > 0 this engine ranks
-  CTranslate2's K finished hypotheses by our GNMT score (their raw log-probs recovered from its scores), so the
-  scores mean the same in both engines; the hypotheses found can still differ, as our search continues until no
-  open beam can win. Only alpha = 0 makes the two searches agree.
-- At the maximum length our search forces EOS (and counts its log-prob); CTranslate2 stops there without EOS:
-  the same tokens, a score without the final EOS term.
-- CTranslate2 normalises each step's log-probabilities over the tokens the rules allow (no PAD or BOS, no EOS
-  before ``min_len``), ours over the whole vocabulary: the same output scores a little higher here, by
-  ``-sum(log(1 - banned mass))``. Forced log-probabilities (``forced_log_probs``: no rules) are the same.
-- Threads: ``inter_threads`` translators take the batches in parallel, each on ``intra_threads`` threads; for
-  small models on few cores, one thread per translator is fastest (``transformer benchmark engines``).
 """
 
 from __future__ import annotations
@@ -55,12 +33,9 @@ import logging
 import math
 import shutil
 import tempfile
-import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import ctranslate2
 import numpy as np
 import torch
 from ctranslate2.converters import Converter
@@ -68,21 +43,21 @@ from ctranslate2.converters.utils import fuse_linear
 from ctranslate2.specs import common_spec, transformer_spec
 from torch import nn
 
-from transformer.config import Config, ConfigError, DecodeConfig, ModelConfig
-from transformer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
-from transformer.decoding.search import Hypothesis, encode_sources, gnmt_length_penalty
+from transformer.checkpoint import load_for_inference
+from transformer.config import Config, ModelConfig
+from transformer.data.tokenizer import Tokenizer
 from transformer.errors import UserError, write_error
-from transformer.evaluation import corpus_scores
+from transformer.inference.ct2_engine import META_FILE, META_VERSION, CTranslate2Translator
+from transformer.inference.torch_engine import TorchTranslator
+from transformer.inference.translator import QUANTIZATIONS
 from transformer.model.attention import MultiHeadAttention
 from transformer.model.feed_forward import FeedForward
 from transformer.model.layers import Residual
 from transformer.model.transformer import Transformer
-from transformer.serving.engine import QUANTIZATIONS, forced_log_probs_ids
+from transformer.tokens import BOS_ID, EOS_ID, UNK_ID
 
 logger = logging.getLogger(__name__)
 
-META_FILE = "transformer.json"
-META_VERSION = 1
 VERIFY_TOLERANCE = 1e-3  # max |log-prob difference| of a float32 export; a wrong mapping is off by far more
 
 ACTIVATIONS = {"relu": common_spec.Activation.RELU, "gelu": common_spec.Activation.GELU}  # GELU: erf, as F.gelu
@@ -93,8 +68,6 @@ SUPPORTED: dict[str, tuple[Any, ...] | None] = {
     "dropout": None, "attention_dropout": None, "activation_dropout": None,  # training only
     "activation": tuple(ACTIVATIONS), "norm_first": None, "positional": ("sinusoidal", "learned"),
     "max_positions": None, "share_embeddings": None, "tie_output": None, "layer_norm_eps": None,
-    # CTranslate2 masks padding by length; our model masks source ids equal to model.pad_id.
-    "pad_id": (PAD_ID,),
 }  # fmt: skip
 
 
@@ -102,11 +75,6 @@ class ExportError(UserError, ValueError):
     """The model cannot be exported exactly, or the export folder cannot be written."""
 
 
-class ExportedModelError(UserError, ValueError):
-    """A folder is not a usable CTranslate2 export of this project."""
-
-
-# ------------------------------------------------------------------------------------------------ export
 def unsupported(config: ModelConfig) -> list[str]:
     """Why CTranslate2 cannot express a model of this config exactly; empty when it can.
 
@@ -120,10 +88,7 @@ def unsupported(config: ModelConfig) -> list[str]:
             if value != getattr(defaults, f.name):
                 reasons.append(f"model.{f.name}={value!r} is not an option the CTranslate2 Transformer has")
         elif SUPPORTED[f.name] is not None and value not in SUPPORTED[f.name]:
-            why = {"pad_id": f"CTranslate2 masks padding by length, while this model masks source id {value}"}.get(
-                f.name, f"CTranslate2 supports {', '.join(map(str, SUPPORTED[f.name]))}"
-            )
-            reasons.append(f"model.{f.name}={value!r}: {why}")
+            reasons.append(f"model.{f.name}={value!r}: CTranslate2 supports {', '.join(map(str, SUPPORTED[f.name]))}")
     return reasons
 
 
@@ -317,189 +282,19 @@ def _verify(model: Transformer, tokenizer: Tokenizer, translator: CTranslate2Tra
     lengths = [(1, 1), (3, 7), (9, 4), (16, 12)]
     src = [torch.randint(first, tokenizer.src_vocab_size, (n,), generator=generator).tolist() for n, _ in lengths]
     tgt = [torch.randint(first, tokenizer.tgt_vocab_size, (n,), generator=generator).tolist() for _, n in lengths]
-    ours = forced_log_probs_ids(model, src, tgt)
-    theirs = translator.forced_log_probs_ids(src, tgt)
+    ours = TorchTranslator(model, tokenizer, device=next(model.parameters()).device).forced_log_probs(src, tgt)
+    theirs = translator.forced_log_probs(src, tgt)
     return max(max(abs(a - b) for a, b in zip(x, y)) if len(x) == len(y) else math.inf for x, y in zip(ours, theirs))
 
 
-# ---------------------------------------------------------------------------------------------- decoding
-def read_export(model_dir: str | Path) -> tuple[Config, Tokenizer, dict[str, Any]]:
-    """The config, the vocabulary and the export settings stored in a folder written by ``export_model``.
+def export_checkpoint(
+    checkpoint: str | Path, output_dir: str | Path, *, quantization: str | None = None, force: bool = False
+) -> Path:
+    """``export_model`` of the model stored in a checkpoint file.
 
     Raises:
-        ExportedModelError: the folder is missing, is not such an export, or is damaged.
+        CheckpointError: the checkpoint cannot be read.
+        ExportError: see ``export_model``.
     """
-    model_dir = Path(model_dir)
-    how = "write one with `transformer export --checkpoint CKPT --format ctranslate2 --output DIR`"
-    if not model_dir.is_dir():
-        raise ExportedModelError(f"CTranslate2 model folder not found: {model_dir}; {how}")
-    meta_path = model_dir / META_FILE
-    if not meta_path.is_file() or not (model_dir / "model.bin").is_file():
-        raise ExportedModelError(
-            f"{model_dir} is not a CTranslate2 export of this project (no {META_FILE} or model.bin); {how}"
-        )
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if meta.get("version") != META_VERSION:
-            raise ValueError(f"version {meta.get('version')!r}, expected {META_VERSION}")
-        config = Config.from_dict(meta["config"], where=str(meta_path))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, ConfigError) as err:
-        raise ExportedModelError(f"{meta_path} cannot be read ({err}); export the checkpoint again") from None
-    try:
-        tokenizer = Tokenizer.load(model_dir)
-    except UserError as err:
-        raise ExportedModelError(f"{err}; export the checkpoint again") from None
-    return config, tokenizer, meta
-
-
-class CTranslate2Translator:
-    """Decodes with a CTranslate2 model folder under the conventions of ``transformer.decoding.search``.
-
-    Args:
-        model_dir: a folder written by ``export_model``.
-        device: "cpu" or "cuda" (CTranslate2's names); ``device_index`` picks the GPU.
-        compute_type: CTranslate2's compute type; "default" keeps the exported quantization.
-        inter_threads: translators working in parallel, each on its own batches (CTranslate2's ``inter_threads``).
-        intra_threads: threads of each translator (0: CTranslate2's default).
-
-    Raises:
-        ExportedModelError: the folder is not a usable export.
-    """
-
-    def __init__(
-        self,
-        model_dir: str | Path,
-        *,
-        device: str = "cpu",
-        device_index: int = 0,
-        compute_type: str = "default",
-        inter_threads: int = 1,
-        intra_threads: int = 0,
-    ) -> None:
-        self.model_dir = Path(model_dir)
-        self.config, self.tokenizer, meta = read_export(model_dir)
-        self.quantization: str = meta["quantization"]
-        self.positions: int = meta["positions"]  # rows of the position tables: the longest input or output
-        try:
-            self.translator = ctranslate2.Translator(
-                str(model_dir), device=device, device_index=device_index, compute_type=compute_type,
-                inter_threads=inter_threads, intra_threads=intra_threads,
-            )
-        except (RuntimeError, ValueError) as err:
-            raise ExportedModelError(f"CTranslate2 cannot load {model_dir}: {err}") from None
-        self._src_pieces, self._tgt_pieces = self.tokenizer.pieces()
-        self._tgt_ids = {piece: i for i, piece in enumerate(self._tgt_pieces)}
-        self._eos = self._tgt_pieces[EOS_ID]
-        self._never = [[self._tgt_pieces[PAD_ID]], [self._tgt_pieces[BOS_ID]]]  # as our searches: never generated
-
-    def decode_texts(
-        self,
-        texts: Sequence[str],
-        cfg: DecodeConfig,
-        *,
-        max_src_tokens: int | None = None,
-        progress: Callable[[int], None] | None = None,
-    ) -> list[list[Hypothesis]]:
-        """n-best hypotheses of raw source sentences, in the order of ``texts``; as ``search.decode_texts``.
-
-        Sentences are sorted by length, grouped by their maximum output length and sent in batches of
-        ``cfg.batch_size``, all at once, so that ``inter_threads`` translators work in parallel.
-        """
-        results: list[list[Hypothesis]] = [[] for _ in texts]
-        todo = [i for i, text in enumerate(texts) if text.strip()]
-        if not todo:
-            return results
-        limit = min(max_src_tokens or self.config.model.max_positions, self.positions)
-        ids = encode_sources(self.tokenizer, [texts[i] for i in todo], max_src_tokens=limit)
-        max_lens = [self.max_length(len(x), cfg) for x in ids]
-        groups: dict[int, list[int]] = {}
-        for j in sorted(range(len(ids)), key=lambda j: len(ids[j]), reverse=True):  # longest first, as ours
-            groups.setdefault(max_lens[j], []).append(j)
-        jobs = []
-        for max_len, members in groups.items():
-            for start in range(0, len(members), cfg.batch_size):
-                chunk = members[start : start + cfg.batch_size]
-                source = [[self._src_pieces[i] for i in ids[j][:-1]] for j in chunk]  # EOS: added by CTranslate2
-                options = _options(cfg, max_len, self._never)
-                jobs.append((chunk, self.translator.translate_batch(source, asynchronous=True, **options)))
-        for chunk, pending in jobs:
-            for j, job in zip(chunk, pending):
-                results[todo[j]] = self._hypotheses(job.result(), cfg)
-            if progress is not None:
-                progress(len(chunk))
-        return results
-
-    def max_length(self, src_len: int, cfg: DecodeConfig) -> int:
-        """Output tokens allowed after ``src_len`` source ids (EOS included): ours, within the position tables."""
-        return max(1, min(int(cfg.max_len_a * src_len + cfg.max_len_b), self.positions - 1))
-
-    def _hypotheses(self, result: Any, cfg: DecodeConfig) -> list[Hypothesis]:
-        """CTranslate2's hypotheses as ours: ids without EOS, raw log-prob, GNMT score; best first."""
-        alpha = cfg.length_penalty
-        hyps = []
-        for pieces, score in zip(result.hypotheses, result.scores):
-            if cfg.beam_size > 1 and alpha != 0:  # CTranslate2 divided by len ** alpha (EOS included, see _options)
-                score = score * len(pieces) ** alpha
-            tokens = [self._tgt_ids[p] for p in (pieces[:-1] if pieces and pieces[-1] == self._eos else pieces)]
-            hyps.append(Hypothesis(tokens, score / gnmt_length_penalty(len(tokens) + 1, alpha), score))
-        hyps.sort(key=lambda h: h.score, reverse=True)
-        return hyps[: cfg.n_best]
-
-    def translate_texts(
-        self,
-        texts: Sequence[str],
-        cfg: DecodeConfig,
-        *,
-        max_src_tokens: int | None = None,
-        progress: Callable[[int], None] | None = None,
-    ) -> list[str]:
-        """Detokenized best translation of each source sentence ("" for an empty one), as ``translate_texts``."""
-        nbest = self.decode_texts(texts, cfg, max_src_tokens=max_src_tokens, progress=progress)
-        return self.tokenizer.decode_tgt([hyps[0].tokens if hyps else [] for hyps in nbest])
-
-    def forced_log_probs_ids(self, src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]]) -> list[list[float]]:
-        """Log-probability of each target token and the final EOS given the source (ids without BOS/EOS)."""
-        source = [[self._src_pieces[i] for i in s] for s in src]
-        target = [[self._tgt_pieces[i] for i in t] for t in tgt]
-        return [list(r.log_probs) for r in self.translator.score_batch(source, target, max_input_length=0)]
-
-
-def _options(cfg: DecodeConfig, max_len: int, never: list[list[str]]) -> dict[str, Any]:
-    """``translate_batch`` options for our decoding settings and one maximum output length."""
-    greedy = cfg.beam_size == 1
-    rerank = not greedy and cfg.length_penalty != 0  # K finished hypotheses, ranked by our GNMT score
-    return dict(
-        beam_size=cfg.beam_size,
-        num_hypotheses=cfg.beam_size if rerank else cfg.n_best,
-        # 0 returns raw log-prob sums and, in beam search, stops once the best candidate is EOS; with our alpha
-        # > 0 CTranslate2's own penalty is applied and undone (its length counts EOS: return_end_token).
-        length_penalty=cfg.length_penalty if rerank else 0.0,
-        return_end_token=True,
-        return_scores=True,
-        max_decoding_length=max_len,
-        min_decoding_length=min(cfg.min_len, max_len),
-        no_repeat_ngram_size=cfg.no_repeat_ngram_size,
-        suppress_sequences=never,
-        max_input_length=0,  # inputs are truncated before, as ours
-    )
-
-
-def evaluate_translator(
-    translator: CTranslate2Translator,
-    src_texts: Sequence[str],
-    ref_texts: Sequence[str],
-    cfg: DecodeConfig,
-    *,
-    max_sentences: int = 0,
-    progress: Callable[[int], None] | None = None,
-) -> tuple[dict[str, Any], list[str]]:
-    """``transformer.evaluation.evaluate_model`` for a CTranslate2 translator: translate, time, score."""
-    if len(src_texts) != len(ref_texts):
-        raise ValueError(f"{len(src_texts)} source sentences but {len(ref_texts)} references")
-    if max_sentences > 0:
-        src_texts, ref_texts = src_texts[:max_sentences], ref_texts[:max_sentences]
-    start = time.perf_counter()
-    hypotheses = translator.translate_texts(src_texts, cfg, progress=progress)
-    scores = corpus_scores(hypotheses, ref_texts)
-    scores["seconds"] = time.perf_counter() - start
-    return scores, hypotheses
+    model, tokenizer, config = load_for_inference(checkpoint, "cpu")
+    return export_model(model, tokenizer, config, output_dir, quantization=quantization, force=force)

@@ -1,9 +1,11 @@
-"""Serving with CTranslate2: the export computes our model, and both engines translate the same way.
+"""The inference layer: one ``Translator`` protocol, two engines (our PyTorch decoder and a CTranslate2 export).
 
 Fast tests: tiny random models of every supported variant (pre-/post-LN, ReLU/GELU, sinusoidal/learned positions,
 shared/separate vocabularies, tied/untied output), whose forced log-probabilities must match within 1e-4 and whose
-greedy outputs must be identical; the command line with either engine. Slow tests: the model trained for a minute
-on the sample corpus (a module fixture), decoded by both engines on every test sentence, and the engines benchmark.
+greedy outputs must be identical; a tiny model trained for seconds on the sample corpus, whose translations and
+scores are the same through ``translate_texts`` and ``evaluate_model`` with either engine; the command line with
+either engine. Slow tests: the model trained for a minute on the sample corpus (a module fixture), decoded by both
+engines on every test sentence, and the engines benchmark.
 """
 
 from __future__ import annotations
@@ -15,15 +17,25 @@ from pathlib import Path
 import pytest
 import torch
 
+from transformer.checkpoint import save_checkpoint
 from transformer.cli import main
 from transformer.config import Config, DecodeConfig, ModelConfig
 from transformer.data.tokenizer import Tokenizer
+from transformer.evaluation import evaluate_model
+from transformer.inference import (
+    TorchTranslator,
+    export_ctranslate2,
+    forced_log_probs,
+    load_torch_translator,
+    load_translator,
+    translate_texts,
+)
 from transformer.model.transformer import Transformer
-from transformer.serving import decode_texts, export_ctranslate2, forced_log_probs, load_model, translate_texts
-from transformer.training.checkpoint import load_for_inference, save_checkpoint
 
 pytest.importorskip("ctranslate2")
-from transformer.serving.ctranslate2 import ExportError, export_model, unsupported  # noqa: E402
+from transformer.inference import ct2_export  # noqa: E402
+from transformer.inference.ct2_engine import CTranslate2Translator  # noqa: E402
+from transformer.inference.ct2_export import ExportError, export_model, unsupported  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -81,18 +93,21 @@ def test_every_supported_variant_exports_to_our_log_probs_and_greedy_output(vari
     tokenizer = tokenizers[options.pop("vocab", "joint")]
     model, config = random_model(tokenizer, **options)
     folder = export_model(model, tokenizer, config, tmp_path / "ct2")
-    translator, ct2_tokenizer, ct2_config = load_model("ctranslate2", model_dir=folder, intra_threads=1)
-    assert ct2_tokenizer.pieces() == tokenizer.pieces() and ct2_config == config
+    translator, ct2_config = load_translator("ctranslate2", model_dir=folder, intra_threads=1)
+    assert translator.tokenizer.pieces() == tokenizer.pieces() and ct2_config == config
+    torch_translator = TorchTranslator(model, tokenizer, device="cpu")
 
     sources, targets = lines("test.en")[:12], lines("test.de")[:12]
-    ours = forced_log_probs(model, tokenizer, sources, targets)
-    theirs = forced_log_probs(translator, tokenizer, sources, targets)
+    ours = forced_log_probs(torch_translator, sources, targets)
+    theirs = forced_log_probs(translator, sources, targets)
     assert [len(x) for x in ours] == [len(x) for x in theirs] == [len(t) + 1 for t in tokenizer.encode_tgt(targets)]
     assert max(abs(a - b) for x, y in zip(ours, theirs) for a, b in zip(x, y)) < TOLERANCE
+    with pytest.raises(ValueError, match="2 sources but 1 targets"):
+        forced_log_probs(translator, sources[:2], targets[:1])
 
     # Random models run to the maximum length: the lengths and the cut are tested too.
-    ours = decode_texts(model, tokenizer, sources, config.decode, device="cpu")
-    theirs = decode_texts(translator, tokenizer, sources, config.decode, device="cpu")
+    ours = torch_translator.translate(sources, config.decode)
+    theirs = translator.translate(sources, config.decode)
     assert [h[0].tokens for h in ours] == [h[0].tokens for h in theirs]
 
 
@@ -112,18 +127,28 @@ def test_the_folder_holds_what_a_translator_needs_and_int8_is_smaller(tokenizers
     settings = json.loads((float32 / "config.json").read_text())
     assert settings["add_source_eos"] is True and settings["decoder_start_token"] == "<s>"
     assert settings["layer_norm_epsilon"] == pytest.approx(config.model.layer_norm_eps)
-    translator, _, _ = load_model("ctranslate2", model_dir=int8, intra_threads=1)
+    translator, _ = load_translator("ctranslate2", model_dir=int8, intra_threads=1)
     assert translator.quantization == "int8"
-    texts = translate_texts(translator, tokenizer, lines("test.en")[:4], config.decode, device="cpu")
+    texts = translate_texts(translator, lines("test.en")[:4], config.decode)
     assert len(texts) == 4 and all(texts)
 
 
-def test_what_ctranslate2_cannot_express_is_refused_with_the_reason(tokenizers, tmp_path):
+def test_what_ctranslate2_cannot_express_is_refused_with_the_reason(tokenizers, tmp_path, monkeypatch):
+    """Every option of today's ModelConfig is expressible, so the refusals are tested on what the exporter is told
+    it cannot express: a value outside a supported set, and an option it does not know (one added to ModelConfig
+    later), which is refused unless it has its default value."""
     assert unsupported(ModelConfig.preset("tiny")) == []
-    reasons = unsupported(ModelConfig.preset("tiny", pad_id=4))
-    assert len(reasons) == 1 and "model.pad_id=4" in reasons[0] and "by length" in reasons[0]
-    model, config = random_model(tokenizers["joint"], pad_id=4)
-    with pytest.raises(ExportError, match="model.pad_id=4"):
+    assert unsupported(ModelConfig.preset("tiny", activation="gelu", layer_norm_eps=1e-6)) == []
+    monkeypatch.setitem(ct2_export.SUPPORTED, "activation", ("relu",))
+    monkeypatch.delitem(ct2_export.SUPPORTED, "layer_norm_eps")
+    assert unsupported(ModelConfig.preset("tiny")) == []  # the unknown option at its default: accepted
+    reasons = unsupported(ModelConfig.preset("tiny", activation="gelu", layer_norm_eps=1e-6))
+    assert reasons == [
+        "model.activation='gelu': CTranslate2 supports relu",
+        "model.layer_norm_eps=1e-06 is not an option the CTranslate2 Transformer has",
+    ]
+    model, config = random_model(tokenizers["joint"], activation="gelu")
+    with pytest.raises(ExportError, match="cannot export to CTranslate2 exactly: model.activation='gelu'"):
         export_model(model, tokenizers["joint"], config, tmp_path / "ct2")
     assert not (tmp_path / "ct2").exists()
 
@@ -138,6 +163,52 @@ def test_a_model_ctranslate2_does_not_compute_is_caught_by_the_numerical_check(t
     with pytest.raises(ExportError, match="forced log-probabilities differ"):
         export_model(model, tokenizer, config, tmp_path / "ct2")
     assert not (tmp_path / "ct2").exists() and list(tmp_path.iterdir()) == []  # no half-written folder either
+
+
+# ---- a model trained for seconds: both engines through the protocol ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sample_engines(sample_checkpoint, sample_export) -> tuple[TorchTranslator, CTranslate2Translator, Config]:
+    """conftest's tiny model trained on data/sample with our decoder, its float32 export with CTranslate2, and
+    the checkpoint's config."""
+    torch_translator, config = load_translator("torch", checkpoints=[sample_checkpoint])
+    translator, ct2_config = load_translator("ctranslate2", model_dir=sample_export, intra_threads=1)
+    assert isinstance(torch_translator, TorchTranslator) and isinstance(translator, CTranslate2Translator)
+    assert ct2_config == config and translator.quantization == "float32"
+    return torch_translator, translator, config
+
+
+# Greedy, and beam search with length penalty 0: where the two searches agree (ct2_engine's docstring).
+SEARCHES = {"greedy": dict(beam_size=1), "beam 4, length penalty 0": dict(beam_size=4, length_penalty=0.0)}
+
+
+@pytest.mark.parametrize("search", SEARCHES)
+def test_both_engines_give_the_same_lines_through_translate_texts(search, sample_engines):
+    torch_translator, translator, config = sample_engines
+    cfg = config.decode.updated(**SEARCHES[search], n_best=1, batch_size=16)
+    sources = lines("test.en") + ["", "A dog."]  # a blank line gets an empty translation from both
+    ours = translate_texts(torch_translator, sources, cfg)
+    theirs = translate_texts(translator, sources, cfg)
+    assert ours == theirs
+    # Not vacuous: the trained model writes German sentences of its own, most ended by EOS before the length limit.
+    assert len(ours) == 42 and ours[40] == "" and all(ours[:40]) and len(set(ours)) >= 10
+    assert sum(text.startswith(("Ein", "Zwei", "Drei", "Vier", "Der", "Die", "Das")) for text in ours) >= 30
+    lengths = [len(hyps[0].tokens) for hyps in torch_translator.translate(sources[:40], cfg)]
+    limits = [translator.max_length(len(ids) + 1, cfg) for ids in torch_translator.tokenizer.encode_src(sources[:40])]
+    assert sum(n < limit for n, limit in zip(lengths, limits)) >= 30, (lengths, limits)
+
+
+def test_both_engines_score_the_same_through_evaluate_model(sample_engines):
+    torch_translator, translator, config = sample_engines
+    greedy = config.decode.updated(beam_size=1, n_best=1)
+    sources, references = lines("test.en"), lines("test.de")
+    ours, our_lines = evaluate_model(torch_translator, sources, references, greedy, max_sentences=30)
+    theirs, their_lines = evaluate_model(translator, sources, references, greedy, max_sentences=30)
+    assert our_lines == their_lines and len(our_lines) == 30
+    for key in ("bleu", "bleu_signature", "bleu_text", "chrf", "chrf_signature", "sentences"):
+        assert ours[key] == theirs[key], key
+    assert ours["sentences"] == 30 and ours["chrf"] > 10  # a model that translates a little, not noise
 
 
 # ---- the command line with either engine --------------------------------------------------------------------
@@ -201,21 +272,22 @@ def trained(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def engines(trained):
-    torch_model = load_for_inference(trained["checkpoint"])
-    translator = load_model("ctranslate2", model_dir=trained["model"], intra_threads=1)
-    return torch_model, translator
+def engines(trained) -> tuple[TorchTranslator, CTranslate2Translator, Config]:
+    """The trained model with our decoder, its export with CTranslate2, and the checkpoint's config."""
+    torch_translator, config = load_torch_translator([trained["checkpoint"]])
+    translator, _ = load_translator("ctranslate2", model_dir=trained["model"], intra_threads=1)
+    return torch_translator, translator, config
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("beam_size", [1, 5])
 def test_trained_sample_model_same_translations_of_every_test_sentence(beam_size, engines):
     """Greedy, and beam 5 with length penalty 0, where the two engines' conventions agree."""
-    (model, tokenizer, config), (translator, _, _) = engines
-    cfg = dataclasses.replace(config.decode, beam_size=beam_size, length_penalty=0.0, n_best=1)
+    torch_translator, translator, config = engines
+    cfg = config.decode.updated(beam_size=beam_size, length_penalty=0.0, n_best=1)
     sources = lines("test.en")
-    ours = decode_texts(model, tokenizer, sources, cfg, device="cpu")
-    theirs = decode_texts(translator, tokenizer, sources, cfg, device="cpu")
+    ours = torch_translator.translate(sources, cfg)
+    theirs = translator.translate(sources, cfg)
     assert [h[0].tokens for h in ours] == [h[0].tokens for h in theirs]
     # CTranslate2 normalises each step over the tokens the rules allow (no PAD/BOS, no EOS at the first step),
     # ours over the whole vocabulary: its log-probs of the same output are a little higher, never lower.
@@ -224,10 +296,10 @@ def test_trained_sample_model_same_translations_of_every_test_sentence(beam_size
 
 @pytest.mark.slow
 def test_trained_sample_model_forced_log_probs_within_1e_4(engines):
-    (model, tokenizer, _), (translator, _, _) = engines
+    torch_translator, translator, _ = engines
     sources, references = lines("test.en"), lines("test.de")
-    ours = forced_log_probs(model, tokenizer, sources, references)
-    theirs = forced_log_probs(translator, tokenizer, sources, references)
+    ours = forced_log_probs(torch_translator, sources, references)
+    theirs = forced_log_probs(translator, sources, references)
     assert sum(map(len, ours)) == sum(map(len, theirs)) > 40
     assert max(abs(a - b) for x, y in zip(ours, theirs) for a, b in zip(x, y)) < TOLERANCE
 

@@ -22,9 +22,13 @@ from dataclasses import dataclass
 import torch
 
 from transformer.config import DecodeConfig
-from transformer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
-from transformer.decoding.search import Hypothesis, decode_texts, encode_sources
+from transformer.data.batching import pad_ids
+from transformer.data.tokenizer import Tokenizer
+from transformer.decoding.search import Hypothesis
+from transformer.inference.torch_engine import TorchTranslator
+from transformer.inference.translator import best_texts, encode_sources
 from transformer.model.transformer import Transformer
+from transformer.tokens import BOS_ID, EOS_ID
 
 WORD_START = "\u2581"  # SentencePiece's word-boundary marker
 ALIGNMENT_LAYER = -1  # the default layer: the last (1-based; negative counts from the end)
@@ -47,12 +51,6 @@ class SentenceAttention:
     encoder: torch.Tensor
     decoder: torch.Tensor
     cross: torch.Tensor
-
-
-def _pad(rows: Sequence[Sequence[int]], device: torch.device | str) -> torch.Tensor:
-    """Right-pad id lists into a (B, L) LongTensor."""
-    width = max(len(r) for r in rows)
-    return torch.tensor([list(r) + [PAD_ID] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
 
 
 @torch.no_grad()
@@ -82,7 +80,7 @@ def forced_attention(
             srcs = src_ids[start : start + batch_size]
             tgts = [list(t) for t in tgt_ids[start : start + batch_size]]
             _, weights = model(
-                _pad(srcs, device), _pad([[BOS_ID] + t for t in tgts], device), return_attention=True
+                pad_ids(srcs, device), pad_ids([[BOS_ID] + t for t in tgts], device), return_attention=True
             )
             stacked = [torch.stack(w, dim=1).float().cpu() for w in (weights.encoder, weights.decoder, weights.cross)]
             for b, (src, tgt) in enumerate(zip(srcs, tgts)):
@@ -175,7 +173,7 @@ def align_hypotheses(
     max_src_tokens: int | None = None,
     batch_size: int = 64,
 ) -> list[list[list[tuple[int, int]]]]:
-    """Word alignment of each hypothesis of ``decode_texts``'s result for ``texts`` (same nesting).
+    """Word alignment of each hypothesis of a ``TorchTranslator.translate`` result for ``texts`` (same nesting).
 
     ``max_src_tokens`` must be the value the hypotheses were decoded with (None: ``max_positions``), so that
     the source is truncated the same way.
@@ -217,8 +215,9 @@ def translate_with_attention(
     device: torch.device | str,
     max_src_tokens: int | None = None,
 ) -> list[tuple[str, SentenceAttention | None]]:
-    """The best translation of each text (``decode_texts`` with ``cfg``) and its attention (None for an empty text)."""
-    nbest = decode_texts(model, tokenizer, texts, cfg, device=device, max_src_tokens=max_src_tokens)
+    """The best translation of each text (beam or greedy search with ``cfg``) and its attention (None for an empty
+    text)."""
+    nbest = TorchTranslator(model, tokenizer, device=device).translate(texts, cfg, max_src_tokens=max_src_tokens)
     todo = [i for i, hyps in enumerate(nbest) if hyps]
     limit = model.config.max_positions if max_src_tokens is None else max_src_tokens
     sources = encode_sources(tokenizer, [texts[i] for i in todo], max_src_tokens=limit, warn=False) if todo else []
@@ -226,8 +225,7 @@ def translate_with_attention(
         model, tokenizer, sources, [nbest[i][0].tokens for i in todo], device=device, batch_size=cfg.batch_size
     )
     found = dict(zip(todo, attentions))
-    translations = tokenizer.decode_tgt([hyps[0].tokens if hyps else [] for hyps in nbest]) if nbest else []
-    return [(text, found.get(i)) for i, text in enumerate(translations)]
+    return [(text, found.get(i)) for i, text in enumerate(best_texts(tokenizer, nbest))]
 
 
 def align_pairs(
