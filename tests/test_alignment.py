@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from transformer.checkpoint import load_for_inference, save_checkpoint
 from transformer.cli import main as cli_main
 from transformer.config import Config, DecodeConfig, ModelConfig
 from transformer.data.tokenizer import Tokenizer
-from transformer.decoding.alignment import (
+from transformer.inference import TorchTranslator
+from transformer.inference.alignment import (
     SentenceAttention,
     align_hypotheses,
     align_pairs,
@@ -25,9 +27,7 @@ from transformer.decoding.alignment import (
     word_alignment,
     word_ids,
 )
-from transformer.decoding.search import decode_texts
 from transformer.model.transformer import Transformer
-from transformer.training.checkpoint import load_for_inference, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 W = "\u2581"  # SentencePiece's word start
@@ -102,7 +102,7 @@ def test_every_hypothesis_gets_one_link_per_target_word(checkpoint):
     model, tokenizer, config = load_for_inference(checkpoint)
     texts = ["two dogs play in the park", "", "a man rides a bike"]
     cfg = DecodeConfig(beam_size=3, n_best=3, max_len_a=1.0, max_len_b=3)
-    nbest = decode_texts(model, tokenizer, texts, cfg, device="cpu")
+    nbest = TorchTranslator(model, tokenizer, device="cpu").translate(texts, cfg)
     links = align_hypotheses(model, tokenizer, texts, nbest, layer=2, device="cpu", batch_size=2)
     assert [len(x) for x in links] == [len(h) for h in nbest] == [3, 0, 3]
     for text, hyps, aligned in zip(texts, nbest, links):
@@ -115,6 +115,27 @@ def test_every_hypothesis_gets_one_link_per_target_word(checkpoint):
     assert alone == links[2:]
     with pytest.raises(ValueError, match="layer 3"):
         align_pairs(model, tokenizer, texts[:1], ["zwei hunde"], layer=3, device="cpu")
+
+
+# The links of a fixed case, computed by the module before it moved from transformer.decoding.alignment to
+# transformer.inference.alignment (each link's word-level attention margin is 0.004 or more: no near-ties).
+FIXED_PAIRS = [
+    ("two dogs play in the park", "zwei hunde spielen im park"),
+    ("a man rides a bike", "ein mann liest"),
+    ("ein mann", "a man rides a bike"),
+]
+FIXED_LINKS = {
+    1: [[(1, 0), (2, 1), (2, 2), (1, 3), (2, 4)], [(2, 0), (2, 1), (2, 2)], [(0, 0), (0, 1), (0, 2), (0, 3), (0, 4)]],
+    2: [[(3, 0), (2, 1), (3, 2), (3, 3), (1, 4)], [(2, 0), (2, 1), (2, 2)], [(0, 0), (0, 1), (0, 2), (0, 3), (0, 4)]],
+}
+
+
+@pytest.mark.parametrize("layer", FIXED_LINKS)
+def test_the_alignments_of_a_fixed_case_are_those_of_the_module_before_the_move(checkpoint, layer):
+    model, tokenizer, _ = load_for_inference(checkpoint)
+    sources, targets = zip(*FIXED_PAIRS)
+    assert align_pairs(model, tokenizer, sources, targets, layer=layer, device="cpu") == FIXED_LINKS[layer]
+    assert align_pairs(model, tokenizer, sources, targets, layer=layer - 3, device="cpu") == FIXED_LINKS[layer]
 
 
 def test_translate_alignment_appends_the_links_to_each_line(checkpoint, capsys):

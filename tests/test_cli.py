@@ -19,14 +19,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from transformer.checkpoint import average_checkpoints
 from transformer.cli import SUBCOMMANDS, build_parser
 from transformer.cli import main as cli_main
 from transformer.config import DataConfig, load_config
 from transformer.data.corpus import load_split
 from transformer.data.download import DEFAULT_SPLITS, download_multi30k
 from transformer.evaluation import evaluate_model
+from transformer.inference import load_torch_translator
 from transformer.training import Trainer, build_trainer
-from transformer.training.checkpoint import average_checkpoints, load_for_inference
 from transformer.training.distributed import setup
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,16 +105,35 @@ def test_unknown_subcommand_is_a_usage_error(capsys):
     assert exit_info.value.code == 2 and "invalid choice: 'trian'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["translate", "evaluate"])
+REQUIRED = {"translate": [], "evaluate": [], "distill": ["--data-dir", "corpus", "--output", "out"]}
+
+
+@pytest.mark.parametrize("name", REQUIRED)
 def test_checkpoint_is_repeatable_for_an_ensemble(name, capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args([name, "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    assert "--checkpoint CKPT a .pt file written by training; repeat it to decode several models as an ensemble" \
-        in help_text
+    assert re.search(r"--checkpoint CKPT (the teacher, )?a \.pt file written by training; repeat it to decode several "
+                     r"models as an ensemble", help_text)
     assert "--checkpoint a/avg10.pt --checkpoint b/avg10.pt" in help_text  # an example
-    args = build_parser().parse_args([name, "--checkpoint", "a.pt", "--checkpoint", "b", "--checkpoint", "c.ckpt"])
+    argv = [name, *REQUIRED[name], "--checkpoint", "a.pt", "--checkpoint", "b", "--checkpoint", "c.ckpt"]
+    args = build_parser().parse_args(argv)
     assert [str(p) for p in args.checkpoint] == ["a.pt", "b", "c.ckpt"]  # any file name
+    assert args.engine == "torch" and args.model is None  # the default engine
+
+
+@pytest.mark.parametrize("name", REQUIRED)
+def test_every_decoding_command_takes_the_same_engine_options(name, capsys):
+    argv = [name, *REQUIRED[name], "--engine", "ctranslate2", "--model", "ct2", "--inter-threads", "2",
+            "--intra-threads", "1"]
+    args = build_parser().parse_args(argv)
+    assert (args.engine, str(args.model), args.inter_threads, args.intra_threads) == ("ctranslate2", "ct2", 2, 1)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([name, "--help"])
+    assert f"  transformer {name} --engine ctranslate2 --model " in capsys.readouterr().out  # an example
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([name, *REQUIRED[name], "--engine", "onnx"])
+    assert exit_info.value.code == 2 and "invalid choice: 'onnx'" in capsys.readouterr().err
 
 
 # ---- download, then train from the default folder ------------------------------------------------
@@ -211,12 +231,12 @@ def test_evaluate_average_and_translate_stdin_draw_a_bar_on_a_terminal(work, mon
 
 
 def test_evaluate_model_reports_every_sentence_and_validation_stays_silent(work, capsys):
-    model, tokenizer, config = load_for_inference(work / "run" / "checkpoints" / "last.pt", "cpu")
+    translator, config = load_torch_translator([work / "run" / "checkpoints" / "last.pt"], "cpu")
     src, ref = load_split(replace(config.data, data_dir=str(work / "data" / "multi30k")), "valid")
     counts: list[int] = []
-    _, hypotheses = evaluate_model(model, tokenizer, src, ref, config.decode, device="cpu", progress=counts.append)
+    _, hypotheses = evaluate_model(translator, src, ref, config.decode, progress=counts.append)
     assert sum(counts) == len(src) == len(hypotheses) == 8 and all(c > 0 for c in counts)
-    evaluate_model(model, tokenizer, src, ref, config.decode, device="cpu")  # as the trainer calls it
+    evaluate_model(translator, src, ref, config.decode)  # as the trainer calls it
     assert capsys.readouterr().err == ""
 
 

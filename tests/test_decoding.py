@@ -10,21 +10,13 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch.nn.functional as F
-from test_checkpoint import make_state, tokenizer  # noqa: F401  (tokenizer is a fixture)
 from torch import nn
 
 from transformer.config import DecodeConfig, ModelConfig
-from transformer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
-from transformer.decoding.search import (
-    Hypothesis,
-    beam_search,
-    decode_batch,
-    decode_texts,
-    gnmt_length_penalty,
-    greedy_decode,
-    translate_texts,
-)
+from transformer.decoding.search import Hypothesis, beam_search, decode_batch, gnmt_length_penalty, greedy_decode
+from transformer.inference import TorchTranslator, translate_texts
 from transformer.model.transformer import Transformer
+from transformer.tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 A, B, C = 4, 5, 6  # the fake model's ordinary tokens
 FAKE_VOCAB = 7
@@ -222,23 +214,7 @@ def test_random_script_cached_equals_uncached_and_alone():
 
 
 # ---------------------------------------------------------------------------------- tiny real model
-def tiny_model(vocab: int, seed: int = 0) -> Transformer:
-    """An untrained tiny model whose output layer is untied and scaled, so that outputs vary and end early."""
-    torch.manual_seed(seed)
-    model = Transformer(ModelConfig.preset("tiny", src_vocab_size=vocab, tgt_vocab_size=vocab, tie_output=False))
-    nn.init.normal_(model.output.weight, std=0.4)
-    return model.eval()
-
-
-def random_src(batch: int, vocab: int, seed: int = 1, min_len: int = 2, max_len: int = 9) -> torch.Tensor:
-    """(batch, S) padded sources of random lengths, each ending with EOS."""
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(min_len, max_len + 1, (batch,), generator=g).tolist()
-    rows = [torch.randint(4, vocab, (n - 1,), generator=g).tolist() + [EOS_ID] for n in lengths]
-    width = max(lengths)
-    return torch.tensor([r + [PAD_ID] * (width - len(r)) for r in rows])
-
-
+# conftest.py's ``tiny_model(vocab, seed)`` and ``random_src(batch, vocab, seed)`` fixtures build the inputs.
 @torch.no_grad()
 def teacher_forced_log_prob(model: Transformer, src_row: torch.Tensor, tokens: list[int]) -> float:
     """log P(tokens + EOS | src) by one full forward pass."""
@@ -248,7 +224,7 @@ def teacher_forced_log_prob(model: Transformer, src_row: torch.Tensor, tokens: l
     return float(lprobs.gather(1, torch.tensor([tokens + [EOS_ID]]).T).sum())
 
 
-def test_beam_size_one_equals_greedy():
+def test_beam_size_one_equals_greedy(tiny_model, random_src):
     model, src = tiny_model(23), random_src(8, 23)
     cfg = settings(max_len_a=1.0, max_len_b=4)
     greedy = greedy_decode(model, src, cfg)
@@ -261,7 +237,7 @@ def test_beam_size_one_equals_greedy():
 
 
 @pytest.mark.parametrize("beam_size", [1, 4])
-def test_cached_equals_uncached(beam_size):
+def test_cached_equals_uncached(beam_size, tiny_model, random_src):
     model, src = tiny_model(23, seed=2), random_src(6, 23, seed=3)
     cfg = DecodeConfig(beam_size=beam_size, n_best=beam_size, length_penalty=0.6, max_len_a=1.2, max_len_b=5)
     cached = decode_batch(model, src, cfg, use_cache=True)
@@ -272,7 +248,7 @@ def test_cached_equals_uncached(beam_size):
 
 
 @pytest.mark.parametrize("beam_size", [1, 3])
-def test_sentence_decodes_the_same_alone_and_in_a_padded_batch(beam_size):
+def test_sentence_decodes_the_same_alone_and_in_a_padded_batch(beam_size, tiny_model, random_src):
     model, src = tiny_model(23, seed=4), random_src(7, 23, seed=5, min_len=2, max_len=12)
     cfg = DecodeConfig(beam_size=beam_size, n_best=beam_size, length_penalty=0.6, max_len_a=1.0, max_len_b=3)
     batched = decode_batch(model, src, cfg)
@@ -282,7 +258,7 @@ def test_sentence_decodes_the_same_alone_and_in_a_padded_batch(beam_size):
         assert [h.score for h in alone] == pytest.approx([h.score for h in batched[i]], abs=1e-4)
 
 
-def test_nbest_sorted_distinct_and_scores_match_teacher_forcing():
+def test_nbest_sorted_distinct_and_scores_match_teacher_forcing(tiny_model, random_src):
     model, src = tiny_model(23, seed=6), random_src(4, 23, seed=7)
     alpha = 0.6
     nbest = beam_search(model, src, settings(beam_size=5, length_penalty=alpha, n_best=5, max_len_a=1.0, max_len_b=3))
@@ -298,7 +274,7 @@ def test_nbest_sorted_distinct_and_scores_match_teacher_forcing():
 
 
 @pytest.mark.parametrize("alpha", [0.0, 1.0])
-def test_large_beam_finds_the_exhaustive_best(alpha):
+def test_large_beam_finds_the_exhaustive_best(alpha, tiny_model, random_src):
     """Vocabulary of 7 (4 specials + 3 tokens), at most 3 output tokens: score every possible output."""
     vocab, max_len = 7, 3
     model, src = tiny_model(vocab, seed=8), random_src(2, vocab, seed=9, min_len=3, max_len=5)
@@ -316,15 +292,16 @@ def test_large_beam_finds_the_exhaustive_best(alpha):
         assert [h.score for h in found[i]] == pytest.approx([s for s, _ in exact[:5]], abs=1e-4)
 
 
-def test_decode_texts_reports_progress_after_each_batch(tokenizer):  # noqa: F811  (the fixture imported above)
+def test_translate_reports_progress_after_each_batch(tokenizer, make_state):
     """``progress(n)`` after each decoded batch, n its sentences; blank texts are neither decoded nor counted."""
     _, model = make_state(tokenizer)
+    translator = TorchTranslator(model.eval(), tokenizer, device="cpu")
     texts = ["a man rides", "", "two dogs play in the park", "a book", "   ", "a woman reads a book", "a dog"]
     calls: list[int] = []
     cfg = DecodeConfig(beam_size=2, batch_size=2, max_len_a=0.0, max_len_b=3)
-    out = decode_texts(model.eval(), tokenizer, texts, cfg, device="cpu", progress=calls.append)
+    out = translator.translate(texts, cfg, progress=calls.append)
     assert calls == [2, 2, 1] and [len(h) for h in out] == [1, 0, 1, 1, 0, 1, 1]
-    assert out == decode_texts(model, tokenizer, texts, cfg, device="cpu")  # the same without a callback
+    assert out == translator.translate(texts, cfg)  # the same without a callback
     translations = []
-    assert translate_texts(model, tokenizer, texts, cfg, device="cpu", progress=translations.append)[1] == ""
+    assert translate_texts(translator, texts, cfg, progress=translations.append)[1] == ""
     assert translations == calls

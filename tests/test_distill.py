@@ -13,14 +13,14 @@ import torch
 from torch import nn
 
 import transformer.distillation as distillation
+from transformer.checkpoint import save_checkpoint
 from transformer.cli import main as cli_main
 from transformer.config import Config, DataConfig, DecodeConfig, ModelConfig
 from transformer.data.corpus import load_split
 from transformer.data.tokenizer import Tokenizer
 from transformer.decoding.ensemble import Ensemble
-from transformer.decoding.search import translate_texts
+from transformer.inference import TorchTranslator, translate_texts
 from transformer.model.transformer import Transformer
-from transformer.training.checkpoint import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 LINES = 40  # training pairs of the test corpus: 5 chunks of 8
@@ -89,7 +89,7 @@ def test_distill_writes_a_corpus_folder_that_a_config_reads(setup, tmp_path, cap
     assert distill(setup, out, "--beam-size", "2") == 0
     assert f"train with data.data_dir={out}" in capsys.readouterr().out
     src = sample("train", "en")[:LINES]
-    expected = translate_texts(setup["models"][0], setup["tokenizer"], src, DECODE, device="cpu")
+    expected = translate_texts(TorchTranslator(setup["models"][0], setup["tokenizer"]), src, DECODE)
     cfg = DataConfig(data_dir=str(out), test_split="test")
     assert load_split(cfg, "train") == (src, expected)  # the teacher's translations, line by line
     assert sorted(p.name for p in out.iterdir()) == [
@@ -112,8 +112,8 @@ def test_an_ensemble_teacher_and_the_original_pairs_too(setup, tmp_path):
     assert distill(setup, out, "--with-original", teachers=(0, 1)) == 0
     src, tgt = sample("train", "en")[:LINES], sample("train", "de")[:LINES]
     ensemble = Ensemble(setup["models"])
-    expected = translate_texts(ensemble, setup["tokenizer"], src, DECODE, device="cpu")
-    assert expected != translate_texts(setup["models"][0], setup["tokenizer"], src, DECODE, device="cpu")
+    expected = translate_texts(TorchTranslator(ensemble, setup["tokenizer"]), src, DECODE)
+    assert expected != translate_texts(TorchTranslator(setup["models"][0], setup["tokenizer"]), src, DECODE)
     assert load_split(DataConfig(data_dir=str(out)), "train") == (src + src, tgt + expected)
     record = json.loads((out / "distill.json").read_text())
     assert [t["path"] for t in record["teacher"]] == [str(p) for p in setup["paths"]]
@@ -189,3 +189,52 @@ def test_an_output_path_through_a_file_is_one_error_line(setup, tmp_path, capsys
     assert distill(setup, tmp_path / "file" / "out") == 2
     err = capsys.readouterr().err
     assert err.startswith("error: cannot write the output folder") and err.count("\n") == 1
+
+
+# ---- the CTranslate2 export of a teacher ------------------------------------------------------------------
+
+
+def test_a_ctranslate2_teacher_writes_the_same_corpus_as_its_checkpoint(sample_checkpoint, sample_export, tmp_path):
+    """The sample corpus distilled by a model trained for seconds (conftest) and by its float32 export, with greedy
+    search: there both engines pick the same token at every step (ct2_engine's docstring). (Beam search with length
+    penalty 0 can differ where two beams are nearly tied: CTranslate2 renormalises each step over the allowed
+    tokens, which shifts each beam's score by its own small amount.)"""
+    search = ["--data-dir", str(ROOT / "data" / "sample"), "--beam-size", "1", "--device", "cpu"]
+    ours, theirs = tmp_path / "torch", tmp_path / "ct2"
+    assert cli_main(["distill", "--checkpoint", str(sample_checkpoint), "--output", str(ours), *search]) == 0
+    ct2 = ["--engine", "ctranslate2", "--model", str(sample_export), "--intra-threads", "1"]
+    assert cli_main(["distill", *ct2, "--output", str(theirs), *search]) == 0
+    our_files, their_files = folder_files(ours), folder_files(theirs)
+    our_record, their_record = (json.loads(files.pop("distill.json")) for files in (our_files, their_files))
+    assert our_files == their_files  # train.en, train.de and the copied splits, byte for byte
+    assert sorted(our_files) == ["test.de", "test.en", "train.de", "train.en", "val.de", "val.en"]
+    distilled = our_files["train.de"].decode().splitlines()
+    assert len(distilled) == 520 and distilled != sample("train", "de") and len(set(distilled)) > 100  # not vacuous
+    # The records differ only in the teacher: the checkpoint's SHA-256, or that of the export's weights.
+    weights = sample_export / "model.bin"
+    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert their_record["teacher"] == [{"path": str(weights), "sha256": sha}]
+    for record in (our_record, their_record):
+        record.pop("teacher")
+        record["settings"].pop("teacher_sha256")
+    assert our_record == their_record
+    assert our_record["settings"]["beam_size"] == 1 and our_record["complete"] is True
+
+
+ENGINE_MISTAKES = {  # distill options -> what the one error line says
+    "a checkpoint for ctranslate2": (["--engine", "ctranslate2", "--checkpoint", "{ckpt}"], "not --checkpoint"),
+    "ctranslate2 without a model": (["--engine", "ctranslate2"], "--engine ctranslate2 needs --model DIR"),
+    "a model folder for torch": (["--checkpoint", "{ckpt}", "--model", "{tmp}/ct2"], "--model (a CTranslate2 folder)"),
+    "threads for torch": (["--checkpoint", "{ckpt}", "--intra-threads", "2"], "--inter-threads and --intra-threads"),
+}
+
+
+@pytest.mark.parametrize("mistake", ENGINE_MISTAKES)
+def test_an_engine_option_mistake_is_one_error_line(mistake, setup, tmp_path, capsys):
+    options, message = ENGINE_MISTAKES[mistake]
+    options = [o.format(ckpt=setup["paths"][0], tmp=tmp_path) for o in options]
+    out = tmp_path / "out"
+    assert cli_main(["distill", *options, "--data-dir", str(setup["corpus"]), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err and "Traceback" not in err
+    assert not out.exists()  # refused before anything is written

@@ -7,18 +7,17 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
-# Helpers of the other test modules (pytest puts tests/ on sys.path): the same tiny models and checkpoints.
-from test_checkpoint import make_state, tokenizer  # noqa: F401  (tokenizer is a fixture)
-from test_decoding import random_src, tiny_model
 from torch import nn
 
+from transformer.checkpoint import save_checkpoint
 from transformer.config import DecodeConfig, ModelConfig
-from transformer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from transformer.data.tokenizer import Tokenizer
 from transformer.decoding.ensemble import Ensemble
-from transformer.decoding.search import decode_batch, greedy_decode, translate_texts
+from transformer.decoding.search import decode_batch, greedy_decode
+from transformer.errors import CheckpointError
+from transformer.inference import TorchTranslator, load_torch_translator, translate_texts
 from transformer.model.transformer import Transformer
-from transformer.training.checkpoint import CheckpointError, load_ensemble_for_inference, save_checkpoint
+from transformer.tokens import BOS_ID, EOS_ID, PAD_ID
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one intra-op thread for tiny tensors
 
@@ -49,7 +48,7 @@ def hypotheses(results) -> list[list[list[int]]]:
 
 # ------------------------------------------------------------------------------------------- the maths
 @pytest.mark.parametrize("beam_size", [1, 4])
-def test_an_ensemble_of_one_decodes_as_the_model(beam_size):
+def test_an_ensemble_of_one_decodes_as_the_model(beam_size, tiny_model, random_src):
     model, src = tiny_model(VOCAB, seed=2), random_src(6, VOCAB, seed=3)
     cfg = DecodeConfig(beam_size=beam_size, n_best=beam_size, length_penalty=0.6, max_len_a=1.2, max_len_b=5)
     alone = decode_batch(model, src, cfg)
@@ -62,7 +61,7 @@ def test_an_ensemble_of_one_decodes_as_the_model(beam_size):
         assert [h.log_prob for h in a] == pytest.approx([h.log_prob for h in b], abs=1e-5)
 
 
-def test_decode_is_the_log_of_the_mean_probability():
+def test_decode_is_the_log_of_the_mean_probability(tiny_model, random_src):
     models = [tiny_model(VOCAB, seed=1), other_model(seed=2)]
     ensemble = Ensemble(models).eval()
     src = random_src(5, VOCAB, seed=4)
@@ -85,7 +84,7 @@ def test_decode_is_the_log_of_the_mean_probability():
 
 
 @pytest.mark.parametrize("beam_size", [1, 4])
-def test_cached_equals_uncached_with_models_of_different_shapes(beam_size):
+def test_cached_equals_uncached_with_models_of_different_shapes(beam_size, tiny_model, random_src):
     models = [tiny_model(VOCAB, seed=6), other_model(seed=7), tiny_model(VOCAB, seed=8)]
     assert len({(m.config.d_model, m.config.n_decoder_layers) for m in models}) == 2
     ensemble, src = Ensemble(models).eval(), random_src(7, VOCAB, seed=9)
@@ -100,7 +99,7 @@ def test_cached_equals_uncached_with_models_of_different_shapes(beam_size):
         assert hypotheses(decode_batch(model, src, cfg)) != hypotheses(cached)
 
 
-def test_greedy_takes_the_argmax_of_the_averaged_distribution_and_scores_match():
+def test_greedy_takes_the_argmax_of_the_averaged_distribution_and_scores_match(tiny_model, random_src):
     models = [tiny_model(VOCAB, seed=11), other_model(seed=12)]
     with torch.no_grad():
         for model in models:
@@ -132,7 +131,7 @@ def test_greedy_takes_the_argmax_of_the_averaged_distribution_and_scores_match()
     assert [h[0].log_prob for h in uncached] == pytest.approx([h[0].log_prob for h in results], abs=1e-4)
 
 
-def test_beam_hypotheses_score_the_averaged_distribution():
+def test_beam_hypotheses_score_the_averaged_distribution(tiny_model, random_src):
     models = [tiny_model(VOCAB, seed=14), other_model(seed=15)]
     ensemble, src = Ensemble(models).eval(), random_src(3, VOCAB, seed=16)
     cfg = DecodeConfig(beam_size=4, n_best=4, length_penalty=0.0, max_len_a=1.0, max_len_b=3)
@@ -146,7 +145,7 @@ def test_beam_hypotheses_score_the_averaged_distribution():
 
 
 @torch.no_grad()
-def test_the_models_states_reorder_together():
+def test_the_models_states_reorder_together(tiny_model, random_src):
     """One ``reorder`` on the ensemble's state moves every model's state (memories of different widths); the
     next step then equals a fresh uncached ensemble state on the kept rows."""
     models = [tiny_model(VOCAB, seed=20), other_model(seed=21)]
@@ -168,7 +167,7 @@ def test_the_models_states_reorder_together():
                                atol=1e-5, rtol=0)
 
 
-def test_the_shortest_learned_position_table_caps_the_lengths():
+def test_the_shortest_learned_position_table_caps_the_lengths(tiny_model, random_src):
     # Model 0 is sinusoidal (1024 positions); model 1's learned table has 10: lengths and inputs must fit it.
     models = [tiny_model(VOCAB, seed=17), other_model(seed=18, positional="learned", max_positions=10)]
     ensemble = Ensemble(models).eval()
@@ -178,20 +177,18 @@ def test_the_shortest_learned_position_table_caps_the_lengths():
     assert [len(hyps[0].tokens) for hyps in greedy_decode(ensemble, src, cfg)] == [9, 9, 9]  # position 9 (fed after 9 tokens) is the table's last
 
 
-def test_models_must_share_the_vocabulary():
+def test_models_must_share_the_vocabulary(tiny_model):
     with pytest.raises(ValueError, match="at least one model"):
         Ensemble([])
     with pytest.raises(ValueError, match="src_vocab_size"):
         Ensemble([tiny_model(VOCAB), tiny_model(VOCAB + 6)])
     with pytest.raises(ValueError, match="model 1 has tgt_vocab_size=29"):
         Ensemble([tiny_model(VOCAB), other_model(tgt_vocab_size=29)])
-    with pytest.raises(ValueError, match="pad_id"):
-        Ensemble([tiny_model(VOCAB), other_model(pad_id=1)])
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory, tokenizer):  # noqa: F811  (the fixture imported above)
+def checkpoints(tmp_path_factory, tokenizer, make_state):
     """Two checkpoints of one vocabulary (different weights) and the models they hold."""
     folder = tmp_path_factory.mktemp("ensemble")
     models = []
@@ -202,21 +199,22 @@ def checkpoints(tmp_path_factory, tokenizer):  # noqa: F811  (the fixture import
     return folder, models
 
 
-def test_load_ensemble_for_inference_end_to_end(checkpoints, tokenizer):  # noqa: F811
+def test_load_torch_translator_of_several_checkpoints_decodes_their_ensemble(checkpoints, tokenizer):
     folder, models = checkpoints
-    single, _, _ = load_ensemble_for_inference([folder / "m0.pt"])
-    assert type(single) is Transformer  # one checkpoint: the plain model
-    loaded, loaded_tokenizer, config = load_ensemble_for_inference([folder / "m0.pt", folder / "m1.pt"])
-    assert isinstance(loaded, Ensemble) and len(loaded.models) == 2 and not loaded.training
-    assert loaded_tokenizer.to_state() == tokenizer.to_state()
+    single, _ = load_torch_translator([folder / "m0.pt"])
+    assert type(single.model) is Transformer  # one checkpoint: the plain model
+    loaded, config = load_torch_translator([folder / "m0.pt", folder / "m1.pt"])
+    assert isinstance(loaded.model, Ensemble) and len(loaded.model.models) == 2 and not loaded.model.training
+    assert loaded.tokenizer.to_state() == tokenizer.to_state() and config.model == models[0].config
     texts = ["a man rides a bike", "two dogs play in the park", "a woman reads"]
     cfg = DecodeConfig(beam_size=3, max_len_a=0.5, max_len_b=4)
-    got = translate_texts(loaded, loaded_tokenizer, texts, cfg, device="cpu")
-    assert got == translate_texts(Ensemble(models), tokenizer, texts, cfg, device="cpu")
+    got = translate_texts(loaded, texts, cfg)
+    assert got == translate_texts(TorchTranslator(Ensemble(models), tokenizer), texts, cfg)
+    assert got != translate_texts(single, texts, cfg)  # not the first model alone
     assert len(got) == 3 and all(isinstance(t, str) for t in got)
 
 
-def test_load_ensemble_refuses_another_vocabulary(checkpoints, tokenizer, tmp_path):  # noqa: F811
+def test_load_ensemble_refuses_another_vocabulary(checkpoints, tokenizer, make_state, tmp_path):
     folder, _ = checkpoints
     texts = ["the cat sleeps on a red sofa", "an old car drives past the shop", "children sing a song"] * 5
     other = Tokenizer.train(texts, texts, tmp_path / "spm", vocab_size=40, joint=True)
@@ -224,15 +222,15 @@ def test_load_ensemble_refuses_another_vocabulary(checkpoints, tokenizer, tmp_pa
     state, _ = make_state(other, seed=2)  # same sizes: only the vocabulary check can tell
     save_checkpoint(state, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="another vocabulary"):
-        load_ensemble_for_inference([folder / "m0.pt", tmp_path / "other.pt"])
+        load_torch_translator([folder / "m0.pt", tmp_path / "other.pt"])
     with pytest.raises(CheckpointError, match="no checkpoints"):
-        load_ensemble_for_inference([])
+        load_torch_translator([])
     with pytest.raises(CheckpointError, match="not found"):
-        load_ensemble_for_inference([folder / "m0.pt", tmp_path / "missing.pt"])
+        load_torch_translator([folder / "m0.pt", tmp_path / "missing.pt"])
 
 
 def test_load_ensemble_accepts_one_vocabulary_trained_with_other_thread_counts(
-    checkpoints, tokenizer, tmp_path, monkeypatch  # noqa: F811
+    checkpoints, tokenizer, make_state, tmp_path, monkeypatch
 ):
     """SentencePiece records num_threads (the CPU count) in the model file: runs on two machines give other
     bytes for the same vocabulary, which must not stop them from forming an ensemble."""
@@ -243,5 +241,5 @@ def test_load_ensemble_accepts_one_vocabulary_trained_with_other_thread_counts(
     assert retrained.to_state()["src_model"] != tokenizer.to_state()["src_model"]  # other bytes ...
     state, _ = make_state(retrained, seed=3)
     save_checkpoint(state, tmp_path / "same_vocab.pt")
-    loaded, _, _ = load_ensemble_for_inference([folder / "m0.pt", tmp_path / "same_vocab.pt"])  # ... same pieces
-    assert isinstance(loaded, Ensemble)
+    loaded, _ = load_torch_translator([folder / "m0.pt", tmp_path / "same_vocab.pt"])  # ... same pieces
+    assert isinstance(loaded.model, Ensemble)

@@ -137,7 +137,7 @@ def run(tmp_path_factory, tokenizer) -> Path:
     model = make_model(tokenizer)
     config = Config(
         model=model.config,
-        data=DataConfig(source="tsv", valid_tsv=str(folder / "valid.tsv"), test_tsv=str(folder / "test.tsv")),
+        data=DataConfig(source="tsv", files={"valid": str(folder / "valid.tsv"), "test": str(folder / "test.tsv")}),
         decode=DecodeConfig(beam_size=2, max_len_a=0.2, max_len_b=3),
     )
     state = {"model": model.state_dict(), "config": config.to_dict(), "tokenizer": tokenizer.to_state()}
@@ -161,9 +161,11 @@ def test_translate_script_arguments_and_stdin(run, capsys, monkeypatch):
     assert translate.main(["--checkpoint", ckpt, "--beam-size", "3", "--n-best", "3", SRC[4]]) == 0
     rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
     assert len(rows) == 3 and all(r[0] == "0" for r in rows)
+    # Three different hypotheses of the beam, best first: three distinct translations, strictly falling scores.
     scores = [float(r[1]) for r in rows]
-    print("NBEST", rows)
-    assert scores == sorted(scores, reverse=True) and len({r[2] for r in rows}) >= 1
+    assert scores[0] > scores[1] > scores[2] and len({r[2] for r in rows}) == 3
+    assert translate.main(["--checkpoint", ckpt, "--beam-size", "3", SRC[4]]) == 0
+    assert capsys.readouterr().out == rows[0][2] + "\n"  # the first of the n-best is the translation
 
 
 @pytest.mark.parametrize(
@@ -224,7 +226,8 @@ def test_evaluate_script_decodes_a_split(run, tmp_path, capsys, tokenizer):
     assert evaluate.main(["--checkpoint", str(run / "model.pt"), "--split", "valid", "--beam-size", "1"]) == 0
     assert "5 sentences" in capsys.readouterr().out
     assert evaluate.main(["--checkpoint", str(run / "model.pt"), "--split", "train"]) == 2
-    assert "train_tsv" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "data.files, which has no train path" in err
 
 
 # ------------------------------------------------------------------------------------------ ensembles

@@ -21,6 +21,7 @@ from transformer.model.transformer import Transformer
 
 pytest.importorskip("ctranslate2")
 from transformer.inference import ct2_export  # noqa: E402
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +33,8 @@ def checkpoint(folder: Path, tokenizer: Tokenizer, **saved_model_config) -> Path
     """A tiny untrained checkpoint of this project (model, config and vocabulary); ``saved_model_config`` is
     written into its config's model section as it is (as an older version's checkpoint may have it)."""
     torch.manual_seed(0)
-    config = ModelConfig.preset("tiny", src_vocab_size=tokenizer.src_vocab_size, tgt_vocab_size=tokenizer.tgt_vocab_size)
+    sizes = dict(src_vocab_size=tokenizer.src_vocab_size, tgt_vocab_size=tokenizer.tgt_vocab_size)
+    config = ModelConfig.preset("tiny", **sizes)
     saved = Config(model=config, decode=DecodeConfig(max_len_a=0, max_len_b=3)).to_dict()
     saved["model"].update(saved_model_config)
     state = {"model": Transformer(config).state_dict(), "config": saved, "tokenizer": tokenizer.to_state()}
@@ -81,8 +83,9 @@ def test_export_writes_the_folder_and_refuses_to_overwrite_it(capsys, files):
 def test_export_refuses_a_model_ctranslate2_cannot_express(capsys, files, monkeypatch):
     """Every option of today's models is expressible: the exporter is told here that ReLU is not."""
     monkeypatch.setitem(ct2_export.SUPPORTED, "activation", ("gelu",))
-    line = error_line(capsys, ["export", "--checkpoint", str(files["checkpoint"]), "--output", str(files["tmp"] / "relu")])
-    assert "cannot export to CTranslate2 exactly" in line and "model.activation='relu': CTranslate2 supports gelu" in line
+    argv = ["export", "--checkpoint", str(files["checkpoint"]), "--output", str(files["tmp"] / "relu")]
+    line = error_line(capsys, argv)
+    assert "cannot export to CTranslate2 exactly: model.activation='relu': CTranslate2 supports gelu" in line
     assert not (files["tmp"] / "relu").exists()
 
 

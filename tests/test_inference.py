@@ -179,14 +179,10 @@ def sample_engines(sample_checkpoint, sample_export) -> tuple[TorchTranslator, C
     return torch_translator, translator, config
 
 
-# Greedy, and beam search with length penalty 0: where the two searches agree (ct2_engine's docstring).
-SEARCHES = {"greedy": dict(beam_size=1), "beam 4, length penalty 0": dict(beam_size=4, length_penalty=0.0)}
-
-
-@pytest.mark.parametrize("search", SEARCHES)
-def test_both_engines_give_the_same_lines_through_translate_texts(search, sample_engines):
+def test_both_engines_give_the_same_lines_through_translate_texts(sample_engines):
+    """Greedy search, where both engines pick the same token at every step (ct2_engine's docstring)."""
     torch_translator, translator, config = sample_engines
-    cfg = config.decode.updated(**SEARCHES[search], n_best=1, batch_size=16)
+    cfg = config.decode.updated(beam_size=1, n_best=1, batch_size=16)
     sources = lines("test.en") + ["", "A dog."]  # a blank line gets an empty translation from both
     ours = translate_texts(torch_translator, sources, cfg)
     theirs = translate_texts(translator, sources, cfg)
@@ -290,8 +286,14 @@ def test_trained_sample_model_same_translations_of_every_test_sentence(beam_size
     theirs = translator.translate(sources, cfg)
     assert [h[0].tokens for h in ours] == [h[0].tokens for h in theirs]
     # CTranslate2 normalises each step over the tokens the rules allow (no PAD/BOS, no EOS at the first step),
-    # ours over the whole vocabulary: its log-probs of the same output are a little higher, never lower.
-    assert all(-1e-4 < b[0].log_prob - a[0].log_prob < 0.05 for a, b in zip(ours, theirs))
+    # ours over the whole vocabulary: its log-probs of the same output are a little higher, never lower. At the
+    # maximum length our search forces EOS and counts its log-prob, CTranslate2 stops without it.
+    src_ids = torch_translator.tokenizer.encode_src(sources)
+    for ids, a, b in zip(src_ids, ours, theirs):
+        expected = a[0].log_prob
+        if len(a[0].tokens) == translator.max_length(len(ids) + 1, cfg):
+            expected -= torch_translator.forced_log_probs([ids], [a[0].tokens])[0][-1]  # the forced EOS
+        assert -1e-4 < b[0].log_prob - expected < 0.05
 
 
 @pytest.mark.slow

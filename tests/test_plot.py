@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from transformer.checkpoint import load_for_inference, save_checkpoint
 from transformer.cli import main as cli_main
 from transformer.config import Config, ModelConfig
 from transformer.data.tokenizer import Tokenizer
-from transformer.decoding.alignment import pair_attention, translate_with_attention
+from transformer.inference.alignment import pair_attention, translate_with_attention
 from transformer.model.transformer import Transformer
 from transformer.plotting import attention_figure, attention_figure_size, read_metrics
-from transformer.training.checkpoint import load_for_inference, save_checkpoint
 
 pytest.importorskip("matplotlib")
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one intra-op thread for tiny tensors

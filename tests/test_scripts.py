@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from transformer.training.checkpoint import load_checkpoint
+from transformer.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}

@@ -202,7 +202,7 @@ def test_interrupted_checkpoint_write_leaves_the_last_good_one(tmp_path, tokeniz
     monkeypatch.setattr("transformer.checkpoint.torch.save", crash)
     trainer.step += 1
     with pytest.raises(OSError, match="disk full"):
-        trainer.checkpoints.save(trainer)
+        trainer.checkpoints.save(trainer.state_dict(), trainer.model)
     assert last.read_bytes() == before
     assert load_checkpoint(last)["step"] == 2
     assert not list(last.parent.glob(".*.tmp")), "temporary file left behind"
@@ -340,7 +340,7 @@ def test_non_finite_weights_are_never_saved(tmp_path, tokenizer, caplog):
     with torch.no_grad():
         trainer.model.output.weight[0, 0] = float("inf")
     trainer.step += 1
-    trainer.checkpoints.save(trainer, best=True)
+    trainer.checkpoints.save(trainer.state_dict(), trainer.model, best=True)
     assert last.read_bytes() == before and not (last.parent / "step_00000003.pt").exists()
     assert any("not saving a checkpoint" in r.getMessage() for r in caplog.records)
 

@@ -28,7 +28,7 @@ import torch
 from transformer.benchmarks.common import json_settings, model_config
 from transformer.benchmarks.memory import memory_in_subprocess, memory_probe
 from transformer.benchmarks.steps import Rounds, StepFn, on_one_batch, our_update, time_rounds, train_config
-from transformer.benchmarks.train_batches import first_batches, training_data
+from transformer.benchmarks.train_batches import add_corpus_arguments, first_batches, training_data
 from transformer.config import DataConfig, ModelConfig
 from transformer.model.transformer import Transformer
 
@@ -69,12 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--max-tokens", type=int, default=4096, help="token budget of a batch")
-    parser.add_argument("--data-dir", default="", help="Multi30k folder (default: $MULTI30K_DIR, else data/multi30k)")
-    parser.add_argument("--train-split", default="train")
-    parser.add_argument("--test-split", default="test_2016_flickr")
-    parser.add_argument("--src-lang", default="en")
-    parser.add_argument("--tgt-lang", default="de")
-    parser.add_argument("--vocab-size", type=int, default=8000)
+    add_corpus_arguments(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write every figure here")
     parser.add_argument("--memory-probe", type=Path, help=argparse.SUPPRESS)  # internal: one child process

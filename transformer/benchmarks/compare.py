@@ -59,7 +59,7 @@ from transformer.benchmarks.steps import (
     train_config,
 )
 from transformer.benchmarks.stock import StockTransformer
-from transformer.benchmarks.train_batches import first_batches, training_data
+from transformer.benchmarks.train_batches import add_corpus_arguments, first_batches, training_data
 from transformer.config import DataConfig, ModelConfig
 from transformer.data.batching import Batch, BatchIterator
 from transformer.data.tokenizer import Tokenizer
@@ -79,12 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="training autocast")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave the default)")
-    parser.add_argument("--data-dir", default="", help="Multi30k folder (default: $MULTI30K_DIR, else data/multi30k)")
-    parser.add_argument("--train-split", default="train")
-    parser.add_argument("--test-split", default="test_2016_flickr")
-    parser.add_argument("--src-lang", default="en")
-    parser.add_argument("--tgt-lang", default="de")
-    parser.add_argument("--vocab-size", type=int, default=8000, help="joint SentencePiece vocabulary")
+    add_corpus_arguments(parser)
     parser.add_argument("--checkpoint", type=Path, help="decode this trained model (else an untrained small one)")
     parser.add_argument("--decode-preset", default="small", help="size of the untrained model (no --checkpoint)")
     parser.add_argument("--beam-size", type=int, default=5)

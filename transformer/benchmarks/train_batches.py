@@ -6,6 +6,7 @@ budget), or synthetic pairs with Multi30k-like lengths when the corpus is absent
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 
 import numpy as np
@@ -15,6 +16,16 @@ from transformer.config import DataConfig
 from transformer.data.batching import Batch, BatchIterator, ParallelDataset, collate
 from transformer.data.corpus import DataError, corpus_folder, load_split
 from transformer.data.tokenizer import Tokenizer
+
+
+def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
+    """The corpus options of the training benchmarks: the ``DataConfig`` fields of the same names."""
+    parser.add_argument("--data-dir", default="", help="Multi30k folder (default: $MULTI30K_DIR, else data/multi30k)")
+    parser.add_argument("--train-split", default="train")
+    parser.add_argument("--test-split", default="test_2016_flickr")
+    parser.add_argument("--src-lang", default="en")
+    parser.add_argument("--tgt-lang", default="de")
+    parser.add_argument("--vocab-size", type=int, default=8000, help="joint SentencePiece vocabulary")
 
 
 def training_data(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,33 +23,7 @@ from transformer.errors import CheckpointError
 from transformer.training.distributed import DistributedContext
 from transformer.training.rng import rng_states
 
-if TYPE_CHECKING:
-    from transformer.training.trainer import Trainer
-
 logger = logging.getLogger(__name__)
-
-
-def training_state(trainer: Trainer) -> dict[str, Any]:
-    """Everything needed to continue exactly where ``trainer``'s latest update left off."""
-    return {
-        "config": trainer.config.to_dict(),
-        "model": trainer.model.state_dict(),
-        "optimizer": trainer.optimizer.state_dict(),
-        "scheduler": trainer.scheduler.state_dict(),
-        "scaler": trainer.scaler.state_dict(),
-        "step": trainer.step,
-        "data": trainer.train_batches.state_dict(),
-        "world_size": trainer.context.world_size,  # the data position counts this many ranks' batches
-        "rng": rng_states(),
-        "tokenizer": trainer.tokenizer.to_state(),
-        "best_score": trainer.best_score,
-        "best_step": trainer.best_step,
-        "bad_evals": trainer.bad_evals,
-        "elapsed": trainer.elapsed,
-        "skipped": dict(trainer.update.skipped),
-        "skipped_in_a_row": trainer.update.skipped_in_a_row,
-        "train_pairs": len(trainer.train_batches.dataset),  # resume checks that the corpus is the same size
-    }
 
 
 class RunCheckpoints:
@@ -62,34 +36,36 @@ class RunCheckpoints:
         self.context = context
         self.saved_step: int | None = None  # the step of the newest last.pt written here
 
-    def save(self, trainer: Trainer, *, best: bool = False) -> None:
-        """``last.pt``, then ``step_N.pt`` (if ``keep_last``), then ``best.pt`` if ``best``; old step files go.
+    def save(self, state: dict[str, Any], model: nn.Module, *, best: bool = False) -> None:
+        """``state`` (a trainer's ``state_dict``) as ``last.pt``, then ``step_N.pt`` (if ``keep_last``), then
+        ``best.pt`` if ``best``; old step files go. Nothing is written while ``model`` has non-finite weights.
 
         Raises:
             CheckpointWriteError: a file cannot be written (the files before it are written, the rest not).
         """
         rng_ranks = self._rng_states_of_all_ranks()  # a collective: before the other ranks return
-        if not self.context.is_main or not weights_are_finite(trainer.model, trainer.step):
+        step = state["step"]
+        if not self.context.is_main or not weights_are_finite(model, step):
             return
-        state = {**training_state(trainer), "step_file": self.keep_last > 0}
+        state = {**state, "step_file": self.keep_last > 0}
         if rng_ranks is not None:
             state["rng_ranks"] = rng_ranks
         save_checkpoint(state, self.last)
-        self.saved_step = trainer.step
+        self.saved_step = step
         if self.keep_last > 0:
-            save_checkpoint(state, self.folder / f"step_{trainer.step:08d}.pt")
+            save_checkpoint(state, self.folder / f"step_{step:08d}.pt")
         if best:
             save_checkpoint(state, self.folder / "best.pt")
         if self.keep_last > 0:
             for old in sorted(self.folder.glob("step_*.pt"))[: -self.keep_last]:
                 old.unlink()
 
-    def save_last(self, trainer: Trainer) -> None:
+    def save_last(self, state: dict[str, Any], model: nn.Module) -> None:
         """``last.pt`` alone, on the main process only (a signal stopped the run: the ranks may be one update
         apart, so there is no collective, and rank 0's RNG states stand for all)."""
-        if self.context.is_main and weights_are_finite(trainer.model, trainer.step):
-            save_checkpoint(training_state(trainer), self.last)
-            self.saved_step = trainer.step
+        if self.context.is_main and weights_are_finite(model, state["step"]):
+            save_checkpoint(state, self.last)
+            self.saved_step = state["step"]
 
     def _rng_states_of_all_ranks(self) -> list[dict[str, Any]] | None:
         """Under DDP, every rank's RNG states (each rank draws its own dropout masks), else None."""

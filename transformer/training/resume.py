@@ -36,8 +36,7 @@ CHANGEABLE: dict[str, frozenset[str]] = {
     }),
     # Where the files are, not what they hold: the number of training pairs is checked separately.
     "data": frozenset({
-        "data_dir", "train_src", "train_tgt", "valid_src", "valid_tgt", "test_src", "test_tgt", "train_tsv",
-        "valid_tsv", "test_tsv", "hub_data_files", "test_split", "cache_dir", "prepare_workers",
+        "data_dir", "files", "hub_data_files", "test_split", "cache_dir", "prepare_workers",
     }),
     "decode": frozenset({"*"}),
 }
@@ -77,7 +76,7 @@ def resume_trainer(trainer: Trainer, path: str | Path | None = None) -> None:
 
 
 def load_training_state(trainer: Trainer, state: dict[str, Any], *, where: str = "checkpoint") -> None:
-    """Put back what ``checkpointing.training_state`` saved; the data position converted to this world size."""
+    """Put back what ``Trainer.state_dict`` saved; the data position converted to this world size."""
     context = trainer.context
     load_model_state(trainer.model, state["model"], where=where)
     trainer.optimizer.load_state_dict(state["optimizer"])
@@ -181,11 +180,11 @@ class Change:
 def changed_settings(saved: dict[str, Any], current: Config, *, where: str) -> list[Change]:
     """Every key whose value in ``current`` differs from the checkpoint's config ``saved``.
 
-    ``saved`` goes through ``Config.from_dict`` first, so keys added since the checkpoint was written take
+    ``saved`` goes through ``Config.from_saved`` first, so keys added since the checkpoint was written take
     their defaults and renamed values their new names, as when the checkpoint is loaded for inference.
     """
     try:
-        old = Config.from_dict(saved, where=f"config in {where}").to_dict()
+        old = Config.from_saved(saved, where=f"config in {where}").to_dict()
     except ConfigError as err:
         raise ResumeError(str(err)) from None
     new = current.to_dict()

@@ -37,6 +37,7 @@ from transformer.training.distributed import DistributedContext
 from transformer.training.loss import Seq2SeqLoss
 from transformer.training.optim import build_optimizer
 from transformer.training.precision import autocast_context, grad_scaler
+from transformer.training.rng import rng_states
 from transformer.training.run_dir import trim_metrics
 from transformer.training.schedule import build_scheduler
 from transformer.training.update import UpdateStep
@@ -149,12 +150,12 @@ class Trainer:
                     last_metrics = self._validate_and_save()
                     out_of_patience = t.patience > 0 and self.bad_evals >= t.patience
                 elif t.save_every > 0 and self.step % t.save_every == 0:
-                    self.checkpoints.save(self)
+                    self.checkpoints.save(self.state_dict(), self.model)
                 if finished or out_of_patience or self._stop_signal is not None:
                     break  # before the next group is drawn, so the saved data position is exact
             if self._stop_signal is not None and self.checkpoints.saved_step != self.step:
                 logger.warning("signal %d received: saving %s and stopping", self._stop_signal, self.checkpoints.last)
-                self.checkpoints.save_last(self)
+                self.checkpoints.save_last(self.state_dict(), self.model)
         except DivergenceError as err:
             saved = self.checkpoints.saved_step
             raise DivergenceError(
@@ -167,6 +168,28 @@ class Trainer:
             if self._tensorboard is not None:
                 self._tensorboard.close()
         return last_metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly where the latest update left off (what checkpoints hold)."""
+        return {
+            "config": self.config.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "data": self.train_batches.state_dict(),
+            "world_size": self.context.world_size,  # the data position counts this many ranks' batches
+            "rng": rng_states(),
+            "tokenizer": self.tokenizer.to_state(),
+            "best_score": self.best_score,
+            "best_step": self.best_step,
+            "bad_evals": self.bad_evals,
+            "elapsed": self.elapsed,
+            "skipped": dict(self.update.skipped),
+            "skipped_in_a_row": self.update.skipped_in_a_row,
+            "train_pairs": len(self.train_batches.dataset),  # resume checks that the corpus is the same size
+        }
 
     @property
     def stop_signal(self) -> int | None:
@@ -276,7 +299,7 @@ class Trainer:
                 (logger.info if finite else logger.warning)("step %d validation %s%s", self.step, shown, note)
             record = {"split": "valid", "step": self.step, "epoch": self.train_batches.epoch, "time": round(self.elapsed, 1)}
             self._write_metrics({**record, **metrics})
-        self.checkpoints.save(self, best=improved)  # every rank: it gathers their RNG states
+        self.checkpoints.save(self.state_dict(), self.model, best=improved)  # every rank: it gathers their RNG states
         return metrics
 
     def _write_metrics(self, record: dict[str, Any]) -> None:
