@@ -609,8 +609,8 @@ def test_download_script_from_a_local_mirror(tmp_path, capsys):
         server.server_close()
 
 
-def test_benchmark_script_exits_clearly_without_the_corpus(tmp_path, capsys):
-    from transformer.benchmarks import data as benchmark_data
+def test_benchmark_data_exits_clearly_without_the_corpus(tmp_path, capsys):
+    from transformer.cli import main
 
-    assert benchmark_data.main(["--data-dir", str(tmp_path / "missing")]) == 2
+    assert main(["benchmark", "data", "--data-dir", str(tmp_path / "missing")]) == 2
     assert "Multi30k folder" in capsys.readouterr().err

@@ -39,8 +39,20 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 
+class Section:
+    """What every config section offers besides its fields."""
+
+    def updated(self, **changes: Any) -> Any:
+        """A copy with ``changes`` applied, skipping those that are None (command-line options left unset).
+
+        Raises:
+            ConfigError: a changed value is invalid (checked by ``__post_init__``); TypeError: an unknown name.
+        """
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
 @dataclass
-class ModelConfig:
+class ModelConfig(Section):
     """Sizes and options of the encoder-decoder; names follow the paper."""
 
     src_vocab_size: int = 8000
@@ -99,7 +111,7 @@ LANG = "{lang}"  # in a data.files path of source "files": replaced by data.src_
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Section):
     """Where the parallel text comes from, how it is tokenized and batched."""
 
     # Source kind: "folder" (a folder of {split}.{lang}[.gz] files, e.g. Multi30k), "files" (a path per role),
@@ -203,7 +215,7 @@ class DataConfig:
 
 
 @dataclass
-class DecodeConfig:
+class DecodeConfig(Section):
     """Greedy (beam_size=1) or beam search; max length = max_len_a * src_len + max_len_b."""
 
     beam_size: int = 5
@@ -214,14 +226,6 @@ class DecodeConfig:
     n_best: int = 1
     no_repeat_ngram_size: int = 0
     batch_size: int = 128  # sentences per decoding batch
-
-    def updated(self, **changes: Any) -> DecodeConfig:
-        """A copy with ``changes`` applied, skipping those that are None (command-line options left unset).
-
-        Raises:
-            ConfigError: a changed value is invalid (checked by ``__post_init__``); TypeError: an unknown name.
-        """
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def __post_init__(self) -> None:
         for name in ("beam_size", "n_best", "batch_size"):
@@ -235,7 +239,7 @@ class DecodeConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Section):
     """Optimisation, schedule, precision, evaluation and checkpointing."""
 
     run_dir: str = "runs/default"

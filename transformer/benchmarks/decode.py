@@ -12,7 +12,6 @@ usually run to the maximum length: the numbers measure speed per generated token
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
@@ -66,10 +65,9 @@ def run(args: argparse.Namespace) -> int:
             data_cfg, base = config.data, config.decode
         else:
             data_cfg = DataConfig()
-        changes = {"src_lang": args.src_lang, "tgt_lang": args.tgt_lang}
-        data_cfg = dataclasses.replace(
-            data_cfg, source="folder", data_dir=args.data_dir, test_split=args.split,
-            **{k: v for k, v in changes.items() if v is not None},
+        data_cfg = data_cfg.updated(
+            source="folder", data_dir=args.data_dir, test_split=args.split, src_lang=args.src_lang,
+            tgt_lang=args.tgt_lang,
         )
         src, tgt = load_split(data_cfg, "test")
         if args.max_sentences:

@@ -13,7 +13,6 @@ stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -73,12 +72,8 @@ def data_settings(
     saved: DataConfig, split: str, *, data_dir: str | None, src_lang: str | None, tgt_lang: str | None
 ) -> tuple[DataConfig, str]:
     """The checkpoint's data config with the command line's folder and languages, and the role to load."""
-    changes = {"data_dir": data_dir, "src_lang": src_lang, "tgt_lang": tgt_lang}
-    changes = {k: v for k, v in changes.items() if v is not None}
-    role = split
-    if role not in ROLES:  # a split name of the corpus, read in the test role
-        changes["test_split"], role = split, "test"
-    return dataclasses.replace(saved, **changes), role
+    role, test_split = (split, None) if split in ROLES else ("test", split)  # a split name: read in the test role
+    return saved.updated(data_dir=data_dir, src_lang=src_lang, tgt_lang=tgt_lang, test_split=test_split), role
 
 
 def read_text(path: Path) -> list[str]:

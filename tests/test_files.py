@@ -1,0 +1,44 @@
+"""Atomic writes and the process check shared by the run folder, the data cache and the tokenizer."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from transformer.errors import OutputError
+from transformer.files import atomic_open, atomic_write_bytes, atomic_write_text, process_alive
+
+
+def test_an_atomic_write_replaces_the_file_whole(tmp_path):
+    path = tmp_path / "state.json"
+    atomic_write_text(path, "old\n")
+    atomic_write_bytes(path, b"new\n")
+    assert path.read_bytes() == b"new\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temporary file left
+
+
+def test_a_failed_write_keeps_the_old_file_and_removes_its_temporary_file(tmp_path):
+    path = tmp_path / "state.json"
+    path.write_text("old\n")
+    with pytest.raises(RuntimeError, match="cut off"):
+        with atomic_open(path) as f:
+            f.write(b"half of the new")
+            raise RuntimeError("cut off")
+    assert path.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_a_write_into_a_missing_folder_is_one_output_error_naming_the_file(tmp_path):
+    path = tmp_path / "missing" / "state.json"
+    with pytest.raises(OutputError, match=r"cannot write the metrics file .*state\.json: No such file"):
+        atomic_write_text(path, "x", what="metrics file")
+
+
+def test_process_alive():
+    assert process_alive(os.getpid())
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    assert not process_alive(int(finished.stdout))  # ended (pids are not reused this fast)
+    assert not process_alive(0) and not process_alive(-1)  # process groups for os.kill, never a process
