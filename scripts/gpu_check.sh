@@ -17,7 +17,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'flash sdp', torch.backends.cuda.flash_sdp_enabled())"
 
 step "CUDA tests"
-timeout 120 $PY -m pytest -q -p no:cacheprovider -m cuda tests/test_model.py 2>&1 | tail -3
+timeout 120 $PY -m pytest -q -p no:cacheprovider -m cuda tests/model/test_transformer.py 2>&1 | tail -3
 
 step "benchmark: base, bf16, eager"
 timeout 200 $PY -m transformer benchmark compare --device cuda --precision bf16 --presets base --max-tokens 32768 \

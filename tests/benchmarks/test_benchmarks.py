@@ -27,7 +27,7 @@ from transformer.data.tokenizer import Tokenizer
 from transformer.decoding.search import decode_batch
 from transformer.model.transformer import Transformer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def benchmark(*args: str) -> subprocess.CompletedProcess:

@@ -24,7 +24,7 @@ from transformer.inference import ct2_export  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "data" / "sample"
 INSTALL = 'pip install -e ".[serve]"'
 

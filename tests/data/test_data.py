@@ -27,7 +27,7 @@ from transformer.data.batching import Batch, BatchIterator, ParallelDataset, Sub
 from transformer.data.corpus import DataError, load_split
 from transformer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, load_or_train_tokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "data" / "sample"
 
 EN = ["A man is reading.", "Two dogs are running.", "A girl is singing.", "The child is sleeping."]

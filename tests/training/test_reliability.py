@@ -31,7 +31,7 @@ from transformer.training.distributed import setup
 from transformer.training.run_dir import LOCK_FILE, RunFolder
 from transformer.training.schedule import inverse_sqrt
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 # A tiny model on the sample corpus: about 0.1 s an update on one thread.
 TINY = (

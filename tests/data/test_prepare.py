@@ -31,7 +31,7 @@ from transformer.data.tokenizer import Tokenizer
 from transformer.training.build import build_trainer
 from transformer.training.distributed import DistributedContext
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "data" / "sample"
 
 

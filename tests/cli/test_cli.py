@@ -30,7 +30,7 @@ from transformer.inference import load_torch_translator
 from transformer.training import Trainer, build_trainer
 from transformer.training.distributed import setup
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENV = {k: v for k, v in os.environ.items() if k != "MULTI30K_DIR"}  # the default folder, data/multi30k, is used
 ENV |= {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 NAMES = [module.__name__.rsplit(".", 1)[1] for module in SUBCOMMANDS]

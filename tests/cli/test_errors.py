@@ -24,7 +24,7 @@ import torch
 
 from transformer.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "data" / "sample"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 # One update of the tiny model on the sample corpus; short decoding so that evaluate and translate are quick.

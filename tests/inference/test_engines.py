@@ -39,7 +39,7 @@ from transformer.inference.ct2_export import ExportError, export_model, unsuppor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "data" / "sample"
 TOLERANCE = 1e-4
 

@@ -14,7 +14,7 @@ from transformer.config import PRESETS, ModelConfig
 from transformer.model.transformer import Transformer, count_parameters
 from transformer.tokens import PAD_ID
 
-MODEL_DIR = Path(__file__).resolve().parents[1] / "transformer" / "model"
+MODEL_DIR = Path(__file__).resolve().parents[2] / "transformer" / "model"
 TOL = dict(atol=1e-5, rtol=1e-5)
 
 

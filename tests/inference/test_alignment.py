@@ -29,7 +29,7 @@ from transformer.inference.alignment import (
 )
 from transformer.model.transformer import Transformer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 W = "\u2581"  # SentencePiece's word start
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one intra-op thread for tiny tensors

@@ -25,7 +25,7 @@ from transformer.data.tokenizer import (
 )
 from transformer.errors import ConfigError, DataError, OutputError
 
-SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
+SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample"
 SPECIAL_TEXT = ("<pad>", "<unk>", "<s>", "</s>", "▁")
 
 

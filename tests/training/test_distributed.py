@@ -19,7 +19,7 @@ from transformer.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 SETTINGS = [
     "model.preset=tiny", "model.dropout=0", "data.max_tokens=256", "train.eval_bleu=false", "train.log_every=1",
