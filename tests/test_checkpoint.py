@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import datetime
 import errno
+import io
 import os
 import pickle
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -78,24 +80,41 @@ def test_missing_truncated_and_foreign_files_are_clear_errors(tmp_path, tokenize
         load_checkpoint(tmp_path / "other.pt")
 
 
+class FailingFile(io.FileIO):
+    """A file whose writes fail with ``code`` after its first ``limit`` bytes, as on a full disk: the real
+    ``torch.save`` then raises its own RuntimeError ("enforce fail at inline_container.cc ... unexpected pos"),
+    with this OSError in its context."""
+
+    def __init__(self, path: Path, mode: str, code: int, limit: int = 1000) -> None:
+        super().__init__(path, mode)
+        self.code, self.left = code, limit
+
+    def write(self, data) -> int:
+        size = memoryview(data).nbytes
+        if size > self.left:
+            raise OSError(self.code, os.strerror(self.code))
+        self.left -= size
+        return super().write(data)
+
+
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EACCES, errno.EROFS])
 def test_a_failed_write_keeps_the_previous_file_and_names_path_and_reason(tmp_path, tokenizer, monkeypatch, code):
     state, _ = make_state(tokenizer)
     path = tmp_path / "last.pt"
     save_checkpoint(state, path)
     before = path.read_bytes()
-
-    def fail_midway(obj, f, *args, **kwargs):
-        f.write(b"half a checkpoint")
-        raise OSError(code, os.strerror(code))
-
-    monkeypatch.setattr(torch, "save", fail_midway)
+    monkeypatch.setattr("transformer.files.open", lambda p, mode: FailingFile(p, mode, code), raising=False)
     with pytest.raises(CheckpointError) as info:
         save_checkpoint(state, path)
     assert isinstance(info.value, OSError)  # code that catches OSError around a save still does
     message = str(info.value)
     assert message.startswith(f"cannot write checkpoint {path} (the previous file is unchanged): {os.strerror(code)}")
-    assert errno.errorcode[code] in message
+    assert errno.errorcode[code] in message and "RuntimeError" not in message and ".tmp" not in message
+    if code == errno.ENOSPC:  # how much the file needs (within 20% of its real size) and how much is free
+        found = re.search(r"\(it needs about ([\d.]+) (bytes|kB|MB); [\d.]+ (bytes|kB|MB|GB) is free in (.*)\)$", message)
+        assert found and found[4] == str(tmp_path), message
+        needed = float(found[1]) * {"bytes": 1, "kB": 1e3, "MB": 1e6}[found[2]]
+        assert 0.8 * len(before) < needed < 1.2 * len(before)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # the temporary file is gone
 
@@ -106,6 +125,29 @@ def test_a_path_through_a_regular_file_is_one_clear_error(tmp_path, tokenizer):
         save_checkpoint(make_state(tokenizer)[0], tmp_path / "file" / "c.pt")
     assert str(info.value).startswith(f"cannot write checkpoint {tmp_path / 'file' / 'c.pt'}: ")
     assert f"File exists: {tmp_path / 'file'} [EEXIST]" in str(info.value)  # the file that is in the way
+
+
+def test_a_checkpoint_written_over_a_folder_names_the_folder(tmp_path, tokenizer):
+    (tmp_path / "out").mkdir()
+    with pytest.raises(CheckpointError) as info:
+        save_checkpoint(make_state(tokenizer)[0], tmp_path / "out")
+    assert str(info.value) == (
+        f"cannot write checkpoint {tmp_path / 'out'}: Is a directory [EISDIR]; that path is a folder; give a file name"
+    )
+    assert list(tmp_path.rglob("*")) == [tmp_path / "out"]
+
+
+def test_weights_that_are_not_finite_are_refused_at_load_naming_the_first(tmp_path, tokenizer):
+    state, _ = make_state(tokenizer)
+    names = [k for k, v in state["model"].items() if v.is_floating_point()][:5]
+    for name in names:
+        state["model"][name] = state["model"][name].clone().fill_(float("nan"))
+    save_checkpoint(state, tmp_path / "nan.pt")
+    with pytest.raises(CheckpointError) as info:
+        load_for_inference(tmp_path / "nan.pt")
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'nan.pt'} has weights that are not finite (NaN or inf): ")
+    assert ", ".join(names[:3]) + " ... (" in message and names[3] not in message and "another checkpoint" in message
 
 
 def test_unreadable_files_never_advise_weights_only_false(tmp_path, tokenizer):

@@ -437,3 +437,72 @@ def test_unreadable_config_files(tmp_path: Path) -> None:
         load_config(tmp_path)
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['1', 'x'\]"):
         load_config(write(tmp_path, "train:\n  1: a\n  x: b\n"))
+
+
+# ---------------------------------------------------------------------------------------------- through the command
+
+
+def error_line(capsys) -> str:
+    """The one line the command printed on stderr (nothing else, no traceback)."""
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    return err.strip()
+
+
+def test_a_yaml_syntax_error_is_one_line_with_file_line_and_column(tmp_path: Path, capsys) -> None:
+    from transformer.cli import main as cli_main
+
+    path = write(tmp_path, "train:\n  lr: 1e-3\n  seed 4\n  max_steps: 3\n")
+    assert cli_main(["train", "--config", str(path)]) == 2
+    line = error_line(capsys)
+    assert line.startswith(f"error: {path}:4:")  # where the parser gave up (file:line:column)
+    assert "could not find expected ':'" in line and "line 3" in line  # the problem and where it began
+
+    path = write(tmp_path, "data:\n  files: {train: a.{lang}\n")  # an unclosed flow mapping
+    assert cli_main(["prepare", "--config", str(path)]) == 2
+    assert error_line(capsys).startswith(f"error: {path}:")
+    assert cli_main(["prepare", "train.lr=[1,"]) == 2  # a value on the command line that is not YAML
+    assert error_line(capsys).startswith("error: command-line override 'train.lr=[1,': cannot parse the value")
+
+
+FLOAT_KEYS = [
+    f"{section}.{f.name}"
+    for section, cls in (("model", ModelConfig), ("data", DataConfig), ("train", TrainConfig), ("decode", DecodeConfig))
+    for f in dataclasses.fields(cls)
+    if f.type in ("float", "tuple[float, float]")
+]
+
+
+def test_every_float_key_is_found() -> None:
+    assert {"train.lr", "train.betas", "model.dropout", "data.max_length_ratio", "decode.max_len_a"} <= set(FLOAT_KEYS)
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", ".nan", "nan"])
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+def test_non_finite_numbers_are_refused_for_every_float_key(key: str, value: str, capsys) -> None:
+    from transformer.cli import main as cli_main
+
+    override = f"{key}=[{value}, 0.9]" if key == "train.betas" else f"{key}={value}"
+    assert cli_main(["prepare", "--data-dir", "no/such/folder", override]) == 2  # never reads a corpus
+    line = error_line(capsys)
+    assert f"command-line override '{override}'" in line and key in line and "finite" in line
+
+
+def test_an_unknown_key_on_the_command_line_names_the_override_not_the_file(capsys) -> None:
+    from transformer.cli import main as cli_main
+
+    config = str(CONFIGS / "sample.yaml")
+    assert cli_main(["train", "--config", config, "train.nope=1"]) == 2
+    line = error_line(capsys)
+    assert line.startswith("error: command-line override 'train.nope=1': unknown key(s) ['nope'] in TrainConfig")
+    assert "'lr'" in line and "sample.yaml" not in line
+    assert cli_main(["train", "--config", config, "trian.lr=1"]) == 2
+    line = error_line(capsys)
+    assert line.startswith("error: command-line override 'trian.lr=1': unknown section 'trian'") and "'train'" in line
+    # A bad value given on the command line is blamed on it too, and a bad value in the file on the file.
+    assert cli_main(["train", "--config", config, "train.lr=-1"]) == 2
+    assert error_line(capsys) == "error: command-line override 'train.lr=-1': train.lr must be positive, got -1.0"
+    assert cli_main(["train", "--config", config, "train.warmup_steps=soon"]) == 2
+    assert error_line(capsys).startswith("error: command-line override 'train.warmup_steps=soon': train.warmup_steps:")
+    assert cli_main(["train", "--config", config, "train.seed=3", "model.d_model=30"]) == 2
+    assert error_line(capsys).startswith("error: command-line override 'model.d_model=30': model.d_model (30)")

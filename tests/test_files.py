@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 import subprocess
 import sys
@@ -9,7 +11,7 @@ import sys
 import pytest
 
 from transformer.errors import OutputError
-from transformer.files import atomic_open, atomic_write_bytes, atomic_write_text, process_alive
+from transformer.files import atomic_open, atomic_write_bytes, atomic_write_text, process_alive, size_text
 
 
 def test_an_atomic_write_replaces_the_file_whole(tmp_path):
@@ -35,6 +37,38 @@ def test_a_write_into_a_missing_folder_is_one_output_error_naming_the_file(tmp_p
     path = tmp_path / "missing" / "state.json"
     with pytest.raises(OutputError, match=r"cannot write the metrics file .*state\.json: No such file"):
         atomic_write_text(path, "x", what="metrics file")
+
+
+def test_a_write_over_a_folder_names_the_folder_not_the_temporary_file(tmp_path):
+    (tmp_path / "out").mkdir()
+    with pytest.raises(OutputError) as info:
+        atomic_write_text(tmp_path / "out", "x", what="metrics file")
+    assert str(info.value) == (
+        f"cannot write the metrics file {tmp_path / 'out'}: Is a directory [EISDIR]; that path is a folder; "
+        "give a file name"
+    )
+    assert list(tmp_path.rglob("*")) == [tmp_path / "out"]  # nothing written
+
+
+def test_a_full_disk_says_how_much_the_file_needs_and_how_much_is_free(tmp_path, monkeypatch):
+    class FullDisk(io.FileIO):
+        def write(self, data) -> int:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("transformer.files.open", lambda path, mode: FullDisk(path, mode), raising=False)
+    with pytest.raises(OutputError) as info:
+        atomic_write_bytes(tmp_path / "state.json", b"x" * 2500, what="metrics file")
+    message = str(info.value)
+    assert message.startswith(f"cannot write the metrics file {tmp_path / 'state.json'}: No space left on device")
+    assert "[ENOSPC]; free some disk space or write to another disk (it needs about 2.5 kB; " in message
+    assert message.endswith(f" is free in {tmp_path})")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_size_text():
+    assert [size_text(n) for n in (0, 999, 1000, 3_400_000, 1_200_000_000)] == [
+        "0 bytes", "999 bytes", "1.0 kB", "3.4 MB", "1.2 GB"
+    ]
 
 
 def test_process_alive():

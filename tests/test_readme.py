@@ -57,9 +57,10 @@ def test_the_quick_start_runs_as_written(tmp_path):
     assert shutil.which("transformer"), "the `transformer` console script is not installed (pip install -e .)"
     shutil.copytree(ROOT / "configs", tmp_path / "configs")
     shutil.copytree(ROOT / "data" / "sample", tmp_path / "data" / "sample")
-    result = subprocess.run(["bash", "-c", " && ".join(steps[2:])], cwd=tmp_path, env=ENV,
-                            capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
+    for paste in (1, 2):  # pasted again, it still works (the second run replaces the first)
+        result = subprocess.run(["bash", "-c", " && ".join(steps[2:])], cwd=tmp_path, env=ENV,
+                                capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, (paste, result.stderr[-3000:])
     translation = result.stdout.strip().splitlines()[-1]
     assert translation and translation != "A dog is running on the beach." and "Traceback" not in result.stderr
     assert (tmp_path / "runs" / "sample" / "checkpoints" / "best.pt").is_file()

@@ -1,44 +1,34 @@
-"""The original encoder-decoder Transformer for machine translation."""
+"""The original encoder-decoder Transformer for machine translation.
 
-from transformer.checkpoint import load_for_inference
-from transformer.config import Config, ConfigError, DataConfig, DecodeConfig, ModelConfig, TrainConfig, load_config
-from transformer.data.tokenizer import Tokenizer
-from transformer.decoding.search import Hypothesis, beam_search, greedy_decode
-from transformer.errors import CheckpointError
-from transformer.evaluation import corpus_scores, evaluate_model
-from transformer.inference import TorchTranslator, Translator, load_translator, translate_texts
-from transformer.model.kv_cache import DecoderCache, DecoderState, KVCache
-from transformer.model.transformer import AttentionWeights, Transformer, count_parameters
-from transformer.tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+The public names below are imported on first use (PEP 562), not when the package is: importing PyTorch takes
+seconds, and ``transformer.cli.main`` must be running to turn a Ctrl-C in those seconds into one clean line.
+"""
 
-__all__ = [
-    "AttentionWeights",
-    "BOS_ID",
-    "EOS_ID",
-    "PAD_ID",
-    "UNK_ID",
-    "CheckpointError",
-    "Config",
-    "ConfigError",
-    "DataConfig",
-    "DecodeConfig",
-    "DecoderCache",
-    "DecoderState",
-    "Hypothesis",
-    "KVCache",
-    "ModelConfig",
-    "TorchTranslator",
-    "TrainConfig",
-    "Tokenizer",
-    "Transformer",
-    "Translator",
-    "beam_search",
-    "corpus_scores",
-    "count_parameters",
-    "evaluate_model",
-    "greedy_decode",
-    "load_config",
-    "load_for_inference",
-    "load_translator",
-    "translate_texts",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Where each public name lives.
+_HOMES = {
+    "transformer.checkpoint": ("load_for_inference",),
+    "transformer.config": (
+        "Config", "ConfigError", "DataConfig", "DecodeConfig", "ModelConfig", "TrainConfig", "load_config",
+    ),
+    "transformer.data.tokenizer": ("Tokenizer",),
+    "transformer.decoding.search": ("Hypothesis", "beam_search", "greedy_decode"),
+    "transformer.errors": ("CheckpointError",),
+    "transformer.evaluation": ("corpus_scores", "evaluate_model"),
+    "transformer.inference": ("TorchTranslator", "Translator", "load_translator", "translate_texts"),
+    "transformer.model.kv_cache": ("DecoderCache", "DecoderState", "KVCache"),
+    "transformer.model.transformer": ("AttentionWeights", "Transformer", "count_parameters"),
+    "transformer.tokens": ("BOS_ID", "EOS_ID", "PAD_ID", "UNK_ID"),
+}
+_MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'transformer' has no attribute {name!r}")
+    return getattr(importlib.import_module(_MODULE_OF[name]), name)

@@ -19,7 +19,7 @@ import torch
 from transformer.config import Config, ConfigError
 from transformer.data.tokenizer import Tokenizer
 from transformer.errors import CheckpointError, CheckpointWriteError, os_reason
-from transformer.files import atomic_open
+from transformer.files import atomic_open, space_note
 from transformer.model.transformer import Transformer
 
 FORMAT_VERSION = 1
@@ -30,17 +30,57 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
 
     Raises:
         CheckpointWriteError: (a ``CheckpointError`` and an ``OSError``) the file cannot be written (full disk,
-            no permission, a file where a folder should be); the message names the path and the reason, the
-            previous file is intact and the temporary file removed.
+            no permission, a file where a folder should be, a folder at ``path``); the message names the path and
+            the reason (on a full disk, about how much the file needs and how much is free), the previous file is
+            intact and the temporary file removed.
     """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_open(path) as f:
             torch.save({"format_version": FORMAT_VERSION, **state}, f)
-    except OSError as err:
+    except (OSError, RuntimeError) as err:
+        # torch's zip writer turns a failed write of the file (ENOSPC, EIO, ...) into a RuntimeError ("enforce fail
+        # at inline_container.cc ... unexpected pos") raised while handling it: the OSError is in its context.
+        cause = _os_error_in(err)
+        if cause is None:
+            raise
         kept = " (the previous file is unchanged)" if path.is_file() else ""
-        raise CheckpointWriteError(f"cannot write checkpoint {path}{kept}: {os_reason(err, path)}") from None
+        reason = os_reason(cause, path) + space_note(cause, path, _payload_bytes(state))
+        raise CheckpointWriteError(f"cannot write checkpoint {path}{kept}: {reason}") from None
+
+
+def _os_error_in(err: BaseException | None) -> OSError | None:
+    """``err`` if it is an ``OSError``, else the first one in the chain of errors it was raised from or during."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _payload_bytes(obj: Any) -> int:
+    """Bytes of the tensor storages (each once) and byte strings (the vocabulary) in a nested state: about the
+    size of its file."""
+    storages: dict[tuple[str, int], int] = {}
+
+    def visit(x: Any) -> None:
+        if isinstance(x, torch.Tensor):
+            storage = x.untyped_storage()
+            storages[(str(x.device), storage.data_ptr())] = storage.nbytes()
+        elif isinstance(x, (bytes, bytearray)):  # pickle protocol 2 stores bytes as latin-1 text in UTF-8
+            storages[("bytes", id(x))] = len(bytes(x).decode("latin-1").encode("utf-8"))
+        elif isinstance(x, dict):
+            for v in x.values():
+                visit(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                visit(v)
+
+    visit(obj)
+    return sum(storages.values())
 
 
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -102,7 +142,12 @@ def load_model_state(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]
 def load_for_inference(
     path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[Transformer, Tokenizer, Config]:
-    """Rebuild the model (in eval mode on ``device``), the tokenizer and the config from one checkpoint file."""
+    """Rebuild the model (in eval mode on ``device``), the tokenizer and the config from one checkpoint file.
+
+    Raises:
+        CheckpointError: see ``load_checkpoint``; or the file's config, vocabulary or weights cannot be used
+            (weights that are not finite, NaN or inf, translate to nothing: the message names the first of them).
+    """
     state = load_checkpoint(path)
     try:
         config = Config.from_saved(state["config"], where=f"config in {path}")
@@ -114,6 +159,16 @@ def load_for_inference(
         tokenizer = Tokenizer.from_state(state["tokenizer"])
     except (ValueError, TypeError, RuntimeError) as err:  # RuntimeError: SentencePiece cannot parse the model
         raise CheckpointError(f"the vocabulary stored in {path} cannot be read: {err}") from None
+    bad = [
+        k for k, v in state["model"].items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()
+    ]
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" ... ({len(bad)} in all)" if len(bad) > 3 else "")
+        raise CheckpointError(
+            f"{path} has weights that are not finite (NaN or inf): {shown}; it cannot translate: use another "
+            "checkpoint (an earlier one of its run, e.g. RUN_DIR/checkpoints/best.pt or a step_*.pt)"
+        )
     model = Transformer(config.model)
     load_model_state(model, state["model"], where=str(path))
     return model.to(device).eval(), tokenizer, config

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import math
 import re
 import types
 import typing
@@ -50,6 +51,19 @@ class Section:
         """
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
+    def _check_finite(self) -> None:
+        """Every float field (and each float of a tuple field) is a finite number: no option means inf or nan.
+
+        Raises:
+            ConfigError: naming the key and the value.
+        """
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            numbers = value if isinstance(value, tuple) else (value,)
+            if any(isinstance(x, float) and not math.isfinite(x) for x in numbers):
+                shown = list(value) if isinstance(value, tuple) else value
+                raise ConfigError(f"{_section(type(self))}{f.name} must be a finite number, got {shown}")
+
 
 @dataclass
 class ModelConfig(Section):
@@ -74,6 +88,7 @@ class ModelConfig(Section):
     layer_norm_eps: float = 1e-5
 
     def __post_init__(self) -> None:
+        self._check_finite()
         for name in ("src_vocab_size", "tgt_vocab_size", "d_model", "n_heads", "d_ff", "max_positions",
                      "n_encoder_layers", "n_decoder_layers"):
             if getattr(self, name) <= 0:
@@ -157,6 +172,7 @@ class DataConfig(Section):
     prepare_workers: int = 0  # processes that encode the corpus; 0: one per CPU core
 
     def __post_init__(self) -> None:
+        self._check_finite()
         _check_choice("data.source", self.source, ("folder", "files", "tsv", "hub"))
         _check_choice("data.spm_model_type", self.spm_model_type, ("bpe", "unigram"))
         if self.vocab_size < MIN_VOCAB_SIZE:
@@ -228,6 +244,7 @@ class DecodeConfig(Section):
     batch_size: int = 128  # sentences per decoding batch
 
     def __post_init__(self) -> None:
+        self._check_finite()
         for name in ("beam_size", "n_best", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"decode.{name} must be >= 1, got {getattr(self, name)}")
@@ -276,6 +293,7 @@ class TrainConfig(Section):
     max_skipped_updates: int = 5
 
     def __post_init__(self) -> None:
+        self._check_finite()
         _check_choice("train.precision", self.precision, ("fp32", "bf16", "fp16"))
         _check_choice("train.optimizer", self.optimizer, ("adam", "adamw"))
         _check_choice("train.schedule", self.schedule, ("noam", "inverse_sqrt", "cosine", "constant"))
@@ -407,6 +425,9 @@ def _lang_template(src: str, tgt: str, src_lang: str, tgt_lang: str) -> str | No
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Defaults, then the YAML file at ``path``, then ``section.key=value`` overrides.
 
+    An error is blamed on what gave the value: the file (``run.yaml: train.lr must be positive``), or the
+    override (``command-line override 'train.lr=-1': train.lr must be positive``).
+
     Raises:
         ConfigError: the file is missing or malformed, a key is unknown, or a value has the wrong type.
     """
@@ -415,29 +436,67 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     if path is not None:
         path = Path(path)
         where = str(path)
-        if path.is_dir():
-            raise ConfigError(f"config file {path} is a folder; give a YAML file (see configs/)")
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
-        except UnicodeDecodeError as err:
-            byte = err.object[err.start]
-            raise ConfigError(f"{path}: not UTF-8 text (byte {byte:#x} at offset {err.start})") from None
-        except OSError as err:
-            raise ConfigError(f"cannot read config file {path}: {err.strerror or err}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections (model, data, train, decode)")
-        values = loaded or {}
+        values = _read_yaml(path)
+    given: dict[str, str] = {}  # "train.lr" -> the override that set it last
     for item in overrides:
-        _apply_override(values, item)
-    return Config.from_dict(values, where=where)
+        given[_apply_override(values, item)] = item
+    try:
+        return Config.from_dict(values, where=where)
+    except ConfigError as err:
+        problem = str(err).removeprefix(f"{where}: ")
+        blamed = [item for key, item in given.items() if re.search(rf"(?<![\w.]){re.escape(key)}(?!\w)", problem)]
+        if not blamed:
+            raise
+        raise ConfigError(f"{_overrides_named(blamed)}: {problem}") from None
 
 
-def _apply_override(values: dict[str, Any], item: str) -> None:
-    """``section.key=value`` (a leading ``--`` is accepted); the value is parsed as YAML."""
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder; give a YAML file (see configs/)")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(_yaml_error(str(path), err, "not valid YAML")) from None
+    except UnicodeDecodeError as err:
+        byte = err.object[err.start]
+        raise ConfigError(f"{path}: not UTF-8 text (byte {byte:#x} at offset {err.start})") from None
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err.strerror or err}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (model, data, train, decode)")
+    return loaded or {}
+
+
+def _yaml_error(where: str, err: yaml.YAMLError, what: str, *, positions: bool = True) -> str:
+    """One line: ``where:LINE:COLUMN: what: the problem (while ... at line L, column C)`` (1-based); without
+    ``positions`` (a one-line override), ``where: what: the problem (while ...)``."""
+    mark = getattr(err, "problem_mark", None) if positions else None
+    problem = getattr(err, "problem", None)
+    if problem is None:  # e.g. a ReaderError (a control character): its text is the whole story
+        return f"{where}: {what}: {' '.join(str(err).split())}"
+    text = f"{where}:{mark.line + 1}:{mark.column + 1}" if mark is not None else where
+    text = f"{text}: {what}: {problem}"
+    context, context_mark = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if context and context_mark is not None and positions:
+        text += f" ({context} at line {context_mark.line + 1}, column {context_mark.column + 1})"
+    elif context:
+        text += f" ({context})"
+    return text
+
+
+def _overrides_named(items: list[str]) -> str:
+    quoted = ", ".join(repr(item) for item in items)
+    return f"command-line override {quoted}" if len(items) == 1 else f"command-line overrides {quoted}"
+
+
+def _apply_override(values: dict[str, Any], item: str) -> str:
+    """``section.key=value`` (a leading ``--`` is accepted); the value is parsed as YAML. Returns ``section.key``.
+
+    Raises:
+        ConfigError: naming the override: malformed, an unknown section or key, or a value that is not YAML.
+    """
     text = item[2:] if item.startswith("--") else item
     if "=" not in text:
         raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.lr=5e-4")
@@ -445,13 +504,23 @@ def _apply_override(values: dict[str, Any], item: str) -> None:
     keys = dotted.strip().split(".")
     if len(keys) != 2 or not all(keys):
         raise ConfigError(f"override {item!r}: the key must be section.key, e.g. train.lr")
+    sections = {f.name: f.type for f in dataclasses.fields(Config)}
+    if keys[0] not in sections:
+        raise ConfigError(f"{_overrides_named([item])}: unknown section {keys[0]!r}; valid sections: {sorted(sections)}")
+    cls = typing.get_type_hints(Config)[keys[0]]
+    valid = sorted(f.name for f in dataclasses.fields(cls)) + (["preset"] if cls is ModelConfig else [])
+    if keys[1] not in valid:
+        raise ConfigError(
+            f"{_overrides_named([item])}: unknown key(s) [{keys[1]!r}] in {cls.__name__}; valid keys: {sorted(valid)}"
+        )
     section = values.setdefault(keys[0], {})
     if not isinstance(section, dict):
         raise ConfigError(f"override {item!r}: {keys[0]} is not a section")
     try:
         section[keys[1]] = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
-        raise ConfigError(f"override {item!r}: cannot parse the value: {err}") from None
+        raise ConfigError(_yaml_error(_overrides_named([item]), err, "cannot parse the value", positions=False)) from None
+    return dotted.strip()
 
 
 def _build(cls: type, values: Any, where: str) -> Any:

@@ -10,9 +10,11 @@ import io
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,7 +22,7 @@ import pytest
 import torch
 
 from transformer.checkpoint import average_checkpoints
-from transformer.cli import SUBCOMMANDS, build_parser
+from transformer.cli import build_parser, subcommands
 from transformer.cli import main as cli_main
 from transformer.config import DataConfig, load_config
 from transformer.data.corpus import load_split
@@ -33,7 +35,7 @@ from transformer.training.distributed import setup
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {k: v for k, v in os.environ.items() if k != "MULTI30K_DIR"}  # the default folder, data/multi30k, is used
 ENV |= {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-NAMES = [module.__name__.rsplit(".", 1)[1] for module in SUBCOMMANDS]
+NAMES = [module.__name__.rsplit(".", 1)[1] for module in subcommands()]
 BAR = re.compile(r"\d+%\||it/s|s/it|\r")  # what a tqdm bar writes
 
 
@@ -174,13 +176,14 @@ def test_download_then_train_finds_data_multi30k(work):
 
 
 def test_download_without_network_is_one_error_line(tmp_path):
-    result = transformer("download", "multi30k", "--out", str(tmp_path / "m30k"), "--base-url", "http://127.0.0.1:9",
-                         "--timeout", "2")
+    result = transformer("download", "multi30k", "--output", str(tmp_path / "m30k"), "--base-url",
+                         "http://127.0.0.1:9", "--timeout", "2")
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "cannot reach http://127.0.0.1:9/train.en.gz" in errors[0]
     assert "Traceback" not in result.stderr
-    assert not list((tmp_path / "m30k").iterdir())  # no partial files
+    assert "--base-url" in errors[0]
+    assert not (tmp_path / "m30k").exists()  # nothing left behind that was not there
 
 
 def test_build_trainer_is_the_library_behind_train(tmp_path):
@@ -258,3 +261,19 @@ def test_average_checkpoints_and_download_report_progress(work, tmp_path, monkey
         server.server_close()
     assert [p.name for p in paths] == ["train.en.gz", "train.de.gz", "val.en.gz", "val.de.gz"] and counts == [1] * 4
     assert len(load_split(DataConfig(data_dir=str(tmp_path / "out")), "valid")[0]) == 8
+
+
+@pytest.mark.parametrize("delay", [0.3, 0.8])
+def test_ctrl_c_while_pytorch_loads_is_one_line_and_exit_130(tmp_path, delay):
+    # The first second or so of any command imports PyTorch; Ctrl-C there is caught like anywhere else.
+    process = subprocess.Popen(
+        [sys.executable, "-m", "transformer", "train", "--config", str(ROOT / "configs" / "sample.yaml"),
+         "--run-dir", str(tmp_path / "run"), f"data.data_dir={ROOT / 'data' / 'sample'}", "train.threads=1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+    )
+    time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    assert not (tmp_path / "run" / "checkpoints").exists()

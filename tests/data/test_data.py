@@ -575,7 +575,7 @@ def test_real_multi30k_batches_are_dense(tmp_path, multi30k):
 
 def test_download_script_without_network_fails_clearly(tmp_path, capsys):
     download = load_script("download")
-    code = download.main(["multi30k", "--out", str(tmp_path), "--base-url", "http://127.0.0.1:9", "--timeout", "2"])
+    code = download.main(["multi30k", "--output", str(tmp_path), "--base-url", "http://127.0.0.1:9", "--timeout", "2"])
     assert code == 2  # a UserError: one line, exit status 2
     assert "cannot reach http://127.0.0.1:9/train.en.gz" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # no partial files left
@@ -594,13 +594,13 @@ def test_download_script_from_a_local_mirror(tmp_path, capsys):
         download = load_script("download")
         url = f"http://127.0.0.1:{server.server_address[1]}"
         out = tmp_path / "out"
-        assert download.main(["multi30k", "--out", str(out), "--base-url", url, "--splits", "val"]) == 0
+        assert download.main(["multi30k", "--output", str(out), "--base-url", url, "--splits", "val"]) == 0
         assert load_split(DataConfig(data_dir=str(out)), "valid") == (EN, DE)
         assert sorted(p.name for p in out.iterdir()) == ["val.de.gz", "val.en.gz"]  # no temporary file left
-        assert download.main(["multi30k", "--out", str(out), "--base-url", url, "--splits", "val", "--langs", "fr"]) == 2
+        assert download.main(["multi30k", "--output", str(out), "--base-url", url, "--splits", "val", "--langs", "fr"]) == 2
         assert "HTTP 404" in capsys.readouterr().err
         (mirror / "test_2016_flickr.en.gz").write_text("not gzip", encoding="utf-8")
-        argv = ["multi30k", "--out", str(out), "--base-url", url, "--splits", "test_2016_flickr", "--langs", "en"]
+        argv = ["multi30k", "--output", str(out), "--base-url", url, "--splits", "test_2016_flickr", "--langs", "en"]
         assert download.main(argv) == 2
         assert "test_2016_flickr.en.gz is not gzip-compressed UTF-8 text" in capsys.readouterr().err
         assert sorted(p.name for p in out.iterdir()) == ["val.de.gz", "val.en.gz"]  # nothing written for it

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "data" / "sample"
-INSTALL = 'pip install -e ".[serve]"'
+INSTALL = 'pip install -e ".[ctranslate2]"'
 
 
 def checkpoint(folder: Path, tokenizer: Tokenizer, **saved_model_config) -> Path:
@@ -120,6 +120,7 @@ ENGINE_MISTAKES = {  # translate options -> what the error line names
     "no translators": ([*CT2, "--model", "{model}", "--inter-threads", "0"], ("--inter-threads must",)),
     "a folder that is no export": ([*CT2, "--model", "{tmp}/ok"], ("is not a CTranslate2 export",)),
     "a missing folder": ([*CT2, "--model", "{tmp}/none"], ("not found", "none")),
+    "a file as the folder": ([*CT2, "--model", "{checkpoint}"], ("is a file, not a folder", "--engine torch --checkpoint")),
     "a damaged export": ([*CT2, "--model", "{damaged}"], ("transformer.json", "export the checkpoint again")),
     "alignment of ctranslate2": ([*CT2, "--model", "{model}", "--alignment"], ("--alignment", "--engine torch")),
 }

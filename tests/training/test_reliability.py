@@ -32,7 +32,8 @@ from transformer.training.run_dir import LOCK_FILE, RunFolder
 from transformer.training.schedule import inverse_sqrt
 
 ROOT = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+# Added to the environment of the subprocesses when they start (conftest.py's data cache is set by then).
+ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 # A tiny model on the sample corpus: about 0.1 s an update on one thread.
 TINY = (
     "--config", "configs/sample.yaml", "model.preset=tiny", "data.vocab_size=100", "train.eval_bleu=false",
@@ -132,6 +133,24 @@ def test_overwrite_removes_only_what_training_wrote_and_says_so(copy_of, caplog)
     assert [r["step"] for r in records(run) if r["split"] == "train"] == [1, 2, 3]
 
 
+def test_overwrite_keeps_the_users_files_in_tokenizer_and_tensorboard_and_says_so(copy_of, caplog):
+    run = copy_of()
+    (run / "tokenizer" / "notes.txt").write_text("how I made this vocabulary")
+    (run / "tensorboard").mkdir(exist_ok=True)
+    (run / "tensorboard" / "events.out.tfevents.1.host.1.0").write_bytes(b"an event file of the old run")
+    (run / "tensorboard" / "loss.png").write_bytes(b"the user's plot")
+    with caplog.at_level(logging.WARNING):
+        assert train(run, "--overwrite", "train.max_steps=1") == 0
+    assert (run / "tokenizer" / "notes.txt").read_text() == "how I made this vocabulary"
+    assert (run / "tensorboard" / "loss.png").read_bytes() == b"the user's plot"
+    assert not (run / "tensorboard" / "events.out.tfevents.1.host.1.0").exists()
+    assert (run / "tokenizer" / "tokenizer.json").is_file()  # the new run's vocabulary
+    removed = [r.getMessage() for r in caplog.records if "--overwrite: removed" in r.getMessage()][0]
+    assert "tokenizer/spm.model" in removed and "tensorboard/events.out.tfevents.1.host.1.0" in removed
+    kept = [r.getMessage() for r in caplog.records if "--overwrite: kept" in r.getMessage()][0]
+    assert "tokenizer/notes.txt" in kept and "tensorboard/loss.png" in kept
+
+
 def test_a_folder_locked_by_a_live_process_is_refused_and_a_stale_lock_taken_over(copy_of, capsys, caplog):
     run = copy_of()
     holder = RunFolder(run)
@@ -167,6 +186,18 @@ def test_resume_without_a_checkpoint_is_one_error_line(tmp_path, monkeypatch, ca
     monkeypatch.chdir(ROOT)
     assert train(tmp_path / "new", "--resume") == 2
     assert f"--resume: there is no {tmp_path / 'new' / 'checkpoints' / 'last.pt'}" in error_line(capsys.readouterr().err)
+
+
+def test_a_refused_resume_leaves_the_folder_as_it_found_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    missing, empty = tmp_path / "missing", tmp_path / "empty"
+    empty.mkdir()
+    for run in (missing, empty):
+        assert train(run, "--resume") == 2
+        assert "--resume: there is no" in error_line(capsys.readouterr().err)
+    assert not missing.exists() and list(empty.iterdir()) == []
+    # No vocabulary of the refused command is left to clash with a fresh start's other settings.
+    assert train(empty, "data.vocab_size=120", "train.max_steps=1") == 0
 
 
 def test_resume_with_a_new_lr_follows_the_schedule_from_the_current_step(copy_of):
@@ -210,13 +241,44 @@ def test_resume_sweeps_temporary_files_and_leaves_no_duplicated_steps(copy_of):
     assert load_checkpoint(run / "checkpoints" / "step_00000006.pt")["step"] == 6
 
 
+def test_the_first_loss_logged_after_a_resume_covers_the_whole_interval(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    args = ("train.eval_every=3", "train.log_every=4")
+    assert train(tmp_path / "whole", "train.max_steps=8", *args) == 0
+    assert train(tmp_path / "resumed", "train.max_steps=6", *args) == 0  # saved at step 6, mid-interval
+    assert train(tmp_path / "resumed", "--resume", "train.max_steps=8", *args) == 0
+
+    def losses(run: Path) -> list[tuple]:
+        return [(r["step"], r["loss"], r["nll"]) for r in records(run) if r["split"] == "train"]
+
+    assert [step for step, *_ in losses(tmp_path / "whole")] == [4, 8]
+    assert losses(tmp_path / "resumed") == losses(tmp_path / "whole")  # step 8 covers updates 5-8, not 7-8
+
+
+def test_a_run_prints_a_short_summary_and_logs_its_first_update(tmp_path, monkeypatch, capsys, caplog):
+    monkeypatch.chdir(ROOT)
+    run = tmp_path / "run"
+    with caplog.at_level(logging.INFO):
+        assert train(run, "train.max_steps=3", "train.log_every=50") == 0
+    out = capsys.readouterr().out
+    summary = out.split("done at step")[0].strip().splitlines()
+    assert len(summary) <= 8, out  # not the whole resolved config
+    text = "\n".join(summary)
+    for shown in (str(run), "data/sample", "parameters", "3 updates", "cpu", str(run / "config.json")):
+        assert shown in text, text
+    assert json.loads((run / "config.json").read_text())["train"]["max_steps"] == 3
+    # stderr is not a terminal here (no bar): the first update is logged, not only every train.log_every.
+    first = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step 1/3")]
+    assert first and "train.log_every=50" in first[0], [r.getMessage() for r in caplog.records]
+
+
 # ---- exit statuses -----------------------------------------------------------------------------------------
 
 
 def launch(run: Path, *args: str, command: tuple[str, ...] = ("-m", "transformer")) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, *command, "train", *TINY, f"train.run_dir={run}", *args],
-        cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT, env={**os.environ, **ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 
 
@@ -244,6 +306,67 @@ def test_a_signal_saves_last_pt_and_exits_with_128_plus_its_number(tmp_path, sig
     step = int(out.split(f"stopped by {sig.name} at step ")[1].split(";")[0])
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == step
     assert not (run / LOCK_FILE).exists()
+
+
+def test_sigterm_while_the_weights_are_not_finite_says_that_nothing_was_saved(copy_of):
+    run = copy_of()  # last.pt at step 4; update 5 at lr 1e42 makes the weights infinite, the next are skipped
+    process = launch(run, "--resume", "train.lr=1e42", "train.max_steps=100000", "train.max_skipped_updates=100000")
+    wait_for(lambda: (run / "metrics.jsonl").is_file() and any(r["step"] == 5 for r in records(run)), process)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 2, err[-3000:]
+    line = error_line(err)
+    assert "stopped by SIGTERM at step" in line and "nothing was saved" in line and "not finite" in line, line
+    assert f"{run / 'checkpoints' / 'last.pt'} (step 4)" in line and "--resume" in line and "train.lr" in line, line
+    assert "saved" not in out and load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 4
+    assert not (run / LOCK_FILE).exists()
+
+
+def test_a_run_that_ends_with_weights_that_are_not_finite_is_an_error_not_done(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    run = tmp_path / "run"
+    assert train(run, "train.lr=1e42", "train.max_steps=2") == 2  # update 1 makes them infinite
+    line = error_line(capsys.readouterr().err)
+    assert "at step 2" in line and "nothing was saved" in line and "no checkpoint was saved" in line, line
+    assert not (run / "checkpoints" / "last.pt").exists()
+
+
+# A Ctrl-C in a terminal reaches the whole process group: here, the first corpus-encoding worker sends it.
+CTRL_C_IN_A_WORKER = """
+import functools, os, signal, sys
+import transformer.data.prepare as prepare
+from transformer.cli import main
+original = prepare.encode_chunk
+@functools.wraps(original)
+def encode_chunk(*args, **kwargs):
+    try:
+        os.close(os.open(os.environ["SIGNAL_SENT"], os.O_CREAT | os.O_EXCL))
+        os.killpg(os.getpgrp(), int(os.environ["SIGNAL"]))
+    except FileExistsError:
+        pass
+    return original(*args, **kwargs)
+prepare.encode_chunk = encode_chunk
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=lambda sig: sig.name)
+def test_a_signal_during_start_up_is_one_line_and_leaves_the_folder_as_it_was(tmp_path, monkeypatch, sig):
+    run = tmp_path / "run"
+    env = {**os.environ, **ENV, "TRANSFORMER_CACHE_DIR": str(tmp_path / "cache"), "SIGNAL": str(int(sig)),
+           "SIGNAL_SENT": str(tmp_path / "sent")}
+    process = subprocess.Popen(
+        [sys.executable, "-c", CTRL_C_IN_A_WORKER, "train", *TINY, f"train.run_dir={run}", "train.max_steps=2",
+         "data.prepare_workers=2"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    out, err = process.communicate(timeout=300)
+    assert (tmp_path / "sent").exists() and process.returncode == 128 + sig, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    assert out.strip().splitlines()[-1].startswith(f"stopped by {sig.name} during start-up"), out
+    assert not run.exists()  # no vocabulary left to clash with a rerun's settings
+    monkeypatch.chdir(ROOT)
+    assert train(run, "data.vocab_size=120", "train.max_steps=1") == 0
 
 
 # ---- SIGKILL at random points, then resume: one and two processes -------------------------------------------

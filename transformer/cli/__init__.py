@@ -13,11 +13,32 @@ import argparse
 import logging
 import sys
 from importlib.metadata import PackageNotFoundError, version
+from types import ModuleType
 
-from transformer.cli import average, benchmark, distill, download, evaluate, export, plot, prepare, train, translate
 from transformer.errors import UserError
 
-SUBCOMMANDS = (train, translate, evaluate, average, distill, download, prepare, export, benchmark, plot)
+
+def subcommands() -> tuple[ModuleType, ...]:
+    """The command modules, in the order of ``--help``.
+
+    Imported when the parser is built, not when this package is: they import PyTorch, which takes seconds, and a
+    Ctrl-C in those seconds is then caught by ``main`` like any other (one line, exit 130, no traceback).
+    """
+    from transformer.cli import (
+        average,
+        benchmark,
+        distill,
+        download,
+        evaluate,
+        export,
+        plot,
+        prepare,
+        serve,
+        train,
+        translate,
+    )
+
+    return (train, translate, evaluate, average, distill, download, prepare, export, benchmark, plot, serve)
 
 EPILOG = """\
 examples:
@@ -46,13 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"transformer {package_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in SUBCOMMANDS:
+    for module in subcommands():
         module.add_parser(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except KeyboardInterrupt:  # while PyTorch loads
+        print("interrupted", file=sys.stderr)
+        return 130
     args, extra = parser.parse_known_args(argv)
     if extra:
         if not getattr(args, "accepts_overrides", False):

@@ -9,6 +9,7 @@ examples:
   transformer benchmark data
   transformer benchmark scale --sizes 100000 1000000 4500000 --json scale.json
   transformer benchmark engines --checkpoint runs/multi30k_en_de/checkpoints/avg10.pt --json engines.json
+  transformer benchmark serve --checkpoint best.pt --model ct2 --soak-seconds 120 --json serve.json
   transformer benchmark MODE --help      the options of one mode
 
 The corpus folder is the data config's default ($MULTI30K_DIR, else data/multi30k) unless --data-dir is given.
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 
-from transformer.benchmarks import ablation, compare, data, decode, engines, scale
+from transformer.benchmarks import ablation, compare, data, decode, engines, scale, serve
 
 MODES = (
     ("compare", compare, "training, memory and decoding against a stock torch.nn.Transformer"),
@@ -28,12 +29,13 @@ MODES = (
     ("data", data, "data pipeline speed"),
     ("scale", scale, "prepare time, start-up time and memory on corpora of 0.1M to 4.5M pairs"),
     ("engines", engines, "our decoder against CTranslate2 (float32, int8): speed and BLEU"),
+    ("serve", serve, "`transformer serve` under load: throughput and latency, batching on and off, against offline"),
 )
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "benchmark", help="speed benchmarks (compare, ablate, decode, data, engines, scale)",
+        "benchmark", help="speed benchmarks (compare, ablate, decode, data, engines, scale, serve)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     modes = parser.add_subparsers(dest="mode", metavar="MODE", required=True)

@@ -1,8 +1,9 @@
 """Download a corpus into a local folder: Multi30k task 1 into data/multi30k, where training looks by default.
 
-Files are stored as they come, gzip-compressed (OUT/{split}.{lang}.gz); existing files are kept (--force
+Files are stored as they come, gzip-compressed (OUTPUT/{split}.{lang}.gz); existing files are kept (--force
 fetches them again). The work is done by ``transformer.data.download.download_multi30k``. A file that
-cannot be fetched (no network, a mirror without it) ends with one line on stderr and exit status 2.
+cannot be fetched (no network, a mirror without it) ends with one line on stderr that names --base-url, and
+exit status 2; nothing is written then. ``--out`` is the old name of ``--output`` (still accepted, not shown).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ EXAMPLES = """\
 examples:
   transformer download multi30k                              # en and de into data/multi30k
   transformer train --config configs/multi30k_en_de.yaml     # which then finds data/multi30k
-  transformer download multi30k --out /data/multi30k --langs en de fr cs --splits train val test_2016_flickr
+  transformer download multi30k --output /data/multi30k --langs en de fr cs --splits train val test_2016_flickr
   transformer download multi30k --base-url http://mirror.example/multi30k   # a mirror of {split}.{lang}.gz
 """
 
@@ -40,9 +41,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument("corpus", choices=["multi30k"], help="the corpus to fetch")
     parser.add_argument(
-        "--out", type=Path, default=DEFAULT_MULTI30K_DIR,
+        "--output", type=Path, default=DEFAULT_MULTI30K_DIR, metavar="DIR",
         help=f"folder to fill, created (default: {DEFAULT_MULTI30K_DIR}, relative to the current folder)",
     )
+    parser.add_argument("--out", type=Path, dest="output", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     parser.add_argument("--langs", nargs="+", default=["en", "de"], choices=MULTI30K_LANGS, help="default: en de")
     parser.add_argument(
         "--splits", nargs="+", default=list(DEFAULT_SPLITS), choices=MULTI30K_SPLITS,
@@ -61,11 +63,12 @@ def run(args: argparse.Namespace) -> int:
         total=len(files), unit="file", desc="multi30k", file=sys.stderr, disable=not sys.stderr.isatty()
     ) as bar:
         paths = download_multi30k(
-            args.out, langs=args.langs, splits=args.splits, base_url=args.base_url, timeout=args.timeout,
+            args.output, langs=args.langs, splits=args.splits, base_url=args.base_url, timeout=args.timeout,
             force=args.force, progress=bar.update,
         )
-    if args.out.resolve() == DEFAULT_MULTI30K_DIR.resolve():
-        print(f"{len(paths)} files in {args.out}, where `transformer train` looks by default")
+    out = args.output
+    if out.resolve() == DEFAULT_MULTI30K_DIR.resolve():
+        print(f"{len(paths)} files in {out}, where `transformer train` looks by default")
     else:
-        print(f"{len(paths)} files in {args.out}: train with --data-dir {args.out} (or MULTI30K_DIR={args.out})")
+        print(f"{len(paths)} files in {out}: train with --data-dir {out} (or MULTI30K_DIR={out})")
     return 0

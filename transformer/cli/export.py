@@ -2,7 +2,7 @@
 
 The folder holds CTranslate2's model files, the SentencePiece model(s) and the checkpoint's config, and is checked
 before it is written: its token log-probabilities must match the checkpoint's. A model CTranslate2 cannot express
-exactly is refused with the reason. Needs the optional extra: pip install -e ".[serve]".
+exactly is refused with the reason. Needs the optional extra: pip install -e ".[ctranslate2]".
 """
 
 from __future__ import annotations
@@ -33,7 +33,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--quantization", choices=QUANTIZATIONS, help="weight type (default float32; int8: smaller, faster on CPUs)"
     )
-    parser.add_argument("--force", action="store_true", help="replace an existing output folder")
+    parser.add_argument(
+        "--force", action="store_true",
+        help="replace a previous export in DIR (only the files an export writes; never a run folder)",
+    )
     parser.set_defaults(run=run)
     return parser
 

@@ -147,7 +147,7 @@ def corpus_folder(cfg: DataConfig) -> Path:
     if not folder.is_dir():
         raise DataError(
             f"data folder {folder} ({origin}) does not exist; download Multi30k with "
-            "`transformer download multi30k` (or --out DIR and set data.data_dir=DIR or MULTI30K_DIR=DIR), "
+            "`transformer download multi30k` (or --output DIR and set data.data_dir=DIR or MULTI30K_DIR=DIR), "
             "or use the sample corpus: data.data_dir=data/sample data.test_split=test"
         )
     return folder

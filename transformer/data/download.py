@@ -1,12 +1,13 @@
 """Fetch the Multi30k task 1 raw files into a local folder, the layout ``data.data_dir`` reads.
 
 Files come from the multi30k/dataset GitHub repository (``data/task1/raw/{split}.{lang}.gz``) and are
-stored as they are, gzip-compressed: ``OUT/{split}.{lang}.gz``. The default folder is ``data/multi30k``,
+stored as they are, gzip-compressed: ``OUTPUT/{split}.{lang}.gz``. The default folder is ``data/multi30k``,
 which training finds without ``data.data_dir`` or ``$MULTI30K_DIR``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import logging
@@ -16,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from transformer.data.corpus import DEFAULT_MULTI30K_DIR
-from transformer.errors import DataError
+from transformer.errors import DataError, write_error
 from transformer.files import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -37,33 +38,32 @@ def multi30k_files(splits: Sequence[str], langs: Sequence[str]) -> list[str]:
     return [f"{split}.{lang}.gz" for split in splits for lang in langs if (split, lang) not in UNPUBLISHED]
 
 
-def fetch_gzip_text(url: str, path: Path, *, timeout: float) -> int:
-    """Fetch ``url``, check it is gzip text, and write it to ``path`` (atomically); returns its line count.
+MIRROR_HINT = "or fetch the files {split}.{lang}.gz from a mirror: transformer download multi30k --base-url URL"
 
-    It is checked in memory (the largest Multi30k file is under 1 MB): nothing is written unless it is good.
+
+def fetch_gzip_text(url: str, *, timeout: float) -> tuple[bytes, int]:
+    """Fetch ``url`` and check it is gzip-compressed UTF-8 text: (its bytes, its line count). Writes nothing.
 
     Raises:
         DownloadError: the server cannot be reached, answers with an error, or sends something else than
-            gzip-compressed UTF-8 text. No partial file is left behind.
-        OutputError: ``path`` cannot be written.
+            gzip-compressed UTF-8 text; the message names the URL and ``--base-url``.
     """
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             data = response.read()
     except urllib.error.HTTPError as err:
-        raise DownloadError(f"{url}: HTTP {err.code} {err.reason}") from None
+        raise DownloadError(f"{url}: HTTP {err.code} {err.reason}; {MIRROR_HINT}") from None
     except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
         raise DownloadError(
             f"cannot reach {url} ({getattr(err, 'reason', err)}). No network? Copy an existing Multi30k folder "
-            "instead and point data.data_dir (or MULTI30K_DIR) at it."
+            f"instead and point data.data_dir (or MULTI30K_DIR) at it, {MIRROR_HINT}"
         ) from None
     try:
         with gzip.open(io.BytesIO(data), "rt", encoding="utf-8") as f:
             n_lines = sum(1 for _ in f)
     except (OSError, EOFError, UnicodeDecodeError) as err:
-        raise DownloadError(f"{url} is not gzip-compressed UTF-8 text: {err}") from None
-    atomic_write_bytes(path, data, what="downloaded file")
-    return n_lines
+        raise DownloadError(f"{url} is not gzip-compressed UTF-8 text: {err}; {MIRROR_HINT}") from None
+    return data, n_lines
 
 
 def download_multi30k(
@@ -78,31 +78,56 @@ def download_multi30k(
 ) -> list[Path]:
     """Download the Multi30k files of ``splits`` x ``langs`` into ``out`` (created); keep existing ones.
 
+    All or nothing: every file is fetched and checked in memory first (the largest is under 1 MB), then written
+    (each atomically). If anything fails, the files and folders this call created are removed again.
+
     Args:
         out: the folder to fill (default ``data/multi30k``, relative to the current directory).
         base_url: where ``{split}.{lang}.gz`` live (the multi30k/dataset repository, or a mirror).
         timeout: seconds per request.
         force: fetch files that are already there.
-        progress: called with 1 after each file is there (fetched or kept).
+        progress: called with 1 after each file is fetched or kept.
 
     Returns:
         The paths of the files, all present.
 
     Raises:
-        DownloadError: a file cannot be fetched (no network, not on the server); the files fetched before
-            it are kept, so running again continues where this stopped.
+        DownloadError: a file cannot be fetched (no network, not on the server): nothing was written.
+        OutputError: a file cannot be written; what this call wrote before it is removed.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    fetched: dict[Path, bytes] = {}
     paths = []
     for name in multi30k_files(splits, langs):
         path = out / name
         if path.exists() and not force:
             logger.info("keep %s (exists)", path)
         else:
-            n_lines = fetch_gzip_text(f"{base_url.rstrip('/')}/{name}", path, timeout=timeout)
-            logger.info("wrote %s (%d lines)", path, n_lines)
+            fetched[path], n_lines = fetch_gzip_text(f"{base_url.rstrip('/')}/{name}", timeout=timeout)
+            logger.info("fetched %s (%d lines)", name, n_lines)
         paths.append(path)
         if progress is not None:
             progress(1)
+    _write_all(out, fetched)
     return paths
+
+
+def _write_all(out: Path, files: dict[Path, bytes]) -> None:
+    """Create ``out`` and write ``files`` into it; on a failure remove the new files and the new folders."""
+    created = [folder for folder in (out, *out.parents) if not folder.exists()]
+    new = [path for path in files if not path.exists()]
+    try:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise write_error(out, err, what="download folder") from None
+        for path, data in files.items():
+            atomic_write_bytes(path, data, what="downloaded file")
+            logger.info("wrote %s", path)
+    except BaseException:
+        for path in new:
+            path.unlink(missing_ok=True)
+        for folder in created:  # deepest first; only if nothing else was put there meanwhile
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise

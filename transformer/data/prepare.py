@@ -18,6 +18,13 @@ Cache layout (``data.cache_dir``, else ``$TRANSFORMER_CACHE_DIR``, else ``data/c
 
 A fingerprint is a file's resolved path, size, modification time and a hash of its ends (for the hub, the
 dataset's own fingerprint): an edited corpus gets a new cache, and deciding that reads at most 2 MiB a file.
+
+A ``train-<key>`` folder checks itself whenever it is opened (``verify_prepared``): ``prepared.json`` records each
+file's size and CRC-32, the largest id of each side (computed while writing) and a CRC-32 of 64 blocks of 16 KiB
+spread over each token array. Opening compares the sizes, the CRCs of the per-pair arrays (offsets and index, 24
+bytes a pair), that the sizes agree with the offsets and the index, that the largest ids are below the vocabulary
+sizes, and the CRCs of the sampled blocks; ``transformer prepare`` also checks the CRC of all of each token array.
+A damaged folder is prepared again with a warning (``prepare_pairs``), or refused (``find_prepared_pairs``).
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import random
 import shutil
 import socket
 import time
+import zlib
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -55,6 +63,19 @@ PREPARED_FILE = "prepared.json"  # written last: a train-<key> folder is complet
 CHUNK_PAIRS = 50_000  # pairs per encoding task: big enough to amortise the hand-over, small for memory
 FINGERPRINT_BYTES = 1 << 20  # hashed at each end of a corpus file
 SAMPLE_SEED = 0  # the vocabulary sample depends on the corpus and settings only, never on train.seed
+TOKEN_FILES = ("src.bin", "tgt.bin")  # int32 ids
+ARRAY_FILES = ("src_offsets.npy", "tgt_offsets.npy", "index.npy")  # int64, one entry a pair (offsets: one more)
+CHECK_BLOCKS = 64  # blocks of each token array whose CRC (and ids) every opening checks
+CHECK_BLOCK_BYTES = 1 << 14
+REBUILD = "remove that folder and run `transformer prepare` (or `transformer train`) with the same config again"
+
+
+class DamagedCacheError(DataError):
+    """A prepared ``train-<key>`` folder does not match what ``prepared.json`` says of it."""
+
+    def __init__(self, folder: Path, reason: str) -> None:
+        super().__init__(f"the prepared training pairs in {folder} are damaged: {reason}; {REBUILD}")
+        self.folder, self.reason = folder, reason
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,14 +86,21 @@ class PreparedPairs:
     info: dict[str, Any]
 
     def load(self) -> ParallelDataset:
-        """The pairs, memory-mapped read-only (pages are shared by every process that maps them)."""
-        return ParallelDataset.from_arrays(
-            np.memmap(self.path / "src.bin", dtype=np.int32, mode="r"),
-            np.load(self.path / "src_offsets.npy", mmap_mode="r"),
-            np.memmap(self.path / "tgt.bin", dtype=np.int32, mode="r"),
-            np.load(self.path / "tgt_offsets.npy", mmap_mode="r"),
-            np.load(self.path / "index.npy", mmap_mode="r"),
-        )
+        """The pairs, memory-mapped read-only (pages are shared by every process that maps them).
+
+        Raises:
+            DamagedCacheError: a file is missing or cannot be mapped (``find_prepared_pairs`` checks them first).
+        """
+        try:
+            return ParallelDataset.from_arrays(
+                np.memmap(self.path / "src.bin", dtype=np.int32, mode="r"),
+                np.load(self.path / "src_offsets.npy", mmap_mode="r"),
+                np.memmap(self.path / "tgt.bin", dtype=np.int32, mode="r"),
+                np.load(self.path / "tgt_offsets.npy", mmap_mode="r"),
+                np.load(self.path / "index.npy", mmap_mode="r"),
+            )
+        except (OSError, ValueError) as err:
+            raise DamagedCacheError(self.path, str(err)) from None
 
 
 def cache_root(cfg: DataConfig) -> Path:
@@ -230,33 +258,54 @@ def tokenizer_for_run(cfg: DataConfig, run_tokenizer_dir: Path, fingerprint: dic
 # ---- the encoded training pairs ----------------------------------------------------------------
 
 
-def find_prepared_pairs(cfg: DataConfig, tokenizer: Tokenizer, fingerprint: dict[str, Any] | None = None
-                        ) -> PreparedPairs | None:
-    """The complete cache of the training pairs for this corpus, tokenizer and filters, or None."""
+def find_prepared_pairs(
+    cfg: DataConfig, tokenizer: Tokenizer, fingerprint: dict[str, Any] | None = None, *, full_check: bool = False
+) -> PreparedPairs | None:
+    """The complete cache of the training pairs for this corpus, tokenizer and filters, checked; or None.
+
+    Args:
+        full_check: check the CRC of all of each token array, not only of the sampled blocks.
+
+    Raises:
+        DamagedCacheError: the folder is there but damaged (see ``verify_prepared``); the message says how to
+            prepare it again.
+    """
     fingerprint = fingerprint or corpus_fingerprint(cfg)
-    path = cache_root(cfg) / f"train-{_digest(pairs_key(cfg, fingerprint, tokenizer))}"
-    if not (path / PREPARED_FILE).is_file():
+    key = pairs_key(cfg, fingerprint, tokenizer)
+    path = cache_root(cfg) / f"train-{_digest(key)}"
+    if not path.is_dir():
         return None
-    return PreparedPairs(path, json.loads((path / PREPARED_FILE).read_text(encoding="utf-8")))
+    return PreparedPairs(path, verify_prepared(path, key, tokenizer, full_check=full_check))
 
 
-def prepare_pairs(cfg: DataConfig, tokenizer: Tokenizer, fingerprint: dict[str, Any] | None = None) -> PreparedPairs:
-    """Encode and filter the training split into the cache (unless it is there already).
+def prepare_pairs(
+    cfg: DataConfig, tokenizer: Tokenizer, fingerprint: dict[str, Any] | None = None, *, full_check: bool = False
+) -> PreparedPairs:
+    """Encode and filter the training split into the cache (unless it is there already, undamaged).
 
     Peak memory is a few chunks of text plus the output's per-pair arrays (lengths, offsets, index), whatever
-    the corpus size: the ids themselves go straight to disk.
+    the corpus size: the ids themselves go straight to disk. A damaged cache folder is prepared again, with a
+    warning that says what was wrong.
+
+    Args:
+        full_check: when reusing the cache, check the CRC of all of each token array (``transformer prepare``).
 
     Raises:
         DataError: the corpus cannot be read, or no pair is left after filtering; OutputError: the cache
             cannot be written.
     """
     fingerprint = fingerprint or corpus_fingerprint(cfg)
-    found = find_prepared_pairs(cfg, tokenizer, fingerprint)
+    key = pairs_key(cfg, fingerprint, tokenizer)
+    final = cache_root(cfg) / f"train-{_digest(key)}"
+    try:
+        found = find_prepared_pairs(cfg, tokenizer, fingerprint, full_check=full_check)
+    except DamagedCacheError as err:
+        logger.warning("the prepared training pairs in %s are damaged: %s; preparing them again", err.folder, err.reason)
+        _discard(final)
+        found = None
     if found is not None:
         logger.info("reusing the prepared training pairs in %s (%d pairs)", found.path, found.info["pairs"])
         return found
-    key = pairs_key(cfg, fingerprint, tokenizer)
-    final = cache_root(cfg) / f"train-{_digest(key)}"
     workers = cfg.prepare_workers or os.cpu_count() or 1
     start = time.perf_counter()
     with _building(final) as tmp:
@@ -301,12 +350,17 @@ def _encode_to(folder: Path, cfg: DataConfig, tokenizer: Tokenizer, workers: int
     kept: list[np.ndarray] = []
     drops = {"empty": 0, "too_long": 0, "bad_ratio": 0}
     lines = 0
+    crc = {"src.bin": 0, "tgt.bin": 0}
+    max_id = {"src": -1, "tgt": -1}
     chunks = iter_split(cfg, "train", chunk_size=CHUNK_PAIRS)
     try:
         with open(folder / "src.bin", "wb") as src_out, open(folder / "tgt.bin", "wb") as tgt_out:
             for offset, (src_ids, src_len, tgt_ids, tgt_len, keep, counts) in _in_order(state, cfg, chunks, workers):
-                src_out.write(src_ids.tobytes())
-                tgt_out.write(tgt_ids.tobytes())
+                for side, ids, out in (("src", src_ids, src_out), ("tgt", tgt_ids, tgt_out)):
+                    data = ids.astype(np.int32, copy=False).tobytes()
+                    out.write(data)
+                    crc[f"{side}.bin"] = zlib.crc32(data, crc[f"{side}.bin"])
+                    max_id[side] = max(max_id[side], int(ids.max(initial=-1)))
                 src_lengths.append(src_len)
                 tgt_lengths.append(tgt_len)
                 kept.append(keep + offset)
@@ -327,13 +381,15 @@ def _encode_to(folder: Path, cfg: DataConfig, tokenizer: Tokenizer, workers: int
             np.cumsum(np.concatenate(lengths), out=offsets[side][1:])
             np.save(folder / f"{side}_offsets.npy", offsets[side])
         np.save(folder / "index.npy", index.astype(np.int64))
+        checks = _file_checks(folder, crc)
     except OSError as err:
         raise write_error(folder, err, what="prepared data folder") from None
     if sum(drops.values()):
         logger.warning("dropped %d of %d training pairs: %s", sum(drops.values()), lines,
                        ", ".join(f"{n} {name.replace('_', ' ')}" for name, n in drops.items()))
     return {"pairs": len(index), "lines": lines, "dropped": drops,
-            "src_tokens": int(offsets["src"][-1]), "tgt_tokens": int(offsets["tgt"][-1])}
+            "src_tokens": int(offsets["src"][-1]), "tgt_tokens": int(offsets["tgt"][-1]),
+            "max_src_id": max_id["src"], "max_tgt_id": max_id["tgt"], "checks": checks}
 
 
 def _in_order(
@@ -367,7 +423,123 @@ def _result(entry: tuple[int, int, Future]) -> tuple[int, tuple]:
     return offset, (*arrays, dict(counts, lines=n_lines))
 
 
+# ---- checking a prepared folder -----------------------------------------------------------------
+
+
+def _file_checks(folder: Path, token_crcs: dict[str, int]) -> dict[str, dict[str, int]]:
+    """What ``prepared.json`` records of each file: its size and CRC-32 (and, for the token arrays, the CRC-32 of
+    the sampled blocks that every opening reads)."""
+    checks = {}
+    for name in TOKEN_FILES + ARRAY_FILES:
+        path = folder / name
+        size = path.stat().st_size
+        checks[name] = {"bytes": size, "crc32": token_crcs[name] if name in token_crcs else _crc32(path)}
+        if name in TOKEN_FILES:
+            checks[name]["sampled_crc32"] = zlib.crc32(_read_blocks(path, size))
+    return checks
+
+
+def _crc32(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            crc = zlib.crc32(block, crc)
+    return crc
+
+
+def _read_blocks(path: Path, size: int) -> bytes:
+    """``CHECK_BLOCKS`` blocks of ``CHECK_BLOCK_BYTES`` spread evenly over the file, the first and last included
+    (all of a file of at most that many bytes), each starting at a whole int32."""
+    if size <= CHECK_BLOCKS * CHECK_BLOCK_BYTES:
+        return path.read_bytes()
+    last = (size - CHECK_BLOCK_BYTES) // 4
+    parts = []
+    with open(path, "rb") as f:
+        for i in range(CHECK_BLOCKS):
+            f.seek(i * last // (CHECK_BLOCKS - 1) * 4)
+            parts.append(f.read(CHECK_BLOCK_BYTES))
+    return b"".join(parts)
+
+
+def verify_prepared(
+    folder: Path, key: dict[str, Any], tokenizer: Tokenizer, *, full_check: bool = False
+) -> dict[str, Any]:
+    """``prepared.json`` of ``folder``, once the folder agrees with it; reads the per-pair arrays and 1 MiB of
+    each token array (all of them with ``full_check``).
+
+    Raises:
+        DamagedCacheError: what does not agree (a missing or unreadable ``prepared.json``, one written for
+            other settings or by a version without checks, a missing file, a size, a CRC, a largest id that is
+            not below the vocabulary size).
+    """
+    try:
+        info = json.loads((folder / PREPARED_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DamagedCacheError(folder, f"{PREPARED_FILE} is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DamagedCacheError(folder, f"{PREPARED_FILE} cannot be read: {err}") from None
+    names = TOKEN_FILES + ARRAY_FILES
+    try:
+        checks = info["checks"]
+        pairs, max_ids = int(info["pairs"]), (int(info["max_src_id"]), int(info["max_tgt_id"]))
+        sizes = {name: int(checks[name]["bytes"]) for name in names}
+        crcs = {name: int(checks[name]["crc32"]) for name in names}
+        sampled = {name: int(checks[name]["sampled_crc32"]) for name in TOKEN_FILES}
+    except (TypeError, KeyError, ValueError):
+        raise DamagedCacheError(
+            folder, f"{PREPARED_FILE} lacks the sizes and checksums of its files (damaged, or by an older version)"
+        ) from None
+    if info.get("key") != json.loads(json.dumps(key)):  # as JSON gives it back (lists for tuples)
+        raise DamagedCacheError(folder, f"{PREPARED_FILE} was written for another corpus or other settings")
+    for name in names:
+        try:
+            size = (folder / name).stat().st_size
+        except OSError as err:
+            raise DamagedCacheError(folder, f"{name} cannot be read: {err.strerror or err}") from None
+        if size != sizes[name]:
+            raise DamagedCacheError(folder, f"{name} has {size} bytes, {PREPARED_FILE} says {sizes[name]}")
+    for name in ARRAY_FILES:
+        if _crc32(folder / name) != crcs[name]:
+            raise DamagedCacheError(folder, f"{name} does not match its checksum")
+    try:
+        arrays = {name: np.load(folder / name, mmap_mode="r") for name in ARRAY_FILES}
+    except (OSError, ValueError) as err:
+        raise DamagedCacheError(folder, f"cannot map the arrays: {err}") from None
+    if len(arrays["index.npy"]) != pairs:
+        found = len(arrays["index.npy"])
+        raise DamagedCacheError(folder, f"index.npy has {found} pairs, {PREPARED_FILE} says {pairs}")
+    vocab_sizes = (tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
+    for side, bin_name, max_id, vocab_size in zip(("src", "tgt"), TOKEN_FILES, max_ids, vocab_sizes):
+        offsets = arrays[f"{side}_offsets.npy"]
+        if len(offsets) != pairs + 1 or offsets[0] != 0 or int(offsets[-1]) * 4 != sizes[bin_name]:
+            raise DamagedCacheError(folder, f"{side}_offsets.npy does not agree with {bin_name} and index.npy")
+        if not 0 <= max_id < vocab_size:
+            raise DamagedCacheError(
+                folder, f"{PREPARED_FILE} gives {max_id} as the largest id of {bin_name}, but the vocabulary has "
+                f"{vocab_size} pieces"
+            )
+        sampled_ok = zlib.crc32(_read_blocks(folder / bin_name, sizes[bin_name])) == sampled[bin_name]
+        if not sampled_ok or (full_check and _crc32(folder / bin_name) != crcs[bin_name]):
+            raise DamagedCacheError(folder, f"{bin_name} does not match its checksum")
+    return info
+
+
 # ---- writing into place ------------------------------------------------------------------------
+
+
+def _discard(folder: Path) -> None:
+    """Move a damaged folder out of the way (one rename, so a process that maps its files keeps them), then
+    remove it."""
+    aside = folder.parent / f".{folder.name}.damaged-{socket.gethostname()}-{os.getpid()}"
+    try:
+        shutil.rmtree(aside, ignore_errors=True)
+        os.rename(folder, aside)
+    except FileNotFoundError:  # another process moved it first
+        return
+    except OSError as err:
+        raise write_error(folder, err, what="damaged data cache folder") from None
+    shutil.rmtree(aside, ignore_errors=True)
+
 
 
 @contextlib.contextmanager
@@ -401,7 +573,7 @@ def _building(final: Path) -> Iterator[Path]:
 
 def _sweep_stale(root: Path) -> None:
     host = socket.gethostname()
-    for path in root.glob(f".*.tmp-{host}-*"):
+    for path in [*root.glob(f".*.tmp-{host}-*"), *root.glob(f".*.damaged-{host}-*")]:
         pid = path.name.rsplit("-", 1)[-1]
         if pid.isdigit() and not process_alive(int(pid)):
             logger.info("removing %s, left by a preparation that was stopped", path)

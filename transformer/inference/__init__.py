@@ -6,7 +6,7 @@
   ``transformer.evaluation.evaluate_model`` and ``transformer.distillation`` take any translator too.
 - ``export_ctranslate2(checkpoint, output_dir)``: the CTranslate2 model folder (``ct2_export``).
 
-CTranslate2 is an optional extra (``pip install -e ".[serve]"``): ``ct2_engine`` and ``ct2_export`` import it,
+CTranslate2 is an optional extra (``pip install -e ".[ctranslate2]"``): ``ct2_engine`` and ``ct2_export`` import it,
 and are imported only when it is used.
 """
 

@@ -55,10 +55,19 @@ def read_export(model_dir: str | Path) -> tuple[Config, Tokenizer, dict[str, Any
     """The config, the vocabulary and the export settings stored in a folder written by ``export_model``.
 
     Raises:
-        ExportedModelError: the folder is missing, is not such an export, or is damaged.
+        ExportedModelError: the folder is missing, is a file, is not such an export, or is damaged.
     """
     model_dir = Path(model_dir)
     how = "write one with `transformer export --checkpoint CKPT --format ctranslate2 --output DIR`"
+    if model_dir.is_file():
+        if (model_dir.parent / META_FILE).is_file():  # a file of an export, e.g. its model.bin
+            instead = f"give the folder: --model {model_dir.parent}"
+        else:
+            instead = f"a checkpoint runs with --engine torch --checkpoint {model_dir}; or {how}"
+        raise ExportedModelError(
+            f"--model {model_dir} is a file, not a folder: --model takes the folder that `transformer export` "
+            f"writes; {instead}"
+        )
     if not model_dir.is_dir():
         raise ExportedModelError(f"CTranslate2 model folder not found: {model_dir}; {how}")
     meta_path = model_dir / META_FILE

@@ -31,7 +31,7 @@ import dataclasses
 import json
 import logging
 import math
-import shutil
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,8 @@ from torch import nn
 
 from transformer.checkpoint import load_for_inference
 from transformer.config import Config, ModelConfig
-from transformer.data.tokenizer import Tokenizer
+from transformer.data.tokenizer import JOINT_MODEL, SRC_MODEL, TGT_MODEL, Tokenizer
+from transformer.data.tokenizer import META_FILE as TOKENIZER_META
 from transformer.errors import UserError, write_error
 from transformer.inference.ct2_engine import META_FILE, META_VERSION, CTranslate2Translator
 from transformer.inference.torch_engine import TorchTranslator
@@ -69,6 +70,15 @@ SUPPORTED: dict[str, tuple[Any, ...] | None] = {
     "activation": tuple(ACTIVATIONS), "norm_first": None, "positional": ("sinusoidal", "learned"),
     "max_positions": None, "share_embeddings": None, "tie_output": None, "layer_norm_eps": None,
 }  # fmt: skip
+
+
+# What an export writes into its folder (CTranslate2's files; our vocabulary, one model or two; transformer.json):
+# ``--force`` removes these from a previous export, and nothing else.
+EXPORT_FILES = (
+    "model.bin", "config.json", "shared_vocabulary.json", "source_vocabulary.json", "target_vocabulary.json",
+    "vmap.txt", JOINT_MODEL, SRC_MODEL, TGT_MODEL, TOKENIZER_META, META_FILE,
+)  # fmt: skip
+RUN_MARKERS = ("checkpoints", "train.lock", "metrics.jsonl", "tokenizer", "tensorboard")  # a run folder has these
 
 
 class ExportError(UserError, ValueError):
@@ -214,15 +224,15 @@ def export_model(
         tokenizer: its vocabulary; written into the folder.
         config: the checkpoint's config; stored in the folder (decoding and data settings for the translator).
         quantization: CTranslate2's weight type, one of ``QUANTIZATIONS``; None keeps float32.
-        force: replace an existing ``output_dir``.
+        force: replace the files of a previous export in ``output_dir`` (see ``replaceable``).
 
     Returns:
         ``output_dir``.
 
     Raises:
         ExportError: the model has an option CTranslate2 cannot express (the message says which and why), its
-            export does not reproduce its log-probabilities, the folder exists (without ``force``) or cannot be
-            written.
+            export does not reproduce its log-probabilities, the folder exists (without ``force``; with it, holds
+            no previous export or a training run) or cannot be written.
     """
     output_dir = Path(output_dir)
     reasons = unsupported(config.model)
@@ -230,14 +240,14 @@ def export_model(
         raise ExportError("cannot export to CTranslate2 exactly: " + "; ".join(reasons))
     if quantization is not None and quantization not in QUANTIZATIONS:
         raise ExportError(f"unknown quantization {quantization!r}; choose one of {', '.join(QUANTIZATIONS)}")
-    if output_dir.exists() and not force:
-        raise ExportError(f"{output_dir} already exists; choose another folder or replace it with --force")
+    previous = replaceable(output_dir, force=force)
     converter = TransformerConverter(model, tokenizer, positions=position_rows(config))
     was_training = model.training
     model.eval()
     try:
-        output_dir.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=".export-", dir=output_dir.parent) as tmp:
+        parent = output_dir.resolve().parent  # never inside output_dir (as Path(".").parent would be)
+        parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".export-", dir=parent) as tmp:
             check = Path(tmp) / "float32"
             converter.convert(str(check), quantization="float32")
             _write_side_files(check, tokenizer, config, "float32")
@@ -254,15 +264,66 @@ def export_model(
             else:
                 converter.convert(str(staged), quantization=quantization)
                 _write_side_files(staged, tokenizer, config, quantization)
-            if output_dir.exists():
-                shutil.rmtree(output_dir)
-            staged.rename(output_dir)
+            _move_into(staged, output_dir, previous)
     except OSError as err:
         raise write_error(output_dir, err, what="CTranslate2 model folder") from None
     finally:
         model.train(was_training)
     logger.info("exported a CTranslate2 model (%s) to %s", quantization or "float32", output_dir)
     return output_dir
+
+
+def replaceable(output_dir: Path, *, force: bool, reading: Path | None = None) -> list[Path] | None:
+    """The files of a previous export in ``output_dir`` that a new export replaces; None if there is no folder.
+
+    ``--force`` replaces a previous export of this project only (a folder holding ``transformer.json``), and only
+    the files an export writes (``EXPORT_FILES``); anything else in it stays. An empty folder is taken as it is.
+
+    Raises:
+        ExportError: ``output_dir`` is a file; or it exists and ``force`` is not set; or it holds a training run,
+            the checkpoint being exported (``reading``), or other files but no ``transformer.json``.
+    """
+    if not output_dir.exists():
+        return None
+    if not output_dir.is_dir():
+        raise ExportError(f"--output {output_dir} is a file, not a folder; give the name of a folder to write")
+    if not force:
+        raise ExportError(f"{output_dir} already exists; choose another folder or replace it with --force")
+    run = [name for name in RUN_MARKERS if (output_dir / name).exists()]
+    if run:
+        raise ExportError(
+            f"--output {output_dir} holds a training run ({', '.join(run)}); --force replaces a previous export "
+            f"only, never a run: choose another folder, e.g. {output_dir / 'ct2'}"
+        )
+    if reading is not None and reading.resolve().is_relative_to(output_dir.resolve()):
+        raise ExportError(
+            f"--output {output_dir} holds the checkpoint being exported ({reading}); --force never replaces it: "
+            "choose another folder"
+        )
+    if any(output_dir.iterdir()) and not (output_dir / META_FILE).is_file():
+        raise ExportError(
+            f"--output {output_dir} is not a CTranslate2 export of this project (no {META_FILE}); --force replaces "
+            "a previous export only: choose another folder, or empty this one yourself"
+        )
+    return [output_dir / name for name in EXPORT_FILES if (output_dir / name).is_file()]
+
+
+def _move_into(staged: Path, output_dir: Path, previous: list[Path] | None) -> None:
+    """Put the files of ``staged`` at ``output_dir``: the folder itself if there was none, else file by file over
+    the ``previous`` export's files (each removed one logged); other files in the folder are kept and logged."""
+    if previous is None:
+        staged.rename(output_dir)
+        return
+    previous.sort(key=lambda p: p.name != META_FILE)  # transformer.json first: a half-replaced folder is no export
+    for path in previous:
+        path.unlink()
+    if previous:
+        logger.warning("export --force: removed the previous export's %s", ", ".join(map(str, previous)))
+    kept = sorted(p.name for p in output_dir.iterdir())
+    if kept:
+        logger.warning("export --force: kept %s in %s (not written by an export)", ", ".join(kept), output_dir)
+    for path in sorted(staged.iterdir(), key=lambda p: p.name == META_FILE):  # transformer.json last
+        os.replace(path, output_dir / path.name)
 
 
 def _write_side_files(folder: Path, tokenizer: Tokenizer, config: Config, quantization: str) -> None:
@@ -296,5 +357,6 @@ def export_checkpoint(
         CheckpointError: the checkpoint cannot be read.
         ExportError: see ``export_model``.
     """
+    replaceable(Path(output_dir), force=force, reading=Path(checkpoint))  # before the work of loading and converting
     model, tokenizer, config = load_for_inference(checkpoint, "cpu")
     return export_model(model, tokenizer, config, output_dir, quantization=quantization, force=force)

@@ -56,7 +56,7 @@ def load_translator(
         raise EngineError(f"--engine ctranslate2 reads an exported folder (--model DIR), not --checkpoint; write one with {export_hint}")
     if model_dir is None:
         raise EngineError(f"--engine ctranslate2 needs --model DIR, a folder written by {export_hint}")
-    require_extra("ctranslate2", "serve", "the CTranslate2 engine")
+    require_extra("ctranslate2", "ctranslate2", "the CTranslate2 engine")
     from transformer.inference.ct2_engine import load_ct2_translator  # the optional library, once known present
 
     return load_ct2_translator(model_dir, device, inter_threads=inter_threads, intra_threads=intra_threads)
@@ -72,7 +72,7 @@ def export_ctranslate2(
         CheckpointError: the checkpoint cannot be read.
         ExportError: the model cannot be exported exactly (the message says why), or the folder not written.
     """
-    require_extra("ctranslate2", "serve", "the CTranslate2 export")
+    require_extra("ctranslate2", "ctranslate2", "the CTranslate2 export")
     from transformer.inference.ct2_export import export_checkpoint
 
     return export_checkpoint(checkpoint, output_dir, quantization=quantization, force=force)

@@ -16,9 +16,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import random
-from collections.abc import Iterator
+import signal
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -27,7 +30,7 @@ from transformer.data.batching import BatchIterator, ParallelDataset, SubwordSam
 from transformer.data.corpus import load_split
 from transformer.data.prepare import corpus_fingerprint, find_prepared_pairs, prepare_pairs, tokenizer_for_run
 from transformer.data.tokenizer import Tokenizer
-from transformer.errors import RunDirError, UserError
+from transformer.errors import DataError, RunDirError, UserError
 from transformer.model.transformer import Transformer, count_parameters
 from transformer.training.distributed import DistributedContext
 from transformer.training.precision import autocast_context
@@ -57,14 +60,18 @@ def build_trainer(config: Config, context: DistributedContext) -> Trainer:
     # Rank 0 finds (or makes) the vocabulary and the encoded training pairs in the data cache, and copies the
     # vocabulary into the run folder; the others wait, then map the same files: one copy in the page cache.
     tokenizer_dir = Path(config.train.run_dir) / "tokenizer"
+    prepared = None
     if context.is_main:
         fingerprint = corpus_fingerprint(d)
         tokenizer = tokenizer_for_run(d, tokenizer_dir, fingerprint)
         if not sampling:
-            prepare_pairs(d, tokenizer, fingerprint)
+            prepared = prepare_pairs(d, tokenizer, fingerprint)
     context.barrier()
     if not context.is_main:
         tokenizer = Tokenizer.load(tokenizer_dir)
+        if context.is_local_main and not sampling:  # the first process of another machine: its own data cache
+            prepared = prepare_pairs(d, tokenizer)  # (on a cache shared with rank 0, it finds rank 0's files)
+    context.barrier()
     # The vocabulary decides the embedding sizes; the resolved sizes are what checkpoints record.
     config.model = dataclasses.replace(
         config.model, src_vocab_size=tokenizer.src_vocab_size, tgt_vocab_size=tokenizer.tgt_vocab_size
@@ -73,7 +80,10 @@ def build_trainer(config: Config, context: DistributedContext) -> Trainer:
         train_src, train_tgt = load_split(d, "train")
         train_set = ParallelDataset.from_texts(train_src, train_tgt, tokenizer, d)
     else:
-        train_set = find_prepared_pairs(d, tokenizer).load()
+        prepared = prepared or find_prepared_pairs(d, tokenizer)
+        if prepared is None:  # a process whose machine's first process prepared nothing: only a bug gets here
+            raise DataError(f"rank {context.rank}: no prepared training pairs in the data cache of this machine")
+        train_set = prepared.load()
     valid_set = ParallelDataset.from_texts(valid_src, valid_tgt, tokenizer, d)
     resample = None
     if sampling:
@@ -98,6 +108,39 @@ def build_trainer(config: Config, context: DistributedContext) -> Trainer:
     return Trainer(config, model, tokenizer, train_batches, validation, context=context)
 
 
+class StartupInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM came during start-up, before the first update (``signum`` says which)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _signals_stop_start_up() -> Iterator[None]:
+    """SIGINT and SIGTERM raise ``StartupInterrupted`` in this process while the block runs (once: a second
+    Ctrl-C does not cut the clean-up short). The processes it forks meanwhile (the corpus encoders) inherit the
+    handler and ignore them: this process stops them, instead of each printing a ``KeyboardInterrupt``."""
+    main_pid = os.getpid()
+    raised = False
+
+    def handler(signum: int, frame: Any) -> None:
+        nonlocal raised
+        if os.getpid() == main_pid and not raised:
+            raised = True
+            raise StartupInterrupted(signum)
+
+    previous = {}
+    with contextlib.suppress(ValueError):  # not in the main thread: leave signals alone
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 @contextlib.contextmanager
 def training_run(
     config: Config, context: DistributedContext, *, resume: bool = False, overwrite: bool = False
@@ -105,30 +148,52 @@ def training_run(
     """``build_trainer`` in a run folder that this run owns for as long as the ``with`` block lasts.
 
     The main process locks the folder first (``overwrite`` then removes, and logs, what an earlier run wrote
-    there). After the build (which reuses the folder's vocabulary or makes one), it checks that it holds no run
-    (or, with ``resume``, that there is a ``last.pt``) and sweeps temporary files of killed writes; then, with
-    ``resume``, the trainer continues from ``last.pt``. The lock is released when the block ends.
+    there; ``resume`` checks that there is a ``last.pt``), before it writes anything. After the build (which
+    reuses the folder's vocabulary or makes one: a vocabulary mismatch is named first) it checks that the folder
+    holds no run that ``resume`` was not asked to continue, and sweeps temporary files of killed writes; then,
+    with ``resume``, the trainer continues from ``last.pt``. The lock is released when the block ends.
+
+    A start-up that fails or is stopped by SIGINT/SIGTERM (``StartupInterrupted``) leaves the folder as it
+    found it: the vocabulary this command wrote goes again, and so does the folder if this command made it and
+    nothing else is in it. A run that stops or fails before its first checkpoint removes its vocabulary too (no
+    checkpoint uses it, and it would refuse a fresh start with other vocabulary settings).
 
     Raises:
         RunDirError: the folder is in use by another process, holds a run that ``resume`` was not asked to
             continue, or has nothing to resume. See ``build_trainer`` and ``resume_trainer`` for the others.
+        StartupInterrupted: SIGINT or SIGTERM before the ``with`` block's body runs.
     """
     folder = RunFolder(config.train.run_dir) if context.is_main else None
+    made_folder = folder is not None and not folder.path.exists()
+    wrote_vocabulary = started = completed = False
     try:
-        if folder is not None:  # before the vocabulary is written into the folder
-            folder.clear() if overwrite else folder.lock_if_possible()
-        trainer = build_trainer(config, context)
-        error: UserError | None = None
-        if folder is not None:
-            try:
-                folder.claim(resume=resume)
-            except UserError as err:
-                error = err
-        if not context.all_ok(error is None):  # every rank stops, not only the one that found the problem
-            raise error or RunDirError(f"the main process cannot train into {config.train.run_dir}; see its error")
-        if resume:
-            resume_trainer(trainer)
+        with _signals_stop_start_up():
+            _all_or_none(context, folder, lambda f: f.take(overwrite=overwrite, resume=resume))
+            wrote_vocabulary = folder is not None and not folder.has_vocabulary()
+            trainer = build_trainer(config, context)  # a held folder's own vocabulary: its mismatch is named first
+            _all_or_none(context, folder, lambda f: f.claim(resume=resume))
+            if resume:
+                resume_trainer(trainer)
+        started = True
         yield trainer
+        completed = trainer.stop_signal is None
     finally:
         if folder is not None:
+            # No checkpoint uses the vocabulary this command wrote, and it would clash with other settings.
+            if wrote_vocabulary and (not started or (not completed and not folder.checkpoints())):
+                folder.remove_vocabulary()
             folder.release()
+            if made_folder:
+                folder.remove_if_empty()
+
+
+def _all_or_none(context: DistributedContext, folder: RunFolder | None, step: Callable[[RunFolder], None]) -> None:
+    """``step(folder)`` on the main process (the others have no folder); when it raises, every rank stops."""
+    error: UserError | None = None
+    try:
+        if folder is not None:
+            step(folder)
+    except UserError as err:
+        error = err
+    if not context.all_ok(error is None):  # every rank stops, not only the one that found the problem
+        raise error or RunDirError("the main process cannot train into this run folder; see its error")

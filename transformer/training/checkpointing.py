@@ -34,7 +34,10 @@ class RunCheckpoints:
         self.last = self.folder / "last.pt"
         self.keep_last = keep_last
         self.context = context
-        self.saved_step: int | None = None  # the step of the newest last.pt written here
+        # Known on every rank: the step of the newest last.pt (written here, or the one a run resumed from), and
+        # the step of the latest save refused because the weights were not finite.
+        self.saved_step: int | None = None
+        self.refused_step: int | None = None
 
     def save(self, state: dict[str, Any], model: nn.Module, *, best: bool = False) -> None:
         """``state`` (a trainer's ``state_dict``) as ``last.pt``, then ``step_N.pt`` (if ``keep_last``), then
@@ -45,13 +48,18 @@ class RunCheckpoints:
         """
         rng_ranks = self._rng_states_of_all_ranks()  # a collective: before the other ranks return
         step = state["step"]
-        if not self.context.is_main or not weights_are_finite(model, step):
+        if not self._finite(model, step):
             return
+        if self.context.is_main:
+            self._write(state, rng_ranks, best=best)
+        self.saved_step = step
+
+    def _write(self, state: dict[str, Any], rng_ranks: list[dict[str, Any]] | None, *, best: bool) -> None:
+        step = state["step"]
         state = {**state, "step_file": self.keep_last > 0}
         if rng_ranks is not None:
             state["rng_ranks"] = rng_ranks
         save_checkpoint(state, self.last)
-        self.saved_step = step
         if self.keep_last > 0:
             save_checkpoint(state, self.folder / f"step_{step:08d}.pt")
         if best:
@@ -63,9 +71,18 @@ class RunCheckpoints:
     def save_last(self, state: dict[str, Any], model: nn.Module) -> None:
         """``last.pt`` alone, on the main process only (a signal stopped the run: the ranks may be one update
         apart, so there is no collective, and rank 0's RNG states stand for all)."""
-        if self.context.is_main and weights_are_finite(model, state["step"]):
+        if not self._finite(model, state["step"]):
+            return
+        if self.context.is_main:
             save_checkpoint(state, self.last)
-            self.saved_step = state["step"]
+        self.saved_step = state["step"]
+
+    def _finite(self, model: nn.Module, step: int) -> bool:
+        """``weights_are_finite`` on every rank (the weights are the same; the main process warns)."""
+        if weights_are_finite(model, step, warn=self.context.is_main):
+            return True
+        self.refused_step = step
+        return False
 
     def _rng_states_of_all_ranks(self) -> list[dict[str, Any]] | None:
         """Under DDP, every rank's RNG states (each rank draws its own dropout masks), else None."""
@@ -76,10 +93,10 @@ class RunCheckpoints:
         return states
 
 
-def weights_are_finite(model: nn.Module, step: int) -> bool:
-    """True when every weight is finite; else warn: a checkpoint never holds NaN or inf."""
+def weights_are_finite(model: nn.Module, step: int, *, warn: bool = True) -> bool:
+    """True when every weight is finite; else warn (if ``warn``): a checkpoint never holds NaN or inf."""
     bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
+    if bad and warn:
         logger.warning("step %d: not saving a checkpoint: %d weight tensor(s) are not finite (%s)",
                        step, len(bad), ", ".join(bad[:3]))
     return not bad

@@ -25,6 +25,12 @@ class DistributedContext:
         return self.rank == 0
 
     @property
+    def is_local_main(self) -> bool:
+        """The first process on its machine (LOCAL_RANK 0, any RANK): it prepares what lives on the machine's
+        own disk, such as the data cache, which a multi-machine run need not share."""
+        return self.local_rank == 0
+
+    @property
     def enabled(self) -> bool:
         return self.world_size > 1
 
@@ -53,7 +59,11 @@ class DistributedContext:
 
 
 def setup(device_name: str = "auto") -> DistributedContext:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1); otherwise a single process."""
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); otherwise a single process.
+
+    On several machines (``torchrun --nnodes N``) RANK numbers the processes of the whole run and LOCAL_RANK those
+    of one machine (it picks the GPU): each machine has a LOCAL_RANK 0, and only RANK 0 is the main process.
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return DistributedContext(device=resolve_device(device_name, key="train.device"))

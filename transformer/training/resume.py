@@ -67,6 +67,8 @@ def resume_trainer(trainer: Trainer, path: str | Path | None = None) -> None:
         )
     load_training_state(trainer, state, where=where)
     apply_lr_schedule(trainer.optimizer, trainer.scheduler, trainer.config.train.lr)
+    if path == last:
+        trainer.checkpoints.saved_step = trainer.step  # the newest good checkpoint, until this run saves one
     if trainer.context.is_main:
         for change in changes:
             logger.info("resuming with %s: in effect from step %d", change, trainer.step + 1)
@@ -92,6 +94,9 @@ def load_training_state(trainer: Trainer, state: dict[str, Any], *, where: str =
     update = trainer.update
     update.skipped = {**{kind: 0 for kind in update.skipped}, **state.get("skipped", {})}
     update.skipped_in_a_row = state.get("skipped_in_a_row", 0)
+    # The loss of the updates since the last log (absent from older checkpoints: the first record after the
+    # resume then covers the updates since the resume only).
+    trainer.log_window.load_state_dict(state.get("log_window", {}))
     ranks = state.get("rng_ranks")  # absent from single-process checkpoints and older ones
     same_world = ranks is not None and len(ranks) == context.world_size
     set_rng_states(ranks[context.rank] if same_world else state["rng"])

@@ -1,8 +1,8 @@
 """A run folder belongs to one run: a lock file, the ownership check, ``--overwrite``, the sweep of stale files.
 
-The layout of ``RUN_DIR``: ``config.json``, ``metrics.jsonl``, ``tokenizer/``, ``tensorboard/``,
-``checkpoints/{last,best,step_*}.pt`` and, while a process trains into it, ``train.lock`` with that process's
-pid and host. The lock is an ``flock`` held for the life of the process, so the kernel drops it when the
+The layout of ``RUN_DIR``: ``config.json``, ``metrics.jsonl``, ``tokenizer/`` (the vocabulary files),
+``tensorboard/`` (event files), ``checkpoints/{last,best,step_*}.pt`` and, while a process trains into it,
+``train.lock`` with that process's pid and host. Anything else in it is the user's and is never removed. The lock is an ``flock`` held for the life of the process, so the kernel drops it when the
 process dies, however it dies; a lock file that nobody holds is stale and is taken over with a warning.
 """
 
@@ -12,7 +12,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import socket
 import sys
 import time
@@ -20,6 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from transformer.data.tokenizer import JOINT_MODEL, META_FILE, SRC_MODEL, TGT_MODEL
 from transformer.errors import RunDirError, write_error
 from transformer.files import atomic_write_text, process_alive
 
@@ -33,7 +33,8 @@ logger = logging.getLogger(__name__)
 LOCK_FILE = "train.lock"
 # What training writes into a run folder, and nothing else: --overwrite removes these only.
 RUN_FILES = ("config.json", "metrics.jsonl")
-RUN_FOLDERS = ("tokenizer", "tensorboard")
+VOCABULARY_FILES = (META_FILE, JOINT_MODEL, SRC_MODEL, TGT_MODEL)  # in tokenizer/
+TENSORBOARD_PATTERN = "events.out.tfevents.*"  # in tensorboard/ (SummaryWriter's event files)
 CHECKPOINT_PATTERNS = ("last.pt", "best.pt", "step_*.pt")
 
 
@@ -43,6 +44,8 @@ class RunFolder:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.checkpoint_dir = self.path / "checkpoints"
+        self.tokenizer_dir = self.path / "tokenizer"
+        self.tensorboard_dir = self.path / "tensorboard"
         self.lock_path = self.path / LOCK_FILE
         self._fd: int | None = None
 
@@ -125,14 +128,17 @@ class RunFolder:
         found = {p for pattern in CHECKPOINT_PATTERNS for p in self.checkpoint_dir.glob(pattern) if p.is_file()}
         return sorted(found)
 
-    def claim(self, *, resume: bool) -> None:
-        """Lock the folder, check that it may be trained into, and sweep what killed writes left behind.
+    def has_vocabulary(self) -> bool:
+        """True when ``tokenizer/`` holds a complete vocabulary (``tokenizer.json`` is written last)."""
+        return (self.tokenizer_dir / META_FILE).is_file()
+
+    def check(self, *, resume: bool) -> None:
+        """Check that the folder may be trained into; changes nothing (call it under the lock).
 
         Raises:
-            RunDirError: the folder is in use; or it holds a run and ``resume`` is False; or ``resume`` is True
-                and there is no ``checkpoints/last.pt`` to continue.
+            RunDirError: the folder holds a run and ``resume`` is False; or ``resume`` is True and there is no
+                ``checkpoints/last.pt`` to continue.
         """
-        self.lock()
         held = self.checkpoints()
         last = self.checkpoint_dir / "last.pt"
         if resume and not last.is_file():
@@ -143,6 +149,27 @@ class RunFolder:
                 f"{self.path} already holds a run ({_names(held, self.path)}); add --resume to continue it, "
                 "--overwrite to delete it and start again, or choose another train.run_dir"
             )
+
+    def take(self, *, overwrite: bool, resume: bool) -> None:
+        """Before anything is written: lock (``overwrite``: ``clear``), and with ``resume`` check for ``last.pt``.
+
+        A folder that cannot be made is not locked: the first write into it says why.
+
+        Raises:
+            RunDirError: the folder is in use, or ``resume`` has no ``last.pt`` to continue.
+        """
+        self.clear() if overwrite else self.lock_if_possible()
+        if resume:
+            self.check(resume=True)
+
+    def claim(self, *, resume: bool) -> None:
+        """Lock the folder, ``check`` it, and sweep what killed writes left behind.
+
+        Raises:
+            RunDirError: the folder is in use, or ``check`` refuses it.
+        """
+        self.lock()
+        self.check(resume=resume)
         self.sweep()
 
     def sweep(self) -> list[Path]:
@@ -154,33 +181,50 @@ class RunFolder:
             logger.warning("removed %d temporary file(s) of interrupted writes: %s", len(stale), _names(stale, self.path))
         return stale
 
+    def written_by_training(self) -> list[Path]:
+        """The files training wrote here: ``RUN_FILES``, the vocabulary files, TensorBoard's event files, the
+        checkpoints, and the temporary files of cut-off writes. A user's files beside them are not among them."""
+        found = [self.path / name for name in RUN_FILES]
+        found += [self.tokenizer_dir / name for name in VOCABULARY_FILES]
+        found += sorted(self.tensorboard_dir.glob(TENSORBOARD_PATTERN)) + self.checkpoints()
+        for folder in (self.path, self.tokenizer_dir, self.checkpoint_dir):
+            found += sorted(folder.glob(".*.tmp"))
+        return [p for p in found if p.is_file()]
+
     def clear(self) -> list[Path]:
         """``--overwrite``: remove what training wrote here (under the lock), log it, and return the paths.
 
-        Files that training does not write (e.g. ``checkpoints/avg10.pt`` from ``transformer average``)
-        are kept, and the log says so.
+        Everything else is kept, and logged as kept: e.g. ``checkpoints/avg10.pt`` from ``transformer average``,
+        or the user's notes in ``tokenizer/``; a folder is removed only when nothing is left in it.
         """
         self.lock()
-        removed: list[Path] = []
-        targets = [self.path / name for name in (*RUN_FILES, *RUN_FOLDERS)] + self.checkpoints()
-        targets += list(self.checkpoint_dir.glob(".*.tmp")) + list(self.path.glob(".*.tmp"))
+        removed = self.written_by_training()
         try:
-            for path in targets:
-                if path.is_dir():
-                    shutil.rmtree(path)
-                elif path.exists():
-                    path.unlink()
-                else:
-                    continue
-                removed.append(path)
+            for path in removed:
+                path.unlink(missing_ok=True)
         except OSError as err:
             raise write_error(err.filename or self.path, err, what="old run's file") from None
+        _remove_empty(self.tokenizer_dir, self.tensorboard_dir, self.checkpoint_dir)
         if removed:
             logger.warning("--overwrite: removed the previous run in %s: %s", self.path, _names(removed, self.path, None))
-        kept = sorted(self.checkpoint_dir.glob("*")) if self.checkpoint_dir.is_dir() else []
+        kept = sorted(p for p in self.path.rglob("*") if p.is_file() and p != self.lock_path)
         if kept:
-            logger.warning("--overwrite: kept %s (not written by training)", _names(kept, self.path))
+            logger.warning("--overwrite: kept %s (not written by training)", _names(kept, self.path, 20))
         return removed
+
+    def remove_vocabulary(self) -> None:
+        """Remove the vocabulary files from ``tokenizer/`` (and the folder, if nothing else is in it).
+
+        A clean-up after a failed start: it never raises (the error that ended the start is the one to report).
+        """
+        for name in VOCABULARY_FILES:
+            with contextlib.suppress(OSError):
+                (self.tokenizer_dir / name).unlink(missing_ok=True)
+        _remove_empty(self.tokenizer_dir)
+
+    def remove_if_empty(self) -> None:
+        """Remove the run folder if nothing is in it (a command that made it and then wrote nothing)."""
+        _remove_empty(self.path)
 
     def __enter__(self) -> RunFolder:
         return self
@@ -222,6 +266,12 @@ def _read_owner(fd: int) -> dict[str, Any]:
     except (OSError, ValueError):
         return {"pid": "?"}  # unreadable: still an owner to report
     return owner if isinstance(owner, dict) else {"pid": "?"}
+
+
+def _remove_empty(*folders: Path) -> None:
+    for folder in folders:
+        with contextlib.suppress(OSError):  # not empty, or not there
+            folder.rmdir()
 
 
 def _names(paths: Iterable[Path], root: Path, limit: int | None = 6) -> str:

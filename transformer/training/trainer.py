@@ -111,30 +111,40 @@ class Trainer:
         self._clock_origin = time.perf_counter()  # perf_counter() - elapsed, set again when fit() starts
         self._stop_signal: int | None = None
         self._tensorboard: Any | None = None
+        # The loss of the updates since the last log, on the device; checkpoints carry it, so that the first
+        # record after a resume covers its whole log_every interval, as an uninterrupted run's does.
+        self.log_window = LogWindow(self.device)
 
     # ----------------------------------------------------------------------------------------------- loop
     def fit(self) -> dict[str, Any]:
         """Train until ``max_steps``/``max_epochs``, early stopping or a signal; returns the last metrics.
 
+        A signal before the first update stops the run with nothing trained and nothing saved.
+
         Raises:
-            DivergenceError: ``train.max_skipped_updates`` updates in a row were skipped.
+            DivergenceError: ``train.max_skipped_updates`` updates in a row were skipped, or the run ended (or a
+                signal stopped it) with weights that are not finite, which are never saved.
         """
         t = self.config.train
+        previous = self._install_signal_handlers()  # first: a signal from here on stops the run cleanly
         self._start_run_files()
         self._tensorboard = open_tensorboard(self.run_dir / "tensorboard") if self.context.is_main else None
-        previous = self._install_signal_handlers()
         progress = tqdm(
-            # A bar on a terminal only (disable=None); logs and CI get one logged line per log_every.
+            # A bar on a terminal only (disable=None); logs and CI get a logged line for the first update, then
+            # one per log_every.
             total=self.total_steps, initial=self.step, disable=None if self.context.is_main else True,
             desc="train", unit="step",
         )
-        window = _Window(self.device)
+        window = self.log_window
+        window.restart_clock()
         last_metrics: dict[str, Any] = {}
         self._clock_origin = time.perf_counter() - self.elapsed
+        started, first_step = time.perf_counter(), self.step + 1
         try:
             self.train_model.train()
             # Checked before the iterator is touched: a finished or resumed-at-the-end run consumes no batch.
-            groups = self._micro_batch_groups() if self.step < self.total_steps else iter(())
+            due = self.step < self.total_steps and self._stop_signal is None
+            groups = self._micro_batch_groups() if due else iter(())
             for group in groups:
                 loss_sum, nll_sum = self.update(group)
                 if self.update.skipped_in_a_row == 0:  # a skipped update's loss is not part of the logged mean
@@ -142,6 +152,8 @@ class Trainer:
                 self.step += 1
                 progress.update(1)
                 self._tick()
+                if self.step == first_step and progress.disable and self.context.is_main:
+                    self._log_first_update(time.perf_counter() - started)
                 if self.step % t.log_every == 0 and window.tgt_tokens:  # not when every update was skipped
                     last_metrics = self._log(window.flush(), progress)
                 finished = self.step >= self.total_steps
@@ -153,15 +165,23 @@ class Trainer:
                     self.checkpoints.save(self.state_dict(), self.model)
                 if finished or out_of_patience or self._stop_signal is not None:
                     break  # before the next group is drawn, so the saved data position is exact
-            if self._stop_signal is not None and self.checkpoints.saved_step != self.step:
+            trained = self.step >= first_step
+            if self._stop_signal is not None and trained and self.checkpoints.saved_step != self.step:
                 logger.warning("signal %d received: saving %s and stopping", self._stop_signal, self.checkpoints.last)
                 self.checkpoints.save_last(self.state_dict(), self.model)
+            if trained and self.checkpoints.refused_step == self.step:
+                how = "stopped by " + signal.Signals(self._stop_signal).name if self._stop_signal else "ended"
+                raise DivergenceError(
+                    f"training {how} at step {self.step} and nothing was saved: the weights are not finite (the "
+                    f"run has diverged; see the warnings above); lower train.lr (now {t.lr:g}) or set "
+                    f"train.clip_grad_norm (now {t.clip_grad_norm:g})"
+                )
         except DivergenceError as err:
             saved = self.checkpoints.saved_step
-            raise DivergenceError(
-                f"{err}; the checkpoints in {self.checkpoints.folder} hold finite weights only "
-                f"({f'last saved at step {saved}' if saved is not None else 'none saved'})"
-            ) from None
+            where = (f"the newest good checkpoint is {self.checkpoints.last} (step {saved}): continue from it with "
+                     "--resume and those changes" if saved is not None else
+                     "no checkpoint was saved: start again with those changes")
+            raise DivergenceError(f"{err}; checkpoints hold finite weights only: {where}") from None
         finally:
             progress.close()
             self._restore_signal_handlers(previous)
@@ -189,6 +209,7 @@ class Trainer:
             "skipped": dict(self.update.skipped),
             "skipped_in_a_row": self.update.skipped_in_a_row,
             "train_pairs": len(self.train_batches.dataset),  # resume checks that the corpus is the same size
+            "log_window": self.log_window.state_dict(),  # the loss of the updates since the last log
         }
 
     @property
@@ -234,6 +255,16 @@ class Trainer:
             # The iterator moved itself to the next epoch when this one ran out.
 
     # -------------------------------------------------------------------------------- logging, validation
+    def _log_first_update(self, seconds: float) -> None:
+        """Without a bar (stderr is not a terminal): say that training runs, and when the loss comes."""
+        every = self.config.train.log_every
+        next_log = (self.step // every + 1) * every
+        then = f", next at step {next_log}" if next_log <= self.total_steps else ""
+        logger.info(
+            "step %d/%d: training runs; the first update took %.1fs; the loss is logged every %d updates "
+            "(train.log_every=%d)%s", self.step, self.total_steps, seconds, every, every, then,
+        )
+
     def _log(self, stats: dict[str, float], progress: tqdm) -> dict[str, Any]:
         metrics = {"step": self.step, "epoch": self.train_batches.epoch, "time": round(self.elapsed, 1),
                    "lr": self.scheduler.get_last_lr()[0], **stats}
@@ -344,25 +375,38 @@ def open_tensorboard(log_dir: Path) -> Any | None:
     return SummaryWriter(str(log_dir))
 
 
-class _Window:
-    """Metrics accumulated on the device between two logs; ``flush`` is the one sync."""
+class LogWindow:
+    """The loss and NLL summed over the updates since the last log, on the device; ``flush`` is the one sync.
+
+    The sums and their target tokens carry across a resume (``state_dict``); the throughput counts the tokens
+    of this process since its clock last started.
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self._reset()
+        self.load_state_dict({})
 
-    def _reset(self) -> None:
-        self.loss = torch.zeros((), device=self.device)
-        self.nll = torch.zeros((), device=self.device)
-        self.tgt_tokens = 0
-        self.src_tokens = 0
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loss = torch.tensor(state.get("loss", 0.0), dtype=torch.float32, device=self.device)
+        self.nll = torch.tensor(state.get("nll", 0.0), dtype=torch.float32, device=self.device)
+        self.tgt_tokens = int(state.get("tgt_tokens", 0))
+        self.restart_clock()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain numbers (a host-device sync: at checkpoints only)."""
+        return {"loss": self.loss.item(), "nll": self.nll.item(), "tgt_tokens": self.tgt_tokens}
+
+    def restart_clock(self) -> None:
+        self.timed_tgt_tokens = 0
+        self.timed_src_tokens = 0
         self.start = time.perf_counter()
 
     def add(self, loss: torch.Tensor, nll: torch.Tensor, tgt_tokens: int, src_tokens: int) -> None:
         self.loss += loss
         self.nll += nll
         self.tgt_tokens += tgt_tokens
-        self.src_tokens += src_tokens
+        self.timed_tgt_tokens += tgt_tokens
+        self.timed_src_tokens += src_tokens
 
     def flush(self) -> dict[str, float]:
         n = max(1, self.tgt_tokens)
@@ -372,8 +416,8 @@ class _Window:
             "loss": self.loss.item() / n,
             "nll": nll,
             "ppl": math.exp(min(nll, 50.0)),
-            "tgt_tokens_per_s": self.tgt_tokens / elapsed,
-            "tokens_per_s": (self.tgt_tokens + self.src_tokens) / elapsed,
+            "tgt_tokens_per_s": self.timed_tgt_tokens / elapsed,
+            "tokens_per_s": (self.timed_tgt_tokens + self.timed_src_tokens) / elapsed,
         }
-        self._reset()
+        self.load_state_dict({})
         return stats
