@@ -7,51 +7,56 @@ For each engine (``--checkpoint``: ours; ``--model``: a ``transformer export`` f
 of ``--beam-sizes``, the split's source sentences (default: the model's test split, e.g. Multi30k
 test_2016_flickr; ``--sentences N``: the first N) are translated three ways:
 
-- offline, the ceiling: ``translate_texts`` of the same translator in this process, on the same threads (the
-  faster of two runs after a warm-up); its outputs are what every answer of the service must equal;
-- by ``python -m transformer serve`` on a loopback port, one sentence per ``POST /translate``, from 1, 8, 32
-  and 64 concurrent clients (``--clients``; asyncio coroutines sharing one ``httpx.AsyncClient`` pool, in this
-  process); each client sends the next untranslated sentence as soon as its answer came;
+- offline, the ceiling: ``translate_texts`` of the same translator, on the same threads, in a fresh process per
+  engine (after our decoder has run in a process, CTranslate2's intra-op threads run several times slower in
+  it); the faster of two runs after a warm-up. Its outputs are what every answer of the service must equal;
+- by ``python -m transformer serve`` on a free loopback port, one sentence per ``POST /translate``, from 1, 8,
+  32 and 64 concurrent clients (``--clients``: asyncio coroutines in this process, each an ``httpx.AsyncClient``
+  with one keep-alive connection); each client sends the next sentence as soon as its previous answer came;
 - by the same service with batching off (``--max-batch-sentences 1``), at the same client counts.
 
 Each load row: sentences/s (answers over wall time), client-side p50/p95/p99 latency, the mean batch size
-(``transformer_serve_batch_sentences`` sum/count of /metrics over the run), errors (an answer other than 200, or
-none), mismatches (an answer other than the offline translation of its sentence), and, to see where the time
+(``transformer_serve_batch_sentences`` sum/count of /metrics over the load), errors (an answer other than 200,
+or none), mismatches (an answer other than the offline translation of its sentence) and, to see where the time
 goes, the server's own mean request time, the share of the wall time its batcher spent decoding, and the CPU
-seconds of the server and of the clients. Each server is warmed up by one pass of up to ``4 x max(clients)``
-sentences before its loads. A load stops taking sentences after ``--max-seconds``.
+milliseconds per sentence of the server process and of the clients. Each server is warmed up by one pass of
+up to ``4 x max(clients)`` sentences first. A load stops taking sentences after ``--max-seconds``.
 
-``--soak-seconds S``: then S seconds at ``max(clients)`` clients on a fresh server of the first engine and beam
-size (after a warm-up pass over the sentences, which it then cycles through): zero errors, every answer equal
-to its sentence's offline translation, and the server's resident memory (VmRSS of /proc/PID/status) at its
-start and end, sampled every 10 s; flat means it grew by less than 5%.
+``--soak-seconds S``: then S seconds at ``max(clients)`` clients, cycling through the sentences, on a fresh
+server of the first engine and beam size, after min(20 s, S/4) of the same load (not counted): zero errors, every
+answer equal to its sentence's offline translation, and the server's resident memory (VmRSS of
+/proc/PID/status) at its start and end, sampled every 10 s; flat means it grew by less than 5%.
 
-Threads: the server gets ``--threads`` (default: PyTorch's default here; OMP_NUM_THREADS for our engine,
-``--inter-threads x --intra-threads`` for CTranslate2, default 1 x threads), and offline decoding the same. The
+Threads: the server and offline decoding get ``--threads`` (default: PyTorch's default here): PyTorch's threads
+(OMP_NUM_THREADS) for our engine; for CTranslate2, ``--inter-threads`` translators of ``--intra-threads``
+threads, by default ``--threads`` translators of one thread (the fastest split in ``benchmark engines``). The
 clients run in this process: on a machine with few cores they take CPU from the server.
 
 The issue's targets are checked at 32 clients: served throughput at least 60% of offline and at least 3x the
 service without batching, and for greedy a p99 latency under 1 s (printed; they do not change the exit
-status). Exit status 1 when an answer was an error or a mismatch, or the soak's memory was not flat.
+status). Exit status 1 when an answer was an error or a mismatch, or the soak failed.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
-import gc
 import itertools
 import json
 import logging
+import multiprocessing
 import os
 import re
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +78,7 @@ FLAT_RSS_GROWTH = 0.05  # the soak's memory is flat if it grew by less than this
 START_TIMEOUT_S = 300  # the server imports torch and loads the model before /health answers 200
 REQUEST_TIMEOUT_S = 120
 RSS_EVERY_S = 10.0
+SOAK_WARMUP_S = 20.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -88,8 +94,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, help="sentences per decoding call (default: the model's)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
                         help=f"the server's threads (default: PyTorch's default here, {torch.get_num_threads()})")
-    parser.add_argument("--inter-threads", type=int, help="CTranslate2 translators in parallel (default 1)")
-    parser.add_argument("--intra-threads", type=int, help="threads of each CTranslate2 translator (default --threads)")
+    parser.add_argument("--inter-threads", type=int, help="CTranslate2 translators in parallel (default --threads)")
+    parser.add_argument("--intra-threads", type=int,
+                        help="threads of each CTranslate2 translator (default: --threads / --inter-threads)")
     parser.add_argument("--max-wait-ms", type=float, help="the service's batching wait (default: serve's)")
     parser.add_argument("--max-batch-sentences", type=int, help="the service's sentences per batch (default: serve's)")
     parser.add_argument("--max-batch-tokens", type=int, help="the service's tokens per batch (default: serve's)")
@@ -127,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
         engines.append(Engine("torch", ("--checkpoint", str(args.checkpoint)), {"checkpoints": [args.checkpoint]},
                               f"{args.threads} intra-op"))
     if args.model is not None:
-        inter, intra = args.inter_threads or 1, args.intra_threads or args.threads
+        inter = args.inter_threads or (args.threads if args.intra_threads is None else 1)
+        intra = args.intra_threads or args.threads // inter or 1
         engines.append(Engine(
             "ctranslate2", ("--engine", "ctranslate2", "--model", str(args.model), "--inter-threads", str(inter),
                             "--intra-threads", str(intra)),
@@ -139,28 +147,23 @@ def run(args: argparse.Namespace) -> int:
     decoding = [f"--{name}={value}" for name, value in (
         ("length-penalty", args.length_penalty), ("batch-size", args.batch_size)) if value is not None]  # fmt: skip
 
-    sentences: list[str] = []
+    sentences: list[str] | None = None
     rows: list[dict[str, Any]] = []
     expected: dict[tuple[str, int], list[str]] = {}
     load_average = {"before": os.getloadavg()}
+    changes = {"length_penalty": args.length_penalty, "batch_size": args.batch_size}
     for engine in engines:
-        threads_before = torch.get_num_threads()
-        torch.set_num_threads(args.threads)
-        translator, config = load_translator(engine.name, device="cpu", **engine.load_args)
-        if not sentences:
-            sentences, split_name = read_sentences(config, args.split, args.data_dir, args.sentences)
-            langs = (config.data.src_lang, config.data.tgt_lang)
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
+            found = child.submit(offline_engine, engine, args.threads, args.beam_sizes, changes, sentences,
+                                 (args.split, args.data_dir, args.sentences)).result()
+        if sentences is None:
+            sentences, split_name, langs = found.sentences, found.split_name, found.langs
             print(f"{len(sentences)} sentences of {split_name} ({langs[0]}-{langs[1]}); server threads "
                   f"{args.threads} of {os.cpu_count()} cores; load average {load_text()}", flush=True)
         for beam in args.beam_sizes:
-            cfg = config.decode.updated(beam_size=beam, n_best=1, length_penalty=args.length_penalty,
-                                        batch_size=args.batch_size)
-            expected[engine.name, beam], row = offline(translator, sentences, cfg)
+            expected[engine.name, beam], row = found.results[beam]
             rows.append({"engine": engine.name, "search": search_name(beam), "threads": engine.threads, **row})
             print(line(rows[-1]), flush=True)
-        del translator
-        gc.collect()
-        torch.set_num_threads(threads_before)
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
         for beam in args.beam_sizes:
             for service, options in (("batching", batching), ("no batching", ["--max-batch-sentences=1"])):
@@ -170,10 +173,10 @@ def run(args: argparse.Namespace) -> int:
                     asyncio.run(send_all(url, sentences, expected[engine.name, beam], langs, warm, max(args.clients),
                                          args.max_seconds))
                     for clients in args.clients:
-                        found = measure(url, pid, sentences, expected[engine.name, beam], langs, clients,
-                                        args.max_seconds)
+                        row = measure(url, pid, sentences, expected[engine.name, beam], langs, clients,
+                                      args.max_seconds)
                         rows.append({"engine": engine.name, "search": search_name(beam), "threads": engine.threads,
-                                     "service": service, **found})
+                                     "service": service, **row})
                         print(line(rows[-1]), flush=True)
     soak = None
     if args.soak_seconds > 0:
@@ -196,8 +199,8 @@ def run(args: argparse.Namespace) -> int:
         print(soak_text(soak))
     bad = [r for r in rows if r.get("errors") or r.get("mismatches")]
     for r in bad:
-        print(f"FAIL {r['engine']} {r['search']} {r['service']} at {r['clients']} clients: {r['errors']} errors, "
-              f"{r['mismatches']} mismatches")
+        print(f"FAIL {r['engine']} {r['search']} {r['service']} at {r['clients']} clients: {r['errors']} errors "
+              f"{r['error_kinds']}, {r['mismatches']} mismatches")
     if args.json is not None:
         machine = machine_info(torch.device("cpu")) | {"server_threads": args.threads}
         report = {"machine": machine, "settings": json_settings(vars(args)), "split": split_name,
@@ -218,6 +221,33 @@ def read_sentences(config: Config, split: str, data_dir: str | None, limit: int)
     src = [s for s in src if s.strip()]  # a blank line is not a request
     name = {"train": data.train_split, "valid": data.valid_split, "test": data.test_split}[role]
     return (src[:limit] if limit else src), name
+
+
+
+@dataclass
+class OfflineResult:
+    sentences: list[str]
+    split_name: str
+    langs: tuple[str, str]
+    results: dict[int, tuple[list[str], dict[str, Any]]]  # beam size -> (translations, row)
+
+
+def offline_engine(
+    engine: Engine, threads: int, beams: list[int], changes: dict[str, Any], sentences: list[str] | None,
+    corpus: tuple[str, str | None, int],
+) -> OfflineResult:
+    """Offline translation of the sentences (read from ``corpus``, (split, data_dir, limit), if None) with each
+    beam size. Run in a fresh process per engine: after our decoder has run in a process, CTranslate2's
+    intra-op threads run several times slower in it (two OpenMP runtimes)."""
+    torch.set_num_threads(threads)
+    translator, config = load_translator(engine.name, device="cpu", **engine.load_args)
+    split_name = ""
+    if sentences is None:
+        sentences, split_name = read_sentences(config, *corpus)
+    results = {}
+    for beam in beams:
+        results[beam] = offline(translator, sentences, config.decode.updated(beam_size=beam, n_best=1, **changes))
+    return OfflineResult(sentences, split_name, (config.data.src_lang, config.data.tgt_lang), results)
 
 
 def search_name(beam: int) -> str:
@@ -321,42 +351,55 @@ class Answers:
     errors: int = 0
     mismatches: int = 0
     seconds: float = 0.0
+    error_kinds: collections.Counter = field(default_factory=collections.Counter)  # "HTTP 503", "ConnectError"
+
+    def error(self, kind: str) -> None:
+        self.errors += 1
+        self.error_kinds[kind] += 1
 
 
 async def send_all(
     url: str, sentences: list[str], expected: list[str], langs: tuple[str, str], order: Iterable[int],
     clients: int, seconds: float,
 ) -> Answers:
-    """``clients`` coroutines, one connection pool: each sends the next sentence of ``order`` (one per request)
-    as soon as its previous answer came, until ``order`` ends or ``seconds`` have passed."""
+    """``clients`` coroutines, each an ``httpx.AsyncClient`` with its own keep-alive connection: each sends the
+    next sentence of ``order`` (one per request) as soon as its previous answer came, until ``order`` ends or
+    ``seconds`` have passed.
+
+    One client per coroutine, not one pool shared by all: httpcore's pool scans every connection for every
+    request and answer, which cost the clients 3.5 ms of CPU per request at 32 connections and 5.7 ms at 64
+    (against 0.9 ms at 8) and made the load generator, not the service, the bottleneck on 2 cores.
+    """
     import httpx
 
     answers = Answers([])
     todo = iter(order)
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=REQUEST_TIMEOUT_S) as client:
+    tls = ssl.create_default_context()  # unused on http://, but each client would load the CA store (20 ms) again
 
-        async def one_client() -> None:
-            for i in todo:  # shared by the coroutines: each index is sent once
-                if time.perf_counter() > deadline:
-                    return
-                sent = time.perf_counter()
-                try:
-                    response = await client.post(
-                        "/translate", json={"q": sentences[i], "source": langs[0], "target": langs[1], "format": "text"}
-                    )
-                except httpx.HTTPError:
-                    answers.errors += 1
-                    continue
-                if response.status_code != 200:
-                    answers.errors += 1
-                    continue
-                answers.latencies.append(time.perf_counter() - sent)
-                answers.mismatches += response.json().get("translatedText") != expected[i]
+    async def one_client(client: httpx.AsyncClient) -> None:
+        for i in todo:  # shared by the coroutines: each index is sent once
+            if time.perf_counter() > deadline:
+                return
+            sent = time.perf_counter()
+            try:
+                response = await client.post(
+                    "/translate", json={"q": sentences[i], "source": langs[0], "target": langs[1], "format": "text"}
+                )
+            except httpx.HTTPError as err:
+                answers.error(type(err).__name__)
+                continue
+            if response.status_code != 200:
+                answers.error(f"HTTP {response.status_code}")
+                continue
+            answers.latencies.append(time.perf_counter() - sent)
+            answers.mismatches += response.json().get("translatedText") != expected[i]
 
+    async with contextlib.AsyncExitStack() as stack:
+        pool = [await stack.enter_async_context(httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT_S, verify=tls))
+                for _ in range(clients)]
         start = time.perf_counter()
         deadline = start + seconds
-        await asyncio.gather(*(one_client() for _ in range(clients)))
+        await asyncio.gather(*(one_client(client) for client in pool))
         answers.seconds = time.perf_counter() - start
     return answers
 
@@ -376,19 +419,20 @@ def measure(
     def delta(name: str) -> float:
         return after.get(name, 0.0) - before.get(name, 0.0)
 
-    route = '{route="/translate"}'
+    answered, route = len(answers.latencies), '{route="/translate"}'
     batches, requests = delta("transformer_serve_batch_sentences_count"), delta(f"transformer_serve_request_seconds_count{route}")
-    p50, p95, p99 = np.percentile(answers.latencies, [50, 95, 99]) if answers.latencies else (float("nan"),) * 3
+    p50, p95, p99 = map(float, np.percentile(answers.latencies, [50, 95, 99]) if answers.latencies else [np.nan] * 3)
     return {
         "clients": clients, "sentences": len(answers.latencies), "seconds": round(answers.seconds, 3),
         "sentences_per_s": round(len(answers.latencies) / answers.seconds, 1),
         "p50_ms": round(1000 * p50, 1), "p95_ms": round(1000 * p95, 1), "p99_ms": round(1000 * p99, 1),
         "mean_batch": round(delta("transformer_serve_batch_sentences_sum") / batches, 2) if batches else None,
-        "errors": answers.errors, "mismatches": answers.mismatches,
+        "errors": answers.errors, "error_kinds": dict(answers.error_kinds), "mismatches": answers.mismatches,
         "server_mean_ms": round(1000 * delta(f"transformer_serve_request_seconds_sum{route}") / requests, 1)
         if requests else None,
         "decoding_share": round(delta("transformer_serve_batch_seconds_sum") / answers.seconds, 3),
-        "server_cpu_s": round(server_cpu, 2), "client_cpu_s": round(client_cpu, 2),
+        "server_cpu_ms": round(1000 * server_cpu / answered, 2) if answered else None,  # per answered sentence
+        "client_cpu_ms": round(1000 * client_cpu / answered, 2) if answered else None,
         "load_before": load, "load_after": os.getloadavg()[0],
     }  # fmt: skip
 
@@ -397,9 +441,11 @@ def soak_run(
     url: str, pid: int, sentences: list[str], expected: list[str], langs: tuple[str, str], clients: int,
     seconds: float,
 ) -> dict[str, Any]:
-    """A warm-up pass over the sentences, then ``seconds`` of them cycled from ``clients`` clients, with the
-    server's resident memory every ``RSS_EVERY_S`` s."""
-    asyncio.run(send_all(url, sentences, expected, langs, range(len(sentences)), clients, seconds))
+    """``seconds`` of the sentences cycled from ``clients`` clients, after ``min(SOAK_WARMUP_S, seconds / 4)`` of
+    the same load (not counted: the allocators grow to the batch sizes of this load), with the server's resident
+    memory every ``RSS_EVERY_S`` s."""
+    warm = itertools.islice(itertools.cycle(range(len(sentences))), int(seconds * 100_000))  # bounded
+    asyncio.run(send_all(url, sentences, expected, langs, warm, clients, min(SOAK_WARMUP_S, seconds / 4)))
     samples = []
 
     async def soak() -> Answers:
@@ -423,6 +469,7 @@ def soak_run(
     return {
         "clients": clients, "seconds": round(answers.seconds, 1), "sentences": len(answers.latencies),
         "sentences_per_s": round(len(answers.latencies) / answers.seconds, 1), "errors": answers.errors,
+        "error_kinds": dict(answers.error_kinds),
         "mismatches": answers.mismatches, "p99_ms": round(1000 * float(np.percentile(answers.latencies, 99)), 1),
         "rss_start_mib": start, "rss_end_mib": end, "rss_max_mib": max(samples), "rss_growth": round(growth, 4),
         "rss_samples_mib": samples, "flat": growth < FLAT_RSS_GROWTH, "passed": passed,
@@ -481,8 +528,8 @@ def line(r: dict[str, Any]) -> str:
     return text + (
         f"{r['clients']:>3} clients {r['sentences_per_s']:8.1f} sentences/s  p50/p95/p99 {r['p50_ms']:.0f}/"
         f"{r['p95_ms']:.0f}/{r['p99_ms']:.0f} ms  batch {r['mean_batch']}  errors {r['errors']}  mismatches "
-        f"{r['mismatches']}  (server {r['server_mean_ms']} ms, decoding {r['decoding_share']:.0%}, CPU s server "
-        f"{r['server_cpu_s']} clients {r['client_cpu_s']}, load {r['load_before']:.2f})"
+        f"{r['mismatches']}  (server {r['server_mean_ms']} ms, decoding {r['decoding_share']:.0%}, CPU ms/sentence "
+        f"server {r['server_cpu_ms']} clients {r['client_cpu_ms']}, load {r['load_before']:.2f})"
     )
 
 
