@@ -164,33 +164,59 @@ def run(args: argparse.Namespace) -> int:
             expected[engine.name, beam], row = found.results[beam]
             rows.append({"engine": engine.name, "search": search_name(beam), "threads": engine.threads, **row})
             print(line(rows[-1]), flush=True)
-        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+        load = Load(sentences, langs, args.max_seconds, {**os.environ, "OMP_NUM_THREADS": str(args.threads)})
         for beam in args.beam_sizes:
             for service, options in (("batching", batching), ("no batching", ["--max-batch-sentences=1"])):
                 argv = [*engine.serve_args, f"--beam-size={beam}", *decoding, *options]
-                with serving(argv, env) as (url, pid):
-                    warm = range(min(len(sentences), 4 * max(args.clients)))
-                    asyncio.run(send_all(url, sentences, expected[engine.name, beam], langs, warm, max(args.clients),
-                                         args.max_seconds))
-                    for clients in args.clients:
-                        row = measure(url, pid, sentences, expected[engine.name, beam], langs, clients,
-                                      args.max_seconds)
-                        rows.append({"engine": engine.name, "search": search_name(beam), "threads": engine.threads,
-                                     "service": service, **row})
-                        print(line(rows[-1]), flush=True)
+                label = {"engine": engine.name, "search": search_name(beam), "threads": engine.threads, "service": service}
+                rows += service_rows(argv, label, load, expected[engine.name, beam], args.clients)
     soak = None
     if args.soak_seconds > 0:
         engine, beam = engines[0], args.beam_sizes[0]
-        argv = [*engine.serve_args, f"--beam-size={beam}", *decoding, *batching]
-        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-        with serving(argv, env) as (url, pid):
-            soak = soak_run(url, pid, sentences, expected[engine.name, beam], langs, max(args.clients),
-                            args.soak_seconds)
+        load = Load(sentences, langs, args.soak_seconds, {**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+        with serving([*engine.serve_args, f"--beam-size={beam}", *decoding, *batching], load.env) as (url, pid):
+            soak = soak_run(url, pid, load, expected[engine.name, beam], max(args.clients))
         soak.update(engine=engine.name, search=search_name(beam))
     load_average["after"] = os.getloadavg()
 
     add_ratios(rows)
     targets = target_checks(rows)
+    failed = report(rows, targets, soak)
+    if args.json is not None:
+        machine = machine_info(torch.device("cpu")) | {"server_threads": args.threads}
+        summary = {"machine": machine, "settings": json_settings(vars(args)), "split": split_name,
+                   "sentences": len(sentences), "load_average": load_average, "rows": rows, "targets": targets,
+                   "soak": soak}  # fmt: skip
+        args.json.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return 1 if failed else 0
+
+
+@dataclass(frozen=True)
+class Load:
+    """What the clients send, one sentence per request, and how long a load may last."""
+
+    sentences: list[str]
+    langs: tuple[str, str]  # source and target language of the requests
+    max_seconds: float
+    env: dict[str, str]  # the server's environment (its threads)
+
+
+def service_rows(
+    argv: list[str], label: dict[str, Any], load: Load, expected: list[str], client_counts: list[int]
+) -> list[dict[str, Any]]:
+    """One server of ``argv``, warmed up, then a load at each client count: the rows (``label`` + figures)."""
+    rows = []
+    with serving(argv, load.env) as (url, pid):
+        warm = range(min(len(load.sentences), 4 * max(client_counts)))
+        asyncio.run(send_all(url, load, expected, warm, max(client_counts), load.max_seconds))
+        for clients in client_counts:
+            rows.append(label | measure(url, pid, load, expected, clients))
+            print(line(rows[-1]), flush=True)
+    return rows
+
+
+def report(rows: list[dict[str, Any]], targets: dict[str, bool], soak: dict[str, Any] | None) -> bool:
+    """Print the table, the targets, the soak and the failures; whether anything failed."""
     print()
     print(markdown_table(rows))
     for name, met in targets.items():
@@ -201,13 +227,7 @@ def run(args: argparse.Namespace) -> int:
     for r in bad:
         print(f"FAIL {r['engine']} {r['search']} {r['service']} at {r['clients']} clients: {r['errors']} errors "
               f"{r['error_kinds']}, {r['mismatches']} mismatches")
-    if args.json is not None:
-        machine = machine_info(torch.device("cpu")) | {"server_threads": args.threads}
-        report = {"machine": machine, "settings": json_settings(vars(args)), "split": split_name,
-                  "sentences": len(sentences), "load_average": load_average, "rows": rows, "targets": targets,
-                  "soak": soak}  # fmt: skip
-        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    return 1 if bad or (soak is not None and not soak["passed"]) else 0
+    return bool(bad) or (soak is not None and not soak["passed"])
 
 
 def read_sentences(config: Config, split: str, data_dir: str | None, limit: int) -> tuple[list[str], str]:
@@ -223,9 +243,10 @@ def read_sentences(config: Config, split: str, data_dir: str | None, limit: int)
     return (src[:limit] if limit else src), name
 
 
-
 @dataclass
 class OfflineResult:
+    """What the offline run of one engine gives back: the sentences, and for each beam size its translations."""
+
     sentences: list[str]
     split_name: str
     langs: tuple[str, str]
@@ -359,8 +380,7 @@ class Answers:
 
 
 async def send_all(
-    url: str, sentences: list[str], expected: list[str], langs: tuple[str, str], order: Iterable[int],
-    clients: int, seconds: float,
+    url: str, load: Load, expected: list[str], order: Iterable[int], clients: int, seconds: float
 ) -> Answers:
     """``clients`` coroutines, each an ``httpx.AsyncClient`` with its own keep-alive connection: each sends the
     next sentence of ``order`` (one per request) as soon as its previous answer came, until ``order`` ends or
@@ -382,9 +402,8 @@ async def send_all(
                 return
             sent = time.perf_counter()
             try:
-                response = await client.post(
-                    "/translate", json={"q": sentences[i], "source": langs[0], "target": langs[1], "format": "text"}
-                )
+                body = {"q": load.sentences[i], "source": load.langs[0], "target": load.langs[1], "format": "text"}
+                response = await client.post("/translate", json=body)
             except httpx.HTTPError as err:
                 answers.error(type(err).__name__)
                 continue
@@ -404,14 +423,11 @@ async def send_all(
     return answers
 
 
-def measure(
-    url: str, pid: int, sentences: list[str], expected: list[str], langs: tuple[str, str], clients: int,
-    max_seconds: float,
-) -> dict[str, Any]:
+def measure(url: str, pid: int, load: Load, expected: list[str], clients: int) -> dict[str, Any]:
     """Every sentence once from ``clients`` clients: the row of the table (without the ratios)."""
-    before, cpu_before, load = scrape(url), cpu_seconds(pid), os.getloadavg()[0]
+    before, cpu_before, load_before = scrape(url), cpu_seconds(pid), os.getloadavg()[0]
     client_cpu = time.process_time()
-    answers = asyncio.run(send_all(url, sentences, expected, langs, range(len(sentences)), clients, max_seconds))
+    answers = asyncio.run(send_all(url, load, expected, range(len(load.sentences)), clients, load.max_seconds))
     client_cpu = time.process_time() - client_cpu
     server_cpu = cpu_seconds(pid) - cpu_before
     after = scrape(url)
@@ -433,19 +449,17 @@ def measure(
         "decoding_share": round(delta("transformer_serve_batch_seconds_sum") / answers.seconds, 3),
         "server_cpu_ms": round(1000 * server_cpu / answered, 2) if answered else None,  # per answered sentence
         "client_cpu_ms": round(1000 * client_cpu / answered, 2) if answered else None,
-        "load_before": load, "load_after": os.getloadavg()[0],
+        "load_before": load_before, "load_after": os.getloadavg()[0],
     }  # fmt: skip
 
 
-def soak_run(
-    url: str, pid: int, sentences: list[str], expected: list[str], langs: tuple[str, str], clients: int,
-    seconds: float,
-) -> dict[str, Any]:
-    """``seconds`` of the sentences cycled from ``clients`` clients, after ``min(SOAK_WARMUP_S, seconds / 4)`` of
-    the same load (not counted: the allocators grow to the batch sizes of this load), with the server's resident
-    memory every ``RSS_EVERY_S`` s."""
-    warm = itertools.islice(itertools.cycle(range(len(sentences))), int(seconds * 100_000))  # bounded
-    asyncio.run(send_all(url, sentences, expected, langs, warm, clients, min(SOAK_WARMUP_S, seconds / 4)))
+def soak_run(url: str, pid: int, load: Load, expected: list[str], clients: int) -> dict[str, Any]:
+    """``load.max_seconds`` of the sentences cycled from ``clients`` clients, after ``min(SOAK_WARMUP_S, seconds /
+    4)`` of the same load (not counted: the allocators grow to this load's batch sizes), with the server's
+    resident memory every ``RSS_EVERY_S`` s."""
+    seconds, n = load.max_seconds, len(load.sentences)
+    warm = itertools.islice(itertools.cycle(range(n)), int(seconds * 100_000))  # bounded in count and in time
+    asyncio.run(send_all(url, load, expected, warm, clients, min(SOAK_WARMUP_S, seconds / 4)))
     samples = []
 
     async def soak() -> Answers:
@@ -455,9 +469,9 @@ def soak_run(
                 await asyncio.sleep(RSS_EVERY_S)
 
         sampler = asyncio.create_task(sample())
-        order = itertools.islice(itertools.cycle(range(len(sentences))), int(seconds * 100_000))  # bounded
+        order = itertools.islice(itertools.cycle(range(n)), int(seconds * 100_000))
         try:
-            return await send_all(url, sentences, expected, langs, order, clients, seconds)
+            return await send_all(url, load, expected, order, clients, seconds)
         finally:
             sampler.cancel()
 
@@ -469,8 +483,7 @@ def soak_run(
     return {
         "clients": clients, "seconds": round(answers.seconds, 1), "sentences": len(answers.latencies),
         "sentences_per_s": round(len(answers.latencies) / answers.seconds, 1), "errors": answers.errors,
-        "error_kinds": dict(answers.error_kinds),
-        "mismatches": answers.mismatches, "p99_ms": round(1000 * float(np.percentile(answers.latencies, 99)), 1),
+        "error_kinds": dict(answers.error_kinds), "mismatches": answers.mismatches, "p99_ms": round(1000 * float(np.percentile(answers.latencies, 99)), 1),
         "rss_start_mib": start, "rss_end_mib": end, "rss_max_mib": max(samples), "rss_growth": round(growth, 4),
         "rss_samples_mib": samples, "flat": growth < FLAT_RSS_GROWTH, "passed": passed,
     }  # fmt: skip
