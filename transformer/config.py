@@ -135,6 +135,17 @@ class DataConfig(Section):
     data_dir: str = ""  # folder for "folder"; empty: $MULTI30K_DIR, else data/multi30k
     src_lang: str = "en"
     tgt_lang: str = "de"
+    # Several translation directions in one model ("en-de", "de-en", "en-fr", ...): each direction's corpus is
+    # read as src_lang/tgt_lang would be (which then take the first direction's languages), over one joint
+    # vocabulary. The target language is told by a tag token, "<2de>", put first in the source: the encoder then
+    # reads every sentence knowing what it is translated into, the decoder and the searches stay as they are
+    # (they start from BOS), and a CTranslate2 export needs nothing new (the tag is one more source token).
+    # Empty or one direction: a bilingual run, exactly as without this key.
+    directions: list[str] = field(default_factory=list)
+    # Batches of one direction each; the direction of each batch is drawn with probability proportional to
+    # (its training pairs) ** (1 / direction_temperature): 1 is proportional to the sizes, higher flattens
+    # towards uniform (Arivazhagan et al., 2019).
+    direction_temperature: float = 1.0
     # Split names of the corpus, mapped from the roles train/valid/test.
     train_split: str = "train"
     valid_split: str = "val"
@@ -192,6 +203,7 @@ class DataConfig(Section):
         for name in ("src_lang", "tgt_lang", "train_split", "valid_split", "test_split"):
             if not getattr(self, name).strip():
                 raise ConfigError(f"data.{name} must not be empty")
+        self._check_directions()
         if self.src_lang == self.tgt_lang:
             raise ConfigError(f"data.src_lang and data.tgt_lang are both {self.src_lang!r}")
         if self.max_length_ratio != 0 and self.max_length_ratio < 1:
@@ -206,6 +218,43 @@ class DataConfig(Section):
         if self.source == "hub" and self.hub_name in ("json", "csv", "parquet") and not self.hub_data_files:
             raise ConfigError(f"data.hub_data_files (split: path) must be set when data.hub_name is {self.hub_name!r}")
         self._check_files()
+
+    def _check_directions(self) -> None:
+        """Each direction is ``src-tgt`` of two different languages, none twice; src_lang/tgt_lang follow the first.
+
+        Raises:
+            ConfigError: naming the direction and what is wrong with it.
+        """
+        if not self.direction_temperature > 0:
+            raise ConfigError(f"data.direction_temperature must be positive, got {self.direction_temperature}")
+        pairs = [parse_direction(text, key="data.directions") for text in self.directions]
+        repeated = sorted({f"{s}-{t}" for s, t in pairs if pairs.count((s, t)) > 1})
+        if repeated:
+            raise ConfigError(f"data.directions names {repeated} more than once")
+        self.directions = [f"{s}-{t}" for s, t in pairs]
+        if pairs:
+            self.src_lang, self.tgt_lang = pairs[0]
+        if len(pairs) > 1 and not self.joint_vocab:
+            raise ConfigError("data.directions with several directions needs one joint vocabulary: set data.joint_vocab=true")
+
+    @property
+    def direction_pairs(self) -> list[tuple[str, str]]:
+        """The run's directions as (source, target) language pairs: ``directions``, else (src_lang, tgt_lang)."""
+        return [parse_direction(text) for text in self.directions] or [(self.src_lang, self.tgt_lang)]
+
+    @property
+    def multilingual(self) -> bool:
+        """More than one direction: the sources carry target-language tags."""
+        return len(self.direction_pairs) > 1
+
+    @property
+    def target_langs(self) -> list[str]:
+        """The target languages of the run, sorted (one tag each when ``multilingual``)."""
+        return sorted({tgt for _, tgt in self.direction_pairs})
+
+    def for_direction(self, src_lang: str, tgt_lang: str) -> DataConfig:
+        """A bilingual copy that reads the corpus of one direction (what every reader of one pair takes)."""
+        return dataclasses.replace(self, directions=[], src_lang=src_lang, tgt_lang=tgt_lang)
 
     def _check_files(self) -> None:
         """Known roles always; paths for "files" and "tsv" only: the other sources never read ``files``, so a copy
@@ -283,6 +332,8 @@ class TrainConfig(Section):
     eval_bleu: bool = True
     eval_max_sentences: int = 0  # 0: the whole validation split
     best_metric: str = "bleu"  # "bleu" (higher is better) or "loss" (lower is better)
+    # With several data.directions: the direction whose best_metric picks best.pt; empty: the mean over all.
+    best_direction: str = ""
     patience: int = 0  # validations without improvement before stopping; 0 disables early stopping
     keep_last: int = 5  # step checkpoints kept besides last.pt and best.pt
     save_every: int = 0  # steps between step checkpoints; 0: at each validation
@@ -334,6 +385,12 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+    def __post_init__(self) -> None:
+        named = self.train.best_direction
+        have = [f"{s}-{t}" for s, t in self.data.direction_pairs]
+        if named and named not in have:
+            raise ConfigError(f"train.best_direction={named} is not one of the run's data.directions {have}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -420,6 +477,21 @@ def _lang_template(src: str, tgt: str, src_lang: str, tgt_lang: str) -> str | No
             if template.replace(LANG, src_lang) == src and template.replace(LANG, tgt_lang) == tgt:
                 return template
     return None
+
+
+def parse_direction(text: str, *, key: str = "direction") -> tuple[str, str]:
+    """``"en-de"`` -> ``("en", "de")``.
+
+    Raises:
+        ConfigError: not two different, non-empty language codes joined by one ``-`` (``key`` names the option).
+    """
+    parts = str(text).strip().split("-")
+    if len(parts) != 2 or not all(p.strip() for p in parts):
+        raise ConfigError(f"{key}: {text!r} is not a direction; write source-target language codes, e.g. en-de")
+    src, tgt = (p.strip() for p in parts)
+    if src == tgt:
+        raise ConfigError(f"{key}: {text!r} translates {src!r} into itself; the two languages must differ")
+    return src, tgt
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -571,6 +643,11 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
         return tuple(_convert(v, a, key) for v, a in zip(value, args))
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, e.g. [en-de, de-en], got {value!r}")
+        (arg,) = typing.get_args(hint)
+        return [_convert(v, arg, key) for v in value]
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")

@@ -16,6 +16,7 @@ checkpoint can embed the vocabulary and still be read with ``torch.load(weights_
 
 from __future__ import annotations
 
+import copy
 import io
 import itertools
 import json
@@ -47,6 +48,7 @@ SETTING_KEYS = {
     "model_type": "data.spm_model_type",
     "joint": "data.joint_vocab",
     "character_coverage": "data.spm_character_coverage",
+    "tags": "data.directions (their target languages)",
 }
 
 # Messages of SentencePiece's trainer that we act on (see _train_model).
@@ -73,6 +75,8 @@ class Tokenizer:
         self._tgt_bytes = tgt_model
         self._src = _processor(src_model, "source" if tgt_model is not None else "joint")
         self._tgt = self._src if tgt_model is None else _processor(tgt_model, "target")
+        # Ids put before every encoded source: a multilingual model's target-language tag (``for_target``).
+        self.source_prefix: list[int] = []
 
     # ---- training, saving, loading -------------------------------------------------------------
 
@@ -87,6 +91,7 @@ class Tokenizer:
         model_type: str = "bpe",
         joint: bool = True,
         character_coverage: float = 1.0,
+        tags: Sequence[str] = (),
     ) -> Tokenizer:
         """Train on the training split (in memory, quietly) and save the result to ``out_dir``.
 
@@ -101,6 +106,8 @@ class Tokenizer:
             model_type: "bpe" or "unigram".
             joint: one model trained on both sides (needed to share embeddings), else one per side.
             character_coverage: share of characters covered by the vocabulary (1.0 for European languages).
+            tags: target languages of a multilingual model: each gets a reserved piece ``lang_tag(lang)`` (ids 4,
+                5, ... in this order), never split and never learnt from the text; needs ``joint``.
 
         Returns:
             The trained tokenizer.
@@ -112,8 +119,13 @@ class Tokenizer:
         """
         options = dict(vocab_size=vocab_size, model_type=model_type, character_coverage=character_coverage)
         settings = dict(options, joint=joint)
+        if tags:
+            if not joint:
+                raise ConfigError("target-language tags need one joint vocabulary: set data.joint_vocab=true")
+            settings["tags"] = list(tags)  # only when there are some: a bilingual vocabulary is as before
         if joint:
-            tokenizer = cls(_train_model(itertools.chain(src_texts, tgt_texts), "joint", **options), settings=settings)
+            model = _train_model(itertools.chain(src_texts, tgt_texts), "joint", **options, tags=list(tags))
+            tokenizer = cls(model, settings=settings)
         else:
             src_model = _train_model(src_texts, "source", **options)
             tokenizer = cls(src_model, _train_model(tgt_texts, "target", **options), settings=settings)
@@ -190,6 +202,7 @@ class Tokenizer:
         model_type: str = "bpe",
         joint: bool = True,
         character_coverage: float = 1.0,
+        tags: Sequence[str] = (),
     ) -> Tokenizer:
         """Load the tokenizer in ``directory`` if there is one, else train it there (see ``train``).
 
@@ -201,11 +214,14 @@ class Tokenizer:
             DataError, OutputError: see ``load``, ``train``.
         """
         directory = Path(directory)
-        wanted = dict(vocab_size=vocab_size, model_type=model_type, joint=joint, character_coverage=character_coverage)
+        wanted: dict[str, Any] = dict(vocab_size=vocab_size, model_type=model_type, joint=joint,
+                                      character_coverage=character_coverage)
         if not (directory / META_FILE).is_file():
-            return cls.train(src_texts, tgt_texts, directory, **wanted)
+            return cls.train(src_texts, tgt_texts, directory, **wanted, tags=tags)
         tokenizer = cls.load(directory)
-        differ = {k: (tokenizer.settings.get(k), v) for k, v in wanted.items() if tokenizer.settings.get(k) != v}
+        wanted["tags"] = list(tags)
+        saved = dict(tokenizer.settings, tags=tokenizer.tags)
+        differ = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v}
         if differ:
             asked = ", ".join(f"{SETTING_KEYS[k]}={_yaml(new)}" for k, (_, new) in differ.items())
             saved = ", ".join(f"{SETTING_KEYS[k]}={_yaml(old)}" for k, (old, _) in differ.items())
@@ -259,9 +275,39 @@ class Tokenizer:
         src = [self._src.id_to_piece(i) for i in range(self._src.get_piece_size())]
         return src, src if self.joint else [self._tgt.id_to_piece(i) for i in range(self._tgt.get_piece_size())]
 
+    @property
+    def tags(self) -> list[str]:
+        """The target languages this vocabulary has a tag for ([] for a bilingual one)."""
+        return list(self.settings.get("tags", []))
+
+    def tag_id(self, lang: str) -> int:
+        """The id of ``lang``'s target-language tag.
+
+        Raises:
+            ValueError: the vocabulary has no tag for ``lang`` (the message lists those it has).
+        """
+        if lang not in self.tags:
+            raise ValueError(f"this vocabulary has no target-language tag for {lang!r}; it has {self.tags}")
+        return self._src.piece_to_id(lang_tag(lang))
+
+    def for_target(self, lang: str) -> Tokenizer:
+        """This tokenizer with ``lang``'s tag put first in every encoded source (a multilingual model's input).
+
+        A bilingual vocabulary (no tags) is returned as it is. The copy shares the SentencePiece models.
+
+        Raises:
+            ValueError: see ``tag_id``.
+        """
+        if not self.tags:
+            return self
+        view = copy.copy(self)
+        view.source_prefix = [self.tag_id(lang)]
+        return view
+
     def encode_src(self, texts: list[str], *, sample_alpha: float = 0.0, seed: int = 0) -> list[list[int]]:
-        """Subword ids of each source sentence, without BOS/EOS (see ``_encode`` for sampling)."""
-        return _encode(self._src, texts, sample_alpha, seed)
+        """Subword ids of each source sentence (after ``source_prefix``), without BOS/EOS (see ``_encode``)."""
+        ids = _encode(self._src, texts, sample_alpha, seed)
+        return [self.source_prefix + x for x in ids] if self.source_prefix else ids
 
     def encode_tgt(self, texts: list[str], *, sample_alpha: float = 0.0, seed: int = 0) -> list[list[int]]:
         """Subword ids of each target sentence, without BOS/EOS (see ``_encode`` for sampling)."""
@@ -310,8 +356,14 @@ def _processor(model: bytes, side: str) -> spm.SentencePieceProcessor:
     return sp
 
 
+def lang_tag(lang: str) -> str:
+    """The piece that tells a multilingual model to translate into ``lang``: ``<2de>`` (Johnson et al., 2017)."""
+    return f"<2{lang}>"
+
+
 def _train_model(
-    texts: Iterable[str], side: str, *, vocab_size: int, model_type: str, character_coverage: float
+    texts: Iterable[str], side: str, *, vocab_size: int, model_type: str, character_coverage: float,
+    tags: Sequence[str] = (),
 ) -> bytes:
     """Train one SentencePiece model on ``texts`` in memory; returns the serialized model.
 
@@ -335,6 +387,7 @@ def _train_model(
                 unk_id=UNK_ID,
                 bos_id=BOS_ID,
                 eos_id=EOS_ID,
+                **({"user_defined_symbols": [lang_tag(lang) for lang in tags]} if tags else {}),
                 num_threads=os.cpu_count() or 1,
                 minloglevel=2,  # SentencePiece logs every step at level 0
             )
@@ -400,4 +453,5 @@ def load_or_train_tokenizer(
         model_type=cfg.spm_model_type,
         joint=cfg.joint_vocab,
         character_coverage=cfg.spm_character_coverage,
+        tags=cfg.target_langs if cfg.multilingual else (),
     )
