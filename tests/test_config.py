@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -506,3 +509,78 @@ def test_an_unknown_key_on_the_command_line_names_the_override_not_the_file(caps
     assert error_line(capsys).startswith("error: command-line override 'train.warmup_steps=soon': train.warmup_steps:")
     assert cli_main(["train", "--config", config, "train.seed=3", "model.d_model=30"]) == 2
     assert error_line(capsys).startswith("error: command-line override 'model.d_model=30': model.d_model (30)")
+
+
+# ---------------------------------------------------------------------------------------------- directions
+
+
+DIRECTION_MISTAKES = {  # YAML -> what the one error line must name
+    "data:\n  directions: [en-de, en-en]\n": ("data.directions", "'en-en' translates 'en' into itself"),
+    "data:\n  directions: [ende]\n": ("data.directions", "'ende' is not a direction"),
+    "data:\n  directions: [en-de, de-en, en-de]\n": ("data.directions", "['en-de'] more than once"),
+    "data:\n  directions: [en-de, de-en]\ntrain:\n  best_direction: fr-en\n": ("train.best_direction", "fr-en"),
+    "data:\n  directions: [en-de, de-en]\n  joint_vocab: false\n": ("data.directions", "data.joint_vocab=true"),
+}
+
+
+def run_train_commands(configs: list[Path]) -> list[subprocess.CompletedProcess]:
+    """``python -m transformer train --config PATH`` for each, started together (each spends its time importing
+    torch)."""
+    processes = [
+        subprocess.Popen([sys.executable, "-m", "transformer", "train", "--config", str(path)], cwd=path.parent,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+        for path in configs
+    ]
+    return [subprocess.CompletedProcess(p.args, p.wait(timeout=120), *p.communicate()) for p in processes]
+
+
+def assert_names_the_mistake(path: Path, code: int, err: str, key: str, problem: str) -> None:
+    assert code == 2 and "Traceback" not in err, err
+    assert err.count("\n") == 1 and err.startswith(f"error: {path}: "), err
+    assert key in err and problem in err, err
+
+
+@pytest.mark.parametrize("text", list(DIRECTION_MISTAKES), ids=range(len(DIRECTION_MISTAKES)))
+def test_wrong_directions_stop_the_train_command_with_one_line_naming_the_key(text: str, tmp_path: Path, capsys):
+    from transformer.cli import main as cli_main
+
+    path = write(tmp_path, text)
+    code = cli_main(["train", "--config", str(path)])
+    assert_names_the_mistake(path, code, capsys.readouterr().err, *DIRECTION_MISTAKES[text])
+
+
+@pytest.mark.parametrize("cases", [
+    pytest.param(list(DIRECTION_MISTAKES)[:1], id="one"),
+    pytest.param(list(DIRECTION_MISTAKES), id="all", marks=pytest.mark.slow),
+])
+def test_wrong_directions_in_a_real_process_are_one_line_and_no_traceback(cases: list[str], tmp_path: Path) -> None:
+    paths = []
+    for i, text in enumerate(cases):
+        paths.append(tmp_path / f"mistake{i}.yaml")
+        paths[-1].write_text(text, encoding="utf-8")
+    for path, done, text in zip(paths, run_train_commands(paths), cases):
+        assert_names_the_mistake(path, done.returncode, done.stderr, *DIRECTION_MISTAKES[text])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths)  # nothing written
+
+
+def test_directions_set_the_languages_and_their_tags() -> None:
+    data = DataConfig(directions=["de-en", " en-fr "])
+    assert (data.src_lang, data.tgt_lang, data.directions) == ("de", "en", ["de-en", "en-fr"])
+    assert data.multilingual and data.target_langs == ["en", "fr"]
+    assert data.for_direction("en", "fr").direction_pairs == [("en", "fr")]
+    one = DataConfig(directions=["de-en"])
+    assert not one.multilingual and one.direction_pairs == [("de", "en")]
+
+
+def test_the_multilingual_recipes_are_the_bilingual_ones_in_several_directions() -> None:
+    sample, sample_ml = load_config(CONFIGS / "sample.yaml"), load_config(CONFIGS / "sample_multilingual.yaml")
+    assert sample_ml.data.directions == ["en-de", "de-en"] and sample_ml.model == sample.model
+    assert sample_ml.train.run_dir == "runs/sample_multilingual"
+    assert dataclasses.replace(sample_ml.data, directions=[]) == sample.data
+    en_de, multi = load_config(CONFIGS / "multi30k_en_de.yaml"), load_config(CONFIGS / "multi30k_multilingual.yaml")
+    assert multi.data.directions == ["en-de", "de-en", "en-fr", "fr-en", "en-cs", "cs-en"]
+    assert multi.model == en_de.model and multi.data.joint_vocab and multi.train.run_dir == "runs/multi30k_multilingual"
+    optimizer = ("optimizer", "lr", "weight_decay", "schedule", "warmup_steps", "label_smoothing", "clip_grad_norm")
+    assert all(getattr(multi.train, key) == getattr(en_de.train, key) for key in optimizer)
+    assert (multi.train.max_steps, multi.train.eval_every) == (13000, 1300)

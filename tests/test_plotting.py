@@ -186,6 +186,42 @@ def test_run_figure_has_every_curve_of_every_run(tmp_path):
     assert [t.get_text() for t in figure.axes[0].get_legend().get_texts()] == ["a", "b"]
 
 
+def write_multilingual_run(folder: Path) -> Path:
+    """A metrics.jsonl of a run of two directions: its valid records hold their mean and each one's values."""
+    write_run(folder, 1e-5)
+    lines = []
+    for record in read_metrics(folder):
+        if record["split"] == "valid":
+            each = {"en-de": record["loss"] + 0.2, "de-en": record["loss"] - 0.2}
+            record.update({f"{name}/{key}": value for name, loss in each.items()
+                           for key, value in (("loss", loss), ("bleu", 30 - loss))})
+        lines.append(json.dumps(record) + "\n")
+    (folder / "metrics.jsonl").write_text("".join(lines))
+    return folder
+
+
+def test_a_multilingual_run_has_a_validation_curve_per_direction_beside_their_mean(tmp_path, capsys):
+    from transformer.plotting import directions_of, run_figure
+
+    records = read_metrics(write_multilingual_run(tmp_path / "multi"))
+    assert directions_of(records) == ["en-de", "de-en"]
+    assert directions_of(read_metrics(write_run(tmp_path / "bi", 1e-5))) == []
+    figure = run_figure([("multi", records), ("bi", read_metrics(tmp_path / "bi"))])
+    train_loss, valid_loss, valid_bleu, lr = figure.axes[:4]
+    for ax in (valid_loss, valid_bleu):
+        assert [line.get_label() for line in ax.get_lines()] == ["multi", "bi", "multi en-de", "multi de-en"]
+    assert [line.get_label() for line in train_loss.get_lines()] == ["multi", "bi"]
+    en_de = valid_loss.get_lines()[2]
+    assert list(en_de.get_ydata()) == pytest.approx([6.2 - step / 25 + 0.2 for step in range(20, 101, 20)])
+    assert en_de.get_linestyle() == "--" and valid_loss.get_lines()[0].get_linestyle() == "-"
+    assert len({str(line.get_color()) for line in valid_loss.get_lines()}) == 4  # a colour each
+    assert [t.get_text() for t in figure.axes[0].get_legend().get_texts()] == ["multi", "bi", "multi en-de",
+                                                                                "multi de-en"]
+    out = tmp_path / "run.png"
+    code, _, _ = run_command(capsys, "run", str(tmp_path / "multi"), "-o", str(out))
+    assert code == 0 and png_size(out) == (1700, 750)
+
+
 def test_run_mistakes_are_one_error_line(tmp_path, capsys):
     assert_one_error_line(*run_command(capsys, "run", str(tmp_path / "nowhere"))[::2], "metrics.jsonl not found")
     bad = write_run(tmp_path / "bad", 1e-5)

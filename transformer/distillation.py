@@ -13,7 +13,9 @@ An interrupted run is continued by running it again: the translations are append
 rerun drops a chunk cut off in writing and goes on from the last whole one. The chunks are the same in both
 runs, so a continued run writes the same files as one that was never interrupted. A rerun with another teacher,
 another corpus or other settings is refused. The batch size and the device are not settings: a sentence
-translates the same in any batch, and on another device up to floating-point rounding. The module sits beside
+translates the same in any batch, and on another device up to floating-point rounding. A multilingual teacher
+distills one direction: it is given as the translator of that direction (``translator_for``) with that direction's
+data settings (``DataConfig.for_direction``), whose languages name the files. The module sits beside
 ``evaluation.py``, on the floor above data and decoding, like it a task built from them.
 """
 

@@ -138,7 +138,8 @@ def evaluate_model(
 
     Args:
         translator: either engine (``transformer.inference``); the trainer's validation passes a
-            ``TorchTranslator`` of the model it trains.
+            ``TorchTranslator`` of the model it trains. A multilingual model's is that of one direction
+            (``translator_for``), the direction of ``src_texts`` and ``ref_texts``.
         src_texts, ref_texts: raw parallel sentences.
         cfg: decoding settings (greedy when ``beam_size == 1``).
         max_sentences: score only the first N pairs; 0 for all.

@@ -232,6 +232,16 @@ def read_metrics(run: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+def directions_of(records: list[dict[str, Any]]) -> list[str]:
+    """The directions of a multilingual run's validation records (their ``"en-de/loss"`` keys), in the order
+    they come; [] for a bilingual run."""
+    found: dict[str, None] = {}
+    for record in records:
+        if record.get("split") == "valid":
+            found.update((key.split("/")[0], None) for key in record if key.count("/") == 1)
+    return list(found)
+
+
 def _series(records: list[dict[str, Any]], split: str, key: str, x: str) -> tuple[list[float], list[float]]:
     points = [(r[x], r[key]) for r in records if r.get("split") == split and key in r and x in r]
     return [p[0] for p in points], [p[1] for p in points]
@@ -241,22 +251,28 @@ def run_figure(runs: Sequence[tuple[str, list[dict[str, Any]]]]) -> Figure:
     """Training loss, validation loss, validation BLEU and learning rate of one or more runs, against updates
     (top row) and against wall-clock minutes (bottom row); one colour and legend entry per run.
 
+    A multilingual run's validation panels also draw each direction (``"run en-de"``, dashed, a colour each)
+    beside the run's mean over them (``"run"``, solid).
+
     Args:
         runs: (name, records of ``read_metrics``) of each run.
     """
     figure_class = _figure_class()
     figure = figure_class(figsize=(17.0, 7.5), layout="constrained")
     axes = figure.subplots(2, len(RUN_METRICS), squeeze=False)
+    lines = _run_lines(runs)
     for row, (x, x_label, scale) in enumerate((("step", "updates", 1.0), ("time", "wall-clock minutes", 60.0))):
         for col, (split, key, title) in enumerate(RUN_METRICS):
             ax = axes[row][col]
             drawn = False
-            for i, (name, records) in enumerate(runs):
-                xs, ys = _series(records, split, key, x)
+            for label, records, direction, color in lines:
+                if direction and split != "valid":
+                    continue
+                xs, ys = _series(records, split, f"{direction}/{key}" if direction else key, x)
                 if xs:
                     marker = "o" if split == "valid" and len(xs) <= 40 else None
-                    ax.plot([v / scale for v in xs], ys, color=f"C{i}", marker=marker, markersize=3, linewidth=1.3,
-                            label=name)
+                    ax.plot([v / scale for v in xs], ys, color=color, marker=marker, markersize=3,
+                            linewidth=1.0 if direction else 1.3, linestyle="--" if direction else "-", label=label)
                     drawn = True
             if not drawn:
                 ax.text(0.5, 0.5, f"no {split} {key} in these runs", ha="center", va="center", transform=ax.transAxes,
@@ -272,3 +288,13 @@ def run_figure(runs: Sequence[tuple[str, list[dict[str, Any]]]]) -> Figure:
     if handles:
         axes[0][0].legend(handles.values(), handles.keys(), fontsize=9, title="run", title_fontsize=9)
     return figure
+
+
+def _run_lines(runs: Sequence[tuple[str, list[dict[str, Any]]]]) -> list[tuple[str, list[dict[str, Any]], str, str]]:
+    """(label, records, direction or "", colour) of each line: every run's own, then its directions'. Runs take
+    the first colours (as they did before directions existed), the directions the colours after them."""
+    lines = [(name, records, "", f"C{i}") for i, (name, records) in enumerate(runs)]
+    for name, records in runs:
+        for direction in directions_of(records):
+            lines.append((f"{name} {direction}", records, direction, f"C{len(lines)}"))
+    return lines

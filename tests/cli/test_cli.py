@@ -263,9 +263,10 @@ def test_average_checkpoints_and_download_report_progress(work, tmp_path, monkey
     assert len(load_split(DataConfig(data_dir=str(tmp_path / "out")), "valid")[0]) == 8
 
 
-@pytest.mark.parametrize("delay", [0.3, 0.8])
+@pytest.mark.parametrize("delay", [0.15, 0.3, 0.8])
 def test_ctrl_c_while_pytorch_loads_is_one_line_and_exit_130(tmp_path, delay):
-    # The first second or so of any command imports PyTorch; Ctrl-C there is caught like anywhere else.
+    # The first second or so of any command imports NumPy and PyTorch; Ctrl-C there is caught like anywhere else
+    # (torch's C extension swallows an interrupted NumPy import: main imports NumPy first).
     process = subprocess.Popen(
         [sys.executable, "-m", "transformer", "train", "--config", str(ROOT / "configs" / "sample.yaml"),
          "--run-dir", str(tmp_path / "run"), f"data.data_dir={ROOT / 'data' / 'sample'}", "train.threads=1"],

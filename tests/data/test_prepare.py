@@ -16,7 +16,7 @@ import torch
 
 import transformer.data.prepare as prepare
 from transformer.cli import main as cli_main
-from transformer.config import DataConfig, load_config
+from transformer.config import ConfigError, DataConfig, load_config
 from transformer.data.batching import ParallelDataset
 from transformer.data.corpus import load_split
 from transformer.data.prepare import (
@@ -280,3 +280,82 @@ def test_the_wmt14_recipe_trains_on_a_small_local_slice(tmp_path, monkeypatch, c
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
     assert state["step"] == 1 and state["config"]["model"]["d_model"] == 512
     assert state["config"]["train"]["schedule"] == "noam"
+
+
+# ---- several directions ------------------------------------------------------------------------
+
+
+def with_french(corpus: Path) -> Path:
+    """The sample corpus with a third language: ``train.fr`` (the German side, reversed word by word)."""
+    lines = (corpus / "train.de").read_text(encoding="utf-8").splitlines()
+    (corpus / "train.fr").write_text("".join(" ".join(line.split()[::-1]) + "\n" for line in lines), encoding="utf-8")
+    return corpus
+
+
+def test_a_multilingual_vocabulary_samples_each_language_once_and_reserves_the_tags(corpus, tmp_path, monkeypatch):
+    cfg = data_config(with_french(corpus), tmp_path / "cache", directions=["en-de", "de-en", "en-fr"])
+    reads = []
+    original = prepare.iter_split
+
+    def spy(one, role, **kwargs):
+        reads.append(f"{one.src_lang}-{one.tgt_lang}")
+        return original(one, role, **kwargs)
+
+    monkeypatch.setattr(prepare, "iter_split", spy)
+    languages = prepare.sample_languages(cfg)
+    # train.en serves en-de and en-fr and train.de en-de and de-en: each is read once, its sentences counted once.
+    assert [(lang, len(texts)) for lang, texts in languages] == [("en", 520), ("de", 520), ("fr", 520)]
+    assert reads == ["en-de", "en-fr"]
+    assert dict(languages)["en"] == load_split(cfg.for_direction("en", "de"), "train")[0]
+
+    tokenizer = prepare_vocabulary(cfg)
+    assert tokenizer.tags == ["de", "en", "fr"]
+    assert [tokenizer.pieces()[0][tokenizer.tag_id(lang)] for lang in tokenizer.tags] == ["<2de>", "<2en>", "<2fr>"]
+    bilingual = prepare_vocabulary(replace(cfg, directions=[]))
+    assert bilingual.tags == [] and bilingual.pieces() != tokenizer.pieces()  # never the same cached folder
+    one_direction, bilingual_key = replace(cfg, directions=["en-de"]), prepare.vocab_key(replace(cfg, directions=[]), {})
+    assert prepare.vocab_key(one_direction, {}) == bilingual_key  # one direction is a bilingual run
+
+
+def test_each_direction_is_prepared_with_its_tag_first_in_a_cache_of_its_own(corpus, tmp_path):
+    cfg = data_config(corpus, tmp_path / "cache", directions=["en-de", "de-en"], prepare_workers=2)
+    tokenizer = prepare_vocabulary(cfg)
+    prepared = prepare.prepare_directions(cfg, tokenizer)
+    assert list(prepared) == ["en-de", "de-en"]
+    for name, tgt in (("en-de", "de"), ("de-en", "en")):
+        one = cfg.for_direction(*name.split("-"))
+        view = tokenizer.for_target(tgt)
+        loaded = prepared[name].load()
+        assert_same_pairs(loaded, ParallelDataset.from_texts(*load_split(one, "train"), view, one))
+        assert {int(loaded.src_ids(i)[0]) for i in range(len(loaded))} == {tokenizer.tag_id(tgt)}
+    # The same pairs untagged (as a bilingual run over this vocabulary would read them) are another folder.
+    untagged = prepare_pairs(cfg.for_direction("en", "de"), tokenizer)
+    assert untagged.path != prepared["en-de"].path and untagged.load().src_ids(0)[0] != tokenizer.tag_id("de")
+    found = prepare.find_prepared_directions(cfg, tokenizer)
+    assert {name: p.path for name, p in found.items()} == {name: p.path for name, p in prepared.items()}
+
+
+def test_a_multilingual_run_folder_keeps_its_tags_and_refuses_a_bilingual_config(corpus, tmp_path):
+    cfg = data_config(corpus, tmp_path / "cache", directions=["en-de", "de-en"])
+    run_tokenizer = tmp_path / "run" / "tokenizer"
+    first = tokenizer_for_run(cfg, run_tokenizer)
+    assert tokenizer_for_run(cfg, run_tokenizer).to_state() == first.to_state()  # what a resumed run does
+    with pytest.raises(ConfigError, match=r"data\.directions"):
+        tokenizer_for_run(replace(cfg, directions=[]), run_tokenizer)
+
+
+def test_the_prepare_command_prepares_each_direction(corpus, tmp_path, capsys):
+    argv = ["prepare", "--config", str(ROOT / "configs" / "sample_multilingual.yaml"), "--data-dir", str(corpus),
+            f"data.cache_dir={tmp_path / 'cache'}"]
+    assert cli_main(argv) == 0
+    out = capsys.readouterr().out
+    assert "(target-language tags: de, en)" in out
+    for name in ("en-de", "de-en"):
+        assert f"training pairs {name}: 520 of 520 lines" in out
+        assert (Path(out.split(f"cache {name}: ")[1].split("\n")[0]) / "prepared.json").is_file()
+
+
+def test_a_tsv_file_cannot_hold_several_directions(tmp_path):
+    cfg = DataConfig(source="tsv", files={"train": str(tmp_path / "train.tsv")}, directions=["en-de", "de-en"])
+    with pytest.raises(ConfigError, match=r"data\.directions.*tsv"):
+        prepare.corpus_fingerprint(cfg)

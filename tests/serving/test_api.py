@@ -152,8 +152,9 @@ def test_attention_keeps_its_contract_and_the_numbers_of_alignment_py(url, sampl
     answer = post(url, "/attention", json={"q": text, "alternatives": 2})
     assert answer.status_code == 200
     data = answer.json()
-    assert set(data) == {"translation", "nbest", "source_tokens", "target_tokens", "cross", "alignment", "layers",
-                         "heads"}
+    assert set(data) == {"translation", "nbest", "source_tokens", "source_prefix", "target_tokens", "cross",
+                         "alignment", "layers", "heads"}
+    assert data["source_prefix"] == 0  # a bilingual model's source has no target-language tag
     [(best, attention)] = translate_with_attention(translator.model, translator.tokenizer, [text], config.decode,
                                                    device="cpu")
     assert data["translation"] == best == offline(text)[0]
@@ -171,7 +172,8 @@ def test_attention_keeps_its_contract_and_the_numbers_of_alignment_py(url, sampl
 @pytest.mark.parametrize("body, field", [
     ({"q": "A dog.", "layer": 3}, "layer"), ({"q": "A dog.", "layer": "last"}, "layer"),
     ({"q": "A dog.", "alternatives": 5}, "alternatives"), ({"q": "A dog.\nA cat."}, "q"), ({"q": " "}, "q"),
-    ({"alternatives": 1}, "q"), ([1], "object"),
+    ({"alternatives": 1}, "q"), ([1], "object"), ({"q": "A dog.", "target": "fr"}, "target"),
+    ({"q": "A dog.", "source": "de"}, "source"),
 ])
 def test_attention_refuses_bad_requests_naming_the_field(url, body, field):
     assert field in error_of(post(url, "/attention", json=body), 400)
@@ -321,6 +323,9 @@ def test_a_bug_is_500_without_a_traceback(sample_model, eventually):
 
     class Broken:
         tokenizer = None  # encoding the source fails outside the batcher
+
+        def for_target(self, lang):
+            return self
 
         def translate(self, *args, **kwargs):
             raise AssertionError("unreachable")

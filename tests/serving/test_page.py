@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from transformer.cli import main as cli_main
+from transformer.inference.alignment import word_ids
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -161,6 +162,8 @@ def test_the_page_shows_the_translation_and_one_heat_map_cell_per_source_and_tar
     assert page.locator("#nbest li").count() == len(answer["nbest"]) > 1
     assert page.locator("#alignment line.link").count() == len(answer["alignment"])
 
+    assert page.locator("#direction-select").is_hidden()  # one direction: nothing to choose
+
     capsys.readouterr()
     assert cli_main(["translate", "--checkpoint", str(sample_checkpoint), SENTENCE]) == 0
     expected = capsys.readouterr().out.strip()
@@ -201,3 +204,34 @@ def test_with_the_ctranslate2_engine_the_page_shows_the_translation_and_a_note_i
     capsys.readouterr()
     assert cli_main(["translate", "--engine", "ctranslate2", "--model", str(sample_export), SENTENCE]) == 0
     assert shown == capsys.readouterr().out.strip()
+
+
+def test_a_multilingual_model_gets_a_direction_selector_and_the_chosen_directions_translation(
+    browser, multilingual_checkpoint, tmp_path, capsys
+):
+    german = "Zwei Frauen sitzen auf einer Bank."
+    options = ("--checkpoint", str(multilingual_checkpoint), "--beam-size", "5")
+    with serving(*options, log=tmp_path / "serve.log") as url, open_page(browser, url) as page:
+        page.wait_for_selector("#direction-select:not([hidden])")
+        choices = page.eval_on_selector_all("#direction-select option", "os => os.map(o => [o.value, o.textContent])")
+        assert choices == [["en-de", "English → German"], ["de-en", "German → English"]]
+        page.select_option("#direction-select", value="de-en")
+        assert "German → English" in page.inner_text("#direction")
+        translate(page, german)
+        shown = page.inner_text("#translation")
+        labels = page.eval_on_selector_all("#heatmap text.label[data-col]", "labels => labels.map(l => l.textContent)")
+        boxes = page.eval_on_selector_all("#heatmap rect.align-box", "boxes => boxes.map(b => Number(b.getAttribute('x')))")
+        columns = page.eval_on_selector_all(
+            "#heatmap rect.cell[data-row='0']", "cells => cells.map(c => Number(c.getAttribute('x')))"
+        )
+        alternatives = int(page.input_value("#alternatives"))
+        answer = post_json(f"{url}/attention", {"q": german, "alternatives": alternatives, "source": "de", "target": "en"})
+    assert labels == answer["source_tokens"] and labels[0] == "<2en>" and answer["source_prefix"] == 1
+    assert answer["alignment"] and len(boxes) == len(answer["alignment"])
+    # Each alignment box starts at the first piece of its source word, counted after the tag's column.
+    first_piece = {}
+    for k, w in enumerate(word_ids(answer["source_tokens"][1:-1])):
+        first_piece.setdefault(w, k + 1)
+    assert boxes == [columns[first_piece[i]] + 1 for i, _ in answer["alignment"]]
+    assert cli_main(["translate", *options, "--target-lang", "en", german]) == 0
+    assert shown == capsys.readouterr().out.strip() == answer["translation"]

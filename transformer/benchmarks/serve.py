@@ -32,7 +32,7 @@ Threads: the server and offline decoding get ``--threads`` (default: PyTorch's d
 threads, by default ``--threads`` translators of one thread (the fastest split in ``benchmark engines``). The
 clients run in this process: on a machine with few cores they take CPU from the server.
 
-The issue's targets are checked at 32 clients: served throughput at least 60% of offline and at least 3x the
+The serving targets are checked at 32 clients: served throughput at least 60% of offline and at least 3x the
 service without batching, and for greedy a p99 latency under 1 s (printed; they do not change the exit
 status). Exit status 1 when an answer was an error or a mismatch, or the soak failed.
 """
@@ -516,7 +516,7 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
 
 
 def target_checks(rows: list[dict[str, Any]]) -> dict[str, bool]:
-    """The issue's targets at 32 clients, for each engine and search that ran at 32 clients."""
+    """The serving targets at 32 clients, for each engine and search that ran at 32 clients."""
     checks = {}
     for r in rows:
         if r["service"] != "batching" or r["clients"] != TARGET_CLIENTS:

@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     try:
+        # NumPy before PyTorch: torch's C extension imports NumPy itself and swallows whatever that import raises,
+        # a Ctrl-C included, which left NumPy half-imported (AttributeErrors much later) and the Ctrl-C unseen.
+        import numpy  # noqa: F401
+
         parser = build_parser()
     except KeyboardInterrupt:  # while PyTorch loads
         print("interrupted", file=sys.stderr)

@@ -8,8 +8,10 @@ split's sources with the teacher's translations, the other splits copied, and ``
 SHA-256s, the teacher's config and the settings). A config trains on it with ``data.data_dir=OUT_DIR``.
 ``--with-original`` keeps the original pairs beside the distilled ones (twice the pairs). Interrupted, the same
 command continues where it stopped; another teacher or other settings are refused. The search settings default to
-the (first) checkpoint's ``decode`` section; the languages to its ``data`` section. A progress bar on stderr when
-it is a terminal. Mistakes end with one line on stderr and exit status 2.
+the (first) checkpoint's ``decode`` section; the languages to its ``data`` section. A multilingual teacher
+translates one direction, ``--target-lang`` (and ``--source-lang``), and that direction's files are read; for a
+bilingual one these options name the corpus files, as ``--src-lang``/``--tgt-lang`` did. A progress bar on stderr
+when it is a terminal. Mistakes end with one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -20,7 +22,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from transformer.cli.options import add_decode_arguments, add_device_argument, add_engine_arguments
+from transformer.cli.options import (
+    add_decode_arguments,
+    add_device_argument,
+    add_direction_arguments,
+    add_engine_arguments,
+    direction_and_corpus,
+)
 from transformer.device import resolve_device
 from transformer.distillation import prepare_distillation, run_distillation
 from transformer.inference import load_translator
@@ -33,6 +41,8 @@ examples:
       --output data/multi30k_distill_en_de                       # an ensemble teacher
   transformer distill --checkpoint best.pt --data-dir data/multi30k --output data/m30k_both --with-original
   transformer distill --engine ctranslate2 --model ct2_en_de --data-dir data/multi30k --output data/m30k_ct2
+  transformer distill --checkpoint multi.pt --source-lang de --target-lang en --data-dir data/multi30k \
+      --output data/multi30k_distill_de_en                       # one direction of a multilingual teacher
   transformer train --config configs/multi30k_en_de_distilled.yaml   # a student on data/multi30k_distill_en_de
 """
 
@@ -49,8 +59,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--data-dir", type=Path, required=True, help="the corpus folder ({split}.{lang}[.gz] files)")
     parser.add_argument("--output", type=Path, required=True, metavar="OUT_DIR", help="the new corpus folder")
     parser.add_argument("--split", default="train", help="the split to translate (default: train)")
-    parser.add_argument("--src-lang", help="override the checkpoint's data.src_lang")
-    parser.add_argument("--tgt-lang", help="override the checkpoint's data.tgt_lang")
+    add_direction_arguments(parser, corpus=True)
     add_decode_arguments(parser)
     parser.add_argument(
         "--with-original", action="store_true",
@@ -66,12 +75,13 @@ def run(args: argparse.Namespace) -> int:
         args.engine, checkpoints=args.checkpoint or (), model_dir=args.model, device=resolve_device(args.device),
         inter_threads=args.inter_threads, intra_threads=args.intra_threads,
     )
+    translator, direction_data = direction_and_corpus(translator, config.data, args.source_lang, args.target_lang)
     decode = config.decode.updated(
         beam_size=args.beam_size, length_penalty=args.length_penalty, batch_size=args.batch_size, n_best=1
     )
     # The teacher's files, hashed into distill.json: the checkpoints, or the export's weights.
     teacher_files = args.checkpoint or [args.model / "model.bin"]
-    data = config.data.updated(data_dir=str(args.data_dir), src_lang=args.src_lang, tgt_lang=args.tgt_lang)
+    data = direction_data.updated(data_dir=str(args.data_dir))
     job = prepare_distillation(
         teacher_files, config.to_dict(), data, decode, args.output, split=args.split,
         with_original=args.with_original,

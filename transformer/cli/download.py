@@ -1,8 +1,9 @@
 """Download a corpus into a local folder: Multi30k task 1 into data/multi30k, where training looks by default.
 
 Files are stored as they come, gzip-compressed (OUTPUT/{split}.{lang}.gz); existing files are kept (--force
-fetches them again). The work is done by ``transformer.data.download.download_multi30k``. A file that
-cannot be fetched (no network, a mirror without it) ends with one line on stderr that names --base-url, and
+fetches them again). Each language gets every split asked for that Multi30k publishes in it (Czech has no
+2017 test sets: they are left out, with a note). The work is done by
+``transformer.data.download.download_multi30k``. A file that cannot be fetched (no network, a mirror without it) ends with one line on stderr that names --base-url, and
 exit status 2; nothing is written then. ``--out`` is the old name of ``--output`` (still accepted, not shown).
 """
 
@@ -23,12 +24,14 @@ from transformer.data.download import (
     MULTI30K_URL,
     download_multi30k,
     multi30k_files,
+    unpublished_files,
 )
 
 EXAMPLES = """\
 examples:
   transformer download multi30k                              # en and de into data/multi30k
   transformer train --config configs/multi30k_en_de.yaml     # which then finds data/multi30k
+  transformer download multi30k --langs en de fr cs                # four languages: for multilingual runs
   transformer download multi30k --output /data/multi30k --langs en de fr cs --splits train val test_2016_flickr
   transformer download multi30k --base-url http://mirror.example/multi30k   # a mirror of {split}.{lang}.gz
 """
@@ -67,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
             force=args.force, progress=bar.update,
         )
     out = args.output
+    missing = unpublished_files(args.splits, args.langs)
+    if missing:
+        print(f"not published by Multi30k, so not fetched: {', '.join(missing)}")
     if out.resolve() == DEFAULT_MULTI30K_DIR.resolve():
         print(f"{len(paths)} files in {out}, where `transformer train` looks by default")
     else:

@@ -1,7 +1,9 @@
 """Score a checkpoint (or several, as an ensemble) on a split of its dataset with sacreBLEU, or score a file.
 
 ``--split`` is a role (train, valid, test) or a split name of the corpus (evaluated in the test role).
-The data settings (source, languages, folder) come from the (first) checkpoint; the options override them.
+The data settings (source, languages, folder) come from the (first) checkpoint; the options override them. A
+multilingual checkpoint is evaluated on one direction, ``--target-lang`` (and ``--source-lang``), whose corpus
+files are read; for a bilingual one these options name the corpus files, as ``--src-lang``/``--tgt-lang`` did.
 ``--checkpoint`` may be repeated: the checkpoints decode as an ensemble (their probabilities averaged) and
 must share one vocabulary. Decoding uses ``transformer.evaluation.evaluate_model``, the function the
 trainer's validation BLEU uses, so the two numbers agree. Prints BLEU, chrF and their signatures; a progress
@@ -18,7 +20,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from transformer.cli.options import add_decode_arguments, add_device_argument, add_engine_arguments
+from transformer.cli.options import (
+    add_decode_arguments,
+    add_device_argument,
+    add_direction_arguments,
+    add_engine_arguments,
+    direction_and_corpus,
+)
 from transformer.config import ConfigError, DataConfig
 from transformer.data.corpus import DataError, load_split
 from transformer.device import resolve_device
@@ -35,8 +43,9 @@ examples:
   transformer evaluate --checkpoint best.pt --split test_2017_flickr --data-dir data/multi30k
   transformer evaluate --checkpoint a/avg10.pt --checkpoint b/avg10.pt --split valid   # an ensemble
   transformer evaluate --engine ctranslate2 --model ct2 --split test        # a `transformer export` folder
+  transformer evaluate --checkpoint multi.pt --source-lang de --target-lang en   # one direction of several
   transformer evaluate --hypotheses hyp.de --references ref.de                  # score a file
-  transformer evaluate --hypotheses hyp.de --references ref.de --tgt-lang de --tokenize moses   # papers' BLEU
+  transformer evaluate --hypotheses hyp.de --references ref.de --target-lang de --tokenize moses  # papers' BLEU
 """
 
 
@@ -50,8 +59,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument("--split", default="test", help="train, valid, test, or a split name (default: test)")
     parser.add_argument("--data-dir", help="corpus folder (default: the checkpoint's data.data_dir)")
-    parser.add_argument("--src-lang", help="override the checkpoint's data.src_lang")
-    parser.add_argument("--tgt-lang", help="override the checkpoint's data.tgt_lang")
+    add_direction_arguments(parser, corpus=True)
     add_decode_arguments(parser)
     parser.add_argument("--max-sentences", type=int, default=0, help="score only the first N sentences (0 = all)")
     add_device_argument(parser)
@@ -60,7 +68,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--tokenize", choices=("13a", "moses"), default="13a",
         help="13a: sacreBLEU only (default); moses: also the Multi30k papers' tokenized BLEU (lowercased, Moses "
-             "punctuation normalisation and tokenization with escaping, both sides; needs --tgt-lang for files)",
+             "punctuation normalisation and tokenization with escaping, both sides; needs --target-lang for files)",
     )
     parser.add_argument("--hypotheses", type=Path, help="score this file instead of decoding (needs --references)")
     parser.add_argument("--references", type=Path, help="reference file for --hypotheses")
@@ -68,12 +76,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
-def data_settings(
-    saved: DataConfig, split: str, *, data_dir: str | None, src_lang: str | None, tgt_lang: str | None
-) -> tuple[DataConfig, str]:
-    """The checkpoint's data config with the command line's folder and languages, and the role to load."""
+def data_settings(data: DataConfig, split: str, *, data_dir: str | None) -> tuple[DataConfig, str]:
+    """The data config of one direction with the command line's folder, and the role to load."""
     role, test_split = (split, None) if split in ROLES else ("test", split)  # a split name: read in the test role
-    return saved.updated(data_dir=data_dir, src_lang=src_lang, tgt_lang=tgt_lang, test_split=test_split), role
+    return data.updated(data_dir=data_dir, test_split=test_split), role
 
 
 def read_text(path: Path) -> list[str]:
@@ -119,26 +125,26 @@ def run(args: argparse.Namespace) -> int:
     if args.tokenize == "moses":
         require_moses()
     if args.hypotheses is not None:
-        if args.tokenize == "moses" and args.tgt_lang is None:
+        if args.tokenize == "moses" and args.target_lang is None:
             raise ConfigError(
-                "--tokenize moses needs the language of the references: add --tgt-lang (e.g. --tgt-lang de)"
+                "--tokenize moses needs the language of the references: add --target-lang (or --tgt-lang), "
+                "e.g. --target-lang de"
             )
         hypotheses, references = read_text(args.hypotheses), read_text(args.references)
         if args.max_sentences:
             hypotheses, references = hypotheses[: args.max_sentences], references[: args.max_sentences]
-        report(hypotheses, references, lowercase=args.lowercase, moses_lang=args.tgt_lang if args.tokenize == "moses" else None)
+        report(hypotheses, references, lowercase=args.lowercase, moses_lang=args.target_lang if args.tokenize == "moses" else None)
         return 0
 
     translator, config = load_translator(
         args.engine, checkpoints=args.checkpoint or (), model_dir=args.model, device=resolve_device(args.device),
         inter_threads=args.inter_threads, intra_threads=args.intra_threads,
     )
+    translator, direction_data = direction_and_corpus(translator, config.data, args.source_lang, args.target_lang)
     cfg = config.decode.updated(
         beam_size=args.beam_size, length_penalty=args.length_penalty, batch_size=args.batch_size, n_best=1
     )
-    data_cfg, role = data_settings(
-        config.data, args.split, data_dir=args.data_dir, src_lang=args.src_lang, tgt_lang=args.tgt_lang
-    )
+    data_cfg, role = data_settings(direction_data, args.split, data_dir=args.data_dir)
     src_texts, ref_texts = load_split(data_cfg, role)
     total = sum(1 for text in src_texts[: args.max_sentences or None] if text.strip())  # blank ones are not decoded
     with tqdm(total=total, unit="sent", desc=role, file=sys.stderr, disable=not sys.stderr.isatty()) as bar:

@@ -2,7 +2,9 @@
 
 The folder holds CTranslate2's model files, the SentencePiece model(s) and the checkpoint's config, and is checked
 before it is written: its token log-probabilities must match the checkpoint's. A model CTranslate2 cannot express
-exactly is refused with the reason. Needs the optional extra: pip install -e ".[ctranslate2]".
+exactly is refused with the reason. A multilingual model keeps every direction (its target-language tags are pieces
+of the vocabulary): the folder translates each, chosen with --target-lang. Needs the optional extra:
+pip install -e ".[ctranslate2]".
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from transformer.inference import QUANTIZATIONS, export_ctranslate2
+from transformer.inference import QUANTIZATIONS, export_ctranslate2, format_directions
 
 EXAMPLES = """\
 examples:
@@ -45,5 +47,12 @@ def run(args: argparse.Namespace) -> int:
     output = export_ctranslate2(args.checkpoint, args.output, quantization=args.quantization, force=args.force)
     files = ", ".join(sorted(p.name for p in output.iterdir()))
     print(f"wrote {output} ({args.quantization or 'float32'}): {files}")
-    print(f'translate with: transformer translate --engine ctranslate2 --model {output} "A sentence."')
+    from transformer.inference.ct2_engine import read_export  # ctranslate2 is installed: the export needed it
+
+    data = read_export(output)[0].data
+    direction = ""
+    if data.multilingual:
+        print(f"it translates {format_directions(data.direction_pairs)}, each chosen with --target-lang")
+        direction = f" --target-lang {data.direction_pairs[0][1]}"
+    print(f'translate with: transformer translate --engine ctranslate2 --model {output}{direction} "A sentence."')
     return 0

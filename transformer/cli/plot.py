@@ -2,7 +2,8 @@
 
 ``plot attention`` translates one sentence (or forces ``--target``) and draws the attention of every layer
 and head and their mean; ``plot positions`` draws the sinusoidal encoding (or a checkpoint's learned one);
-``plot run`` draws the loss, BLEU and learning-rate curves of one or more run folders. Needs matplotlib
+``plot run`` draws the loss, BLEU and learning-rate curves of one or more run folders (a multilingual run's
+validation curves: each direction's and their mean). Needs matplotlib
 (``pip install -e ".[plot]"``).
 """
 
@@ -27,6 +28,7 @@ examples:
   transformer plot attention --checkpoint best.pt --target "Ein Hund läuft." "A dog runs."   # a given translation
   transformer plot positions --d-model 128 --length 60 -o positions.png
   transformer plot run runs/multi30k_en_de runs/multi30k_de_en -o curves.png       # two runs overlaid
+  transformer plot run runs/sample_multilingual -o curves.png         # a validation curve per direction, and the mean
 """
 
 KINDS = {  # --kind: (SentenceAttention field, row labels, column labels, row axis, column axis, what)
@@ -80,7 +82,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
     runs = kinds.add_parser(
         "run", help="training curves of one or more runs, overlaid",
-        description="Draw loss, validation BLEU and learning rate of runs against updates and wall-clock time.",
+        description="Draw loss, validation BLEU and learning rate of runs against updates and wall-clock time; "
+        "a run of several translation directions gets a validation curve per direction beside their mean.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     runs.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="run folders (with metrics.jsonl)")

@@ -6,12 +6,13 @@ import argparse
 from pathlib import Path
 
 from transformer.config import load_config
-from transformer.data.prepare import corpus_fingerprint, prepare_pairs, prepare_vocabulary
+from transformer.data.prepare import corpus_fingerprint, prepare_directions, prepare_vocabulary
 
 EXAMPLES = """\
 examples:
   transformer prepare --config configs/multi30k_en_de.yaml        # into data/cache; train then starts in seconds
   transformer prepare --config configs/wmt14_en_de_base.yaml data.prepare_workers=8 data.cache_dir=/fast/cache
+  transformer prepare --config configs/multi30k_multilingual.yaml # one vocabulary, the pairs of each direction
 `transformer train` prepares what is missing by itself; run this first to do it once, before a torchrun job or a
 sweep of runs that share the corpus and the vocabulary settings. A cache that is there already is checked in full
 (every byte against its checksum; `train` checks sizes, the index and samples) and prepared again if damaged.
@@ -37,10 +38,12 @@ def run(args: argparse.Namespace) -> int:
     data = load_config(args.config, overrides).data
     fingerprint = corpus_fingerprint(data)
     tokenizer = prepare_vocabulary(data, fingerprint)
-    prepared = prepare_pairs(data, tokenizer, fingerprint, full_check=True)  # train checks sampled blocks only
-    info = prepared.info
-    print(f"vocabulary: {tokenizer.src_vocab_size} source / {tokenizer.tgt_vocab_size} target pieces")
-    print(f"training pairs: {info['pairs']:,} of {info['lines']:,} lines ({info['src_tokens']:,} source and "
-          f"{info['tgt_tokens']:,} target tokens)")
-    print(f"cache: {prepared.path}")
+    prepared = prepare_directions(data, tokenizer, fingerprint, full_check=True)  # train checks sampled blocks only
+    tags = f" (target-language tags: {', '.join(tokenizer.tags)})" if tokenizer.tags else ""
+    print(f"vocabulary: {tokenizer.src_vocab_size} source / {tokenizer.tgt_vocab_size} target pieces{tags}")
+    for name, pairs in prepared.items():
+        info, which = pairs.info, f" {name}" if data.multilingual else ""
+        print(f"training pairs{which}: {info['pairs']:,} of {info['lines']:,} lines ({info['src_tokens']:,} source "
+              f"and {info['tgt_tokens']:,} target tokens)")
+        print(f"cache{which}: {pairs.path}")
     return 0

@@ -3,7 +3,9 @@
 The APIs: LibreTranslate's (``POST /translate``, ``GET /languages``), OpenNMT-py's (``POST
 /translator/translate``), ``POST /attention`` (for the web page at ``/``), ``GET /health`` and ``GET /metrics``
 (Prometheus). A translation is exactly what ``transformer translate`` prints with the same settings; decoding
-settings default to the (first) checkpoint's. Concurrent requests are decoded together: a batch closes at
+settings default to the (first) checkpoint's. A multilingual model serves each of its directions:
+LibreTranslate's ``source`` and ``target`` choose one (``GET /languages`` lists them), OpenNMT-py's API, which names
+no language, gets the first. Concurrent requests are decoded together: a batch closes at
 --max-batch-sentences or --max-batch-tokens, or when its oldest sentence has waited --max-wait-ms
 (--max-batch-sentences 1 turns batching off). SIGTERM or Ctrl-C: new requests are refused, those taken are
 answered (for up to --drain-seconds), and the command exits with status 0. Mistakes (a bad checkpoint, a port

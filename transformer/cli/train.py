@@ -19,6 +19,7 @@ import torch
 
 from transformer.config import load_config
 from transformer.data.corpus import corpus_folder
+from transformer.data.mixing import pair_counts
 from transformer.model.transformer import count_parameters
 from transformer.training.build import StartupInterrupted, training_run
 from transformer.training.distributed import setup, teardown
@@ -32,6 +33,7 @@ examples:
   transformer train --config configs/sample.yaml --resume         # continue RUN_DIR/checkpoints/last.pt
   transformer train --config configs/sample.yaml --resume train.max_epochs=40 train.lr=1e-3
   transformer train --config configs/sample.yaml --overwrite      # delete the run in RUN_DIR and start again
+  transformer train --config configs/sample_multilingual.yaml     # one model, en-de and de-en (target tags)
 
 exit status: 0 finished; 143 (SIGTERM) or 130 (SIGINT) stopped early with last.pt saved (or during start-up,
 with nothing saved); 2 a mistake, a run folder in use or holding another run, a setting that cannot change on
@@ -110,17 +112,35 @@ def summary(trainer: Trainer) -> str:
     t, d, m = trainer.config.train, trainer.config.data, trainer.config.model
     where = {"folder": lambda: str(corpus_folder(d)), "hub": lambda: f"{d.hub_name} (Hugging Face datasets)"}
     corpus = where.get(d.source, lambda: d.files.get("train", ""))()
-    valid = f", {len(trainer.validation.src_texts):,} validation pairs" if trainer.validation is not None else ""
+    directions, pairs = _directions(trainer)
+    valid = f", {_validation_pairs(trainer):,} validation pairs" if trainer.validation is not None else ""
     per_epoch = max(1, math.ceil(len(trainer.train_batches) / t.grad_accum_steps))
     start = f"from step {trainer.step + 1} " if trainer.step else ""
     processes = f", {trainer.context.world_size} processes" if trainer.context.enabled else ""
     validation = f"every {t.eval_every} updates" if t.eval_every > 0 else "after each epoch"
     return "\n".join([
         f"run folder: {trainer.run_dir} (the full config: {trainer.run_dir / 'config.json'})",
-        f"data: {d.src_lang} -> {d.tgt_lang} from {corpus}: {len(trainer.train_batches.dataset):,} training pairs"
-        f"{valid}; vocabulary {m.src_vocab_size:,} / {m.tgt_vocab_size:,} pieces",
+        f"data: {directions} from {corpus}: {pairs}{valid}; vocabulary {m.src_vocab_size:,} / "
+        f"{m.tgt_vocab_size:,} pieces",
         f"model: {count_parameters(trainer.model):,} parameters (d_model={m.d_model}, {m.n_encoder_layers} encoder + "
         f"{m.n_decoder_layers} decoder layers)",
         f"training: {trainer.total_steps:,} updates {start}({per_epoch:,} an epoch), validation {validation}, on "
         f"{trainer.device} ({t.precision}{processes})",
     ])
+
+
+def _directions(trainer: Trainer) -> tuple[str, str]:
+    """``("en -> de", "520 training pairs")``; for several directions, their names and each one's pairs."""
+    d, pairs = trainer.config.data, pair_counts(trainer.train_batches)
+    if not isinstance(pairs, dict):
+        return f"{d.src_lang} -> {d.tgt_lang}", f"{pairs:,} training pairs"
+    each = ", ".join(f"{name} {n:,}" for name, n in pairs.items())
+    return (f"{len(pairs)} directions ({', '.join(pairs)})",
+            f"{sum(pairs.values()):,} training pairs ({each}; one direction a batch, drawn at temperature "
+            f"{d.direction_temperature:g})")
+
+
+def _validation_pairs(trainer: Trainer) -> int:
+    validation = trainer.validation
+    every = validation.values() if isinstance(validation, dict) else [validation]
+    return sum(len(v.src_texts) for v in every if v is not None)

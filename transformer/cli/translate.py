@@ -7,7 +7,9 @@ empty line gives an empty line). With ``--n-best N > 1``, N lines per input,
 ``--checkpoint`` may be repeated: the checkpoints decode as an ensemble (their probabilities averaged) and
 must share one vocabulary. Decoding settings default to those saved in the (first) checkpoint. Mistakes
 (a bad checkpoint, a bad option) end with one line on stderr and exit status 2. ``--alignment`` appends
-``<TAB>`` and the source-target word alignment (``i-j`` pairs, 0-based) to each output line.
+``<TAB>`` and the source-target word alignment (``i-j`` pairs, 0-based) to each output line. A multilingual
+model translates into ``--target-lang`` (``--source-lang`` picks among directions into the same language); a
+bilingual model needs neither, and refuses a language it does not translate.
 """
 
 from __future__ import annotations
@@ -19,7 +21,13 @@ from collections.abc import Callable, Iterable
 
 from tqdm import tqdm
 
-from transformer.cli.options import add_decode_arguments, add_device_argument, add_engine_arguments
+from transformer.cli.options import (
+    add_decode_arguments,
+    add_device_argument,
+    add_direction_arguments,
+    add_engine_arguments,
+    direction_translator,
+)
 from transformer.config import ConfigError, DecodeConfig
 from transformer.device import resolve_device
 from transformer.errors import DataError
@@ -38,6 +46,7 @@ examples:
   transformer translate --checkpoint a/avg10.pt --checkpoint b/avg10.pt < input.en   # an ensemble
   transformer translate --engine ctranslate2 --model ct2 < input.en          # a `transformer export` folder
   transformer translate --checkpoint best.pt --alignment "Two dogs play."     # translation<TAB>0-0 1-1 ...
+  transformer translate --checkpoint multi.pt --target-lang en "Ein Hund rennt."   # a multilingual model
 """
 
 
@@ -50,6 +59,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     add_engine_arguments(
         parser, checkpoint_help="a .pt file written by training; repeat it to decode several models as an ensemble"
     )
+    add_direction_arguments(parser)
     add_decode_arguments(parser, n_best=True)
     parser.add_argument("--max-src-tokens", type=int, help="truncate longer inputs, with a warning")
     add_device_argument(parser)
@@ -153,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
         args.engine, checkpoints=args.checkpoint or (), model_dir=args.model, device=resolve_device(args.device),
         inter_threads=args.inter_threads, intra_threads=args.intra_threads,
     )
+    translator = direction_translator(translator, config.data, args.source_lang, args.target_lang)
     cfg = config.decode.updated(
         beam_size=args.beam_size, length_penalty=args.length_penalty, batch_size=args.batch_size,
         n_best=1 if args.n_best is None else args.n_best,

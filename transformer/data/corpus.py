@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from transformer.config import LANG, DataConfig
-from transformer.errors import DataError, os_reason
+from transformer.errors import ConfigError, DataError, os_reason
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +107,22 @@ def iter_split(cfg: DataConfig, role: str, *, chunk_size: int = 100_000) -> Iter
             "languages, line i of one side translating line i of the other"
         )
     logger.info("read %d %s pairs (%s-%s) from %s", n_lines, role, cfg.src_lang, cfg.tgt_lang, where)
+
+
+def direction_configs(cfg: DataConfig) -> list[tuple[str, DataConfig]]:
+    """``("en-de", bilingual config)`` of each translation direction of the run, in ``data.directions`` order.
+
+    A bilingual run (no or one direction) is its own one direction, ``cfg`` itself: what it reads stays exactly
+    what it read before directions existed.
+    """
+    if not cfg.multilingual:
+        return [(f"{cfg.src_lang}-{cfg.tgt_lang}", cfg)]
+    if cfg.source == "tsv":  # one file, source<TAB>target: it cannot say which language each column is
+        raise ConfigError(
+            "data.directions: a data.source=tsv file holds one direction; give several directions a folder of "
+            "{split}.{lang} files (data.source=folder) or a path per language (data.source=files)"
+        )
+    return [(f"{src}-{tgt}", cfg.for_direction(src, tgt)) for src, tgt in cfg.direction_pairs]
 
 
 def split_name(cfg: DataConfig, role: str) -> str:

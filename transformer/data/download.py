@@ -2,7 +2,8 @@
 
 Files come from the multi30k/dataset GitHub repository (``data/task1/raw/{split}.{lang}.gz``) and are
 stored as they are, gzip-compressed: ``OUTPUT/{split}.{lang}.gz``. The default folder is ``data/multi30k``,
-which training finds without ``data.data_dir`` or ``$MULTI30K_DIR``.
+which training finds without ``data.data_dir`` or ``$MULTI30K_DIR``. Each language gets every split asked for that
+Multi30k publishes in it (Czech has no 2017 test sets): enough for a multilingual run over several directions.
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ class DownloadError(DataError):
 def multi30k_files(splits: Sequence[str], langs: Sequence[str]) -> list[str]:
     """The published file names ``{split}.{lang}.gz`` of these splits and languages, in download order."""
     return [f"{split}.{lang}.gz" for split in splits for lang in langs if (split, lang) not in UNPUBLISHED]
+
+
+def unpublished_files(splits: Sequence[str], langs: Sequence[str]) -> list[str]:
+    """The names ``{split}.{lang}`` of these splits and languages that Multi30k does not publish (not fetched)."""
+    return [f"{split}.{lang}" for split in splits for lang in langs if (split, lang) in UNPUBLISHED]
 
 
 MIRROR_HINT = "or fetch the files {split}.{lang}.gz from a mirror: transformer download multi30k --base-url URL"
@@ -92,13 +98,20 @@ def download_multi30k(
         The paths of the files, all present.
 
     Raises:
+        DataError: Multi30k publishes none of these splits in these languages.
         DownloadError: a file cannot be fetched (no network, not on the server): nothing was written.
         OutputError: a file cannot be written; what this call wrote before it is removed.
     """
     out = Path(out)
+    names = multi30k_files(splits, langs)
+    if not names:
+        raise DataError(
+            f"Multi30k publishes no {' '.join(splits)} in {' '.join(langs)} ({', '.join(unpublished_files(splits, langs))} "
+            "do not exist); choose other --splits or --langs"
+        )
     fetched: dict[Path, bytes] = {}
     paths = []
-    for name in multi30k_files(splits, langs):
+    for name in names:
         path = out / name
         if path.exists() and not force:
             logger.info("keep %s (exists)", path)

@@ -4,17 +4,23 @@ Without it, each start of each run (and each process of a torchrun job) would tr
 sentence and encode the whole corpus into Python lists. ``prepare`` does that work once per corpus and settings:
 
 1. the vocabulary is trained on a seeded random sample of at most ``data.vocab_sample_size`` sentences per side,
-   drawn from the training split read as a stream;
+   drawn from the training split read as a stream (several ``data.directions``: per language, each language's
+   text counted once however many directions read it, plus a target-language tag per target language);
 2. the training split is read again as a stream, in chunks, encoded by ``data.prepare_workers`` processes,
    filtered by the length limits (the rules of ``ParallelDataset.from_texts``) and appended to flat files;
 3. each result is written into a temporary folder and renamed into place when complete, so a killed
    preparation never leaves half a cache, and two runs preparing at once both end with one good copy.
 
+A multilingual run prepares the pairs of each direction on its own (``prepare_directions``), each source
+starting with its target-language tag.
+
 Cache layout (``data.cache_dir``, else ``$TRANSFORMER_CACHE_DIR``, else ``data/cache``)::
 
     vocab-<key>/   a Tokenizer folder; key: the corpus files' fingerprints, the vocabulary settings, the sample
+                   (and, for several directions, the directions and their tags)
     train-<key>/   src.bin tgt.bin (int32 ids, no specials), src_offsets.npy tgt_offsets.npy index.npy and
                    prepared.json; key: the fingerprints, the tokenizer's model bytes, lowercase, the length filters
+                   (and the ids put before each source: a target-language tag)
 
 A fingerprint is a file's resolved path, size, modification time and a hash of its ends (for the hub, the
 dataset's own fingerprint): an edited corpus gets a new cache, and deciding that reads at most 2 MiB a file.
@@ -41,7 +47,7 @@ import socket
 import time
 import zlib
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -50,7 +56,15 @@ import numpy as np
 
 from transformer.config import DataConfig
 from transformer.data.batching import ParallelDataset, flatten, length_filter
-from transformer.data.corpus import corpus_folder, find_split_file, iter_split, load_hub_dataset, role_path, split_name
+from transformer.data.corpus import (
+    corpus_folder,
+    direction_configs,
+    find_split_file,
+    iter_split,
+    load_hub_dataset,
+    role_path,
+    split_name,
+)
 from transformer.data.tokenizer import META_FILE, Tokenizer
 from transformer.errors import DataError, write_error
 from transformer.files import process_alive
@@ -112,11 +126,24 @@ def cache_root(cfg: DataConfig) -> Path:
 
 
 def corpus_fingerprint(cfg: DataConfig) -> dict[str, Any]:
-    """What identifies the training split's text: its files (path, size, mtime), or the hub dataset's fingerprint.
+    """What identifies the training split's text: its files (path, size, mtime), or the hub dataset's fingerprint;
+    for several directions, ``{"directions": {"en-de": that of en-de, ...}}``.
 
     Raises:
         DataError: a file is missing (the same message as reading it would give).
     """
+    if cfg.multilingual:
+        return {"directions": {name: _pair_fingerprint(one) for name, one in direction_configs(cfg)}}
+    return _pair_fingerprint(cfg)
+
+
+def direction_fingerprint(fingerprint: dict[str, Any], name: str) -> dict[str, Any]:
+    """The part of ``corpus_fingerprint`` that covers direction ``name`` (all of it for a bilingual run)."""
+    return fingerprint["directions"][name] if "directions" in fingerprint else fingerprint
+
+
+def _pair_fingerprint(cfg: DataConfig) -> dict[str, Any]:
+    """``corpus_fingerprint`` of one language pair."""
     split = split_name(cfg, "train")
     if cfg.source == "hub":
         dataset, _ = load_hub_dataset(cfg, split)
@@ -158,6 +185,8 @@ def vocab_key(cfg: DataConfig, fingerprint: dict[str, Any]) -> dict[str, Any]:
         "format": FORMAT_VERSION, "corpus": fingerprint, "lowercase": cfg.lowercase, "vocab_size": cfg.vocab_size,
         "model_type": cfg.spm_model_type, "joint": cfg.joint_vocab, "character_coverage": cfg.spm_character_coverage,
         "sample_size": cfg.vocab_sample_size, "sample_seed": SAMPLE_SEED,
+        # Only with several directions, so that a bilingual run keeps the keys (and the caches) it had.
+        **({"directions": cfg.directions, "tags": cfg.target_langs} if cfg.multilingual else {}),
     }
 
 
@@ -170,6 +199,8 @@ def pairs_key(cfg: DataConfig, fingerprint: dict[str, Any], tokenizer: Tokenizer
         "format": FORMAT_VERSION, "corpus": fingerprint, "lowercase": cfg.lowercase, "tokenizer": models.hexdigest(),
         "max_src_tokens": cfg.max_src_tokens, "max_tgt_tokens": cfg.max_tgt_tokens,
         "max_length_ratio": cfg.max_length_ratio,
+        # A multilingual source starts with its tag: tagged and untagged pairs of one corpus never share a folder.
+        **({"source_prefix": tokenizer.source_prefix} if tokenizer.source_prefix else {}),
     }
 
 
@@ -213,6 +244,64 @@ def sample_sentences(cfg: DataConfig) -> tuple[list[str], list[str]]:
     return src.items, tgt.items
 
 
+def sample_languages(cfg: DataConfig) -> list[tuple[str, list[str]]]:
+    """``(language, sentences)`` for each language text of a multilingual run's training split: at most
+    ``cfg.vocab_sample_size`` non-empty sentences of each, a seeded sample read as a stream.
+
+    A text that several directions read is sampled once (Multi30k's train.en serves en-de, de-en, en-fr, ...):
+    counted once per direction, English would outweigh every other language in the vocabulary.
+    """
+    reservoirs: dict[tuple[str, str], Reservoir] = {}
+    reads: list[tuple[DataConfig, list[Reservoir | None]]] = []  # each direction with a side not sampled yet
+    for _, one in direction_configs(cfg):
+        sides: list[Reservoir | None] = []
+        for lang in (one.src_lang, one.tgt_lang):
+            key = (lang, _text_source(one, lang))
+            if key in reservoirs:
+                sides.append(None)
+                continue
+            reservoirs[key] = Reservoir(cfg.vocab_sample_size, SAMPLE_SEED + len(reservoirs))
+            sides.append(reservoirs[key])
+        if any(side is not None for side in sides):
+            reads.append((one, sides))
+    for one, sides in reads:
+        for chunks in iter_split(one, "train"):
+            for reservoir, texts in zip(sides, chunks):
+                if reservoir is not None:
+                    for text in texts:
+                        if text:
+                            reservoir.add(text)
+    for (lang, where), reservoir in reservoirs.items():
+        logger.info("vocabulary sample: %d of %d %s sentences (%s)", len(reservoir.items), reservoir.seen, lang, where)
+    return [(lang, reservoir.items) for (lang, _), reservoir in reservoirs.items()]
+
+
+def _text_source(cfg: DataConfig, lang: str) -> str:
+    """Where language ``lang`` of the pair ``cfg`` is read from: its own file for the "folder" and "files" sources
+    (which other directions may read too), else the pair's dataset."""
+    split = split_name(cfg, "train")
+    if cfg.source == "folder":
+        return str(find_split_file(corpus_folder(cfg), split, lang).resolve())
+    if cfg.source == "files":
+        return str(role_path(cfg, "train", lang).resolve())
+    if cfg.source == "tsv":
+        return str(role_path(cfg, "train").resolve())
+    return f"{cfg.hub_name} {cfg.hub_config} {split} {sorted(cfg.hub_data_files.items())}"
+
+
+def _vocabulary_texts(cfg: DataConfig) -> tuple[list[str], list[str]]:
+    """What the vocabulary is trained on: the sample of each side, or of each language for several directions
+    (all passed as the source side: a multilingual vocabulary is joint)."""
+    if not cfg.multilingual:
+        return sample_sentences(cfg)
+    return [text for _, texts in sample_languages(cfg) for text in texts], []
+
+
+def _tags(cfg: DataConfig) -> list[str]:
+    """The target-language tags the vocabulary reserves: one per target language of a multilingual run."""
+    return cfg.target_langs if cfg.multilingual else []
+
+
 def prepare_vocabulary(cfg: DataConfig, fingerprint: dict[str, Any] | None = None) -> Tokenizer:
     """The cached vocabulary of this corpus and these settings; trained on a sample (and cached) if missing.
 
@@ -226,11 +315,11 @@ def prepare_vocabulary(cfg: DataConfig, fingerprint: dict[str, Any] | None = Non
         logger.info("reusing the vocabulary in %s", final)
         return Tokenizer.load(final)
     start = time.perf_counter()
-    src, tgt = sample_sentences(cfg)
+    src, tgt = _vocabulary_texts(cfg)
     with _building(final) as tmp:
         Tokenizer.train(
             src, tgt, tmp, vocab_size=cfg.vocab_size, model_type=cfg.spm_model_type, joint=cfg.joint_vocab,
-            character_coverage=cfg.spm_character_coverage,
+            character_coverage=cfg.spm_character_coverage, tags=_tags(cfg),
         )
         _write_json(tmp / "key.json", key)
     logger.info("vocabulary ready in %s (%.1fs)", final, time.perf_counter() - start)
@@ -248,7 +337,7 @@ def tokenizer_for_run(cfg: DataConfig, run_tokenizer_dir: Path, fingerprint: dic
     if (run_tokenizer_dir / META_FILE).is_file():  # a resumed run keeps its vocabulary, whatever the cache holds
         return Tokenizer.load_or_train(
             run_tokenizer_dir, [], [], vocab_size=cfg.vocab_size, model_type=cfg.spm_model_type,
-            joint=cfg.joint_vocab, character_coverage=cfg.spm_character_coverage,
+            joint=cfg.joint_vocab, character_coverage=cfg.spm_character_coverage, tags=_tags(cfg),
         )
     tokenizer = prepare_vocabulary(cfg, fingerprint)
     tokenizer.save(run_tokenizer_dir)
@@ -319,14 +408,48 @@ def prepare_pairs(
     return PreparedPairs(final, info)
 
 
+def prepare_directions(
+    cfg: DataConfig, tokenizer: Tokenizer, fingerprint: dict[str, Any] | None = None, *, full_check: bool = False
+) -> dict[str, PreparedPairs]:
+    """``prepare_pairs`` of each direction of the run (``direction_configs``), keyed ``"en-de"``: one for a
+    bilingual run; with several, each direction's sources start with the tag of its target language.
+
+    Raises:
+        See ``prepare_pairs``.
+    """
+    fingerprint = fingerprint or corpus_fingerprint(cfg)
+    return {
+        name: prepare_pairs(one, tokenizer.for_target(one.tgt_lang), direction_fingerprint(fingerprint, name),
+                            full_check=full_check)
+        for name, one in direction_configs(cfg)
+    }
+
+
+def find_prepared_directions(cfg: DataConfig, tokenizer: Tokenizer) -> dict[str, PreparedPairs] | None:
+    """``find_prepared_pairs`` of each direction (as ``prepare_directions`` keys them), or None if one is missing.
+
+    Raises:
+        DamagedCacheError: see ``find_prepared_pairs``.
+    """
+    found = {}
+    for name, one in direction_configs(cfg):
+        prepared = find_prepared_pairs(one, tokenizer.for_target(one.tgt_lang))
+        if prepared is None:
+            return None
+        found[name] = prepared
+    return found
+
+
 def encode_chunk(
-    tokenizer_state: dict[str, Any], cfg: DataConfig, src: list[str], tgt: list[str]
+    tokenizer_state: dict[str, Any], cfg: DataConfig, src: list[str], tgt: list[str], source_prefix: Sequence[int] = ()
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
     """Encode and filter one chunk: (src ids, src lengths, tgt ids, tgt lengths, kept positions, drop counts).
 
-    A plain function of plain values, so that worker processes can run it.
+    A plain function of plain values, so that worker processes can run it. ``source_prefix``: the tokenizer's
+    (a target-language tag), which its state does not carry.
     """
     tokenizer = Tokenizer.from_state(tokenizer_state)
+    tokenizer.source_prefix = list(source_prefix)
     src_ids, tgt_ids = tokenizer.encode_src(src), tokenizer.encode_tgt(tgt)
     src_len = np.fromiter(map(len, src_ids), dtype=np.int64, count=len(src_ids))
     tgt_len = np.fromiter(map(len, tgt_ids), dtype=np.int64, count=len(tgt_ids))
@@ -345,6 +468,7 @@ def encode_chunk(
 def _encode_to(folder: Path, cfg: DataConfig, tokenizer: Tokenizer, workers: int) -> dict[str, Any]:
     """Stream the training split through ``encode_chunk`` into the files of ``folder``; returns the counts."""
     state = tokenizer.to_state()
+    prefix = list(tokenizer.source_prefix)
     src_lengths: list[np.ndarray] = []
     tgt_lengths: list[np.ndarray] = []
     kept: list[np.ndarray] = []
@@ -355,7 +479,8 @@ def _encode_to(folder: Path, cfg: DataConfig, tokenizer: Tokenizer, workers: int
     chunks = iter_split(cfg, "train", chunk_size=CHUNK_PAIRS)
     try:
         with open(folder / "src.bin", "wb") as src_out, open(folder / "tgt.bin", "wb") as tgt_out:
-            for offset, (src_ids, src_len, tgt_ids, tgt_len, keep, counts) in _in_order(state, cfg, chunks, workers):
+            results = _in_order(state, prefix, cfg, chunks, workers)
+            for offset, (src_ids, src_len, tgt_ids, tgt_len, keep, counts) in results:
                 for side, ids, out in (("src", src_ids, src_out), ("tgt", tgt_ids, tgt_out)):
                     data = ids.astype(np.int32, copy=False).tobytes()
                     out.write(data)
@@ -393,7 +518,8 @@ def _encode_to(folder: Path, cfg: DataConfig, tokenizer: Tokenizer, workers: int
 
 
 def _in_order(
-    state: dict[str, Any], cfg: DataConfig, chunks: Iterator[tuple[list[str], list[str]]], workers: int
+    state: dict[str, Any], prefix: list[int], cfg: DataConfig, chunks: Iterator[tuple[list[str], list[str]]],
+    workers: int,
 ) -> Iterator[tuple[int, tuple]]:
     """``(line offset, encode_chunk(...) with counts["lines"])`` for each chunk, in corpus order.
 
@@ -402,14 +528,14 @@ def _in_order(
     offset = 0
     if workers == 1:
         for src, tgt in chunks:
-            *arrays, counts = encode_chunk(state, cfg, src, tgt)
+            *arrays, counts = encode_chunk(state, cfg, src, tgt, prefix)
             yield offset, (*arrays, dict(counts, lines=len(src)))
             offset += len(src)
         return
     pending: deque[tuple[int, int, Future]] = deque()
     with ProcessPoolExecutor(max_workers=workers) as pool:
         for src, tgt in chunks:
-            pending.append((offset, len(src), pool.submit(encode_chunk, state, cfg, src, tgt)))
+            pending.append((offset, len(src), pool.submit(encode_chunk, state, cfg, src, tgt, prefix)))
             offset += len(src)
             while len(pending) >= 2 * workers:
                 yield _result(pending.popleft())

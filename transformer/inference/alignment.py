@@ -43,6 +43,8 @@ class SentenceAttention:
         tgt_pieces: the T target pieces the decoder predicts, EOS last: the rows of cross-attention.
         decoder_input: the T decoder inputs, BOS ("<s>") first: rows and keys of decoder self-attention.
         encoder: (L_enc, H, S, S); decoder: (L_dec, H, T, T); cross: (L_dec, H, T, S).
+        src_prefix: the leading source pieces that are not words of the text: 1 for a multilingual model's
+            target-language tag ("<2de>"), else 0.
     """
 
     src_pieces: list[str]
@@ -51,6 +53,7 @@ class SentenceAttention:
     encoder: torch.Tensor
     decoder: torch.Tensor
     cross: torch.Tensor
+    src_prefix: int = 0
 
 
 @torch.no_grad()
@@ -66,6 +69,7 @@ def forced_attention(
     """Attention of each (source, target) pair in one teacher-forced pass per batch.
 
     Args:
+        tokenizer: the vocabulary that encoded ``src_ids`` (with the target's tag of a multilingual model).
         src_ids: source ids, each ending with EOS (as ``encode_sources`` gives them).
         tgt_ids: target pieces without BOS/EOS (a ``Hypothesis.tokens``, or an encoded reference).
 
@@ -93,6 +97,7 @@ def forced_attention(
                         encoder=stacked[0][b, :, :, :s, :s],
                         decoder=stacked[1][b, :, :, :t, :t],
                         cross=stacked[2][b, :, :, :t, :s],
+                        src_prefix=len(tokenizer.source_prefix),
                     )
                 )
     finally:
@@ -152,9 +157,11 @@ def word_alignment(cross: torch.Tensor, src_pieces: Sequence[str], tgt_pieces: S
 
 
 def sentence_alignment(attention: SentenceAttention, *, layer: int = ALIGNMENT_LAYER) -> list[tuple[int, int]]:
-    """Word links of one sentence pair from the head-averaged cross-attention of decoder ``layer`` (1-based)."""
+    """Word links of one sentence pair from the head-averaged cross-attention of decoder ``layer`` (1-based); the
+    source words are those of the text, after the tag of a multilingual model."""
     cross = attention.cross[layer_index(layer, attention.cross.size(0))].mean(dim=0)  # (T, S)
-    return word_alignment(cross[:-1, :-1], attention.src_pieces[:-1], attention.tgt_pieces[:-1])
+    p = attention.src_prefix
+    return word_alignment(cross[:-1, p:-1], attention.src_pieces[p:-1], attention.tgt_pieces[:-1])
 
 
 def format_alignment(pairs: Sequence[tuple[int, int]]) -> str:

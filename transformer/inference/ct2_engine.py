@@ -28,6 +28,7 @@ and of ``translator`` (blank texts, truncation, input order):
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -128,6 +129,16 @@ class CTranslate2Translator:
         self._tgt_ids = {piece: i for i, piece in enumerate(self._tgt_pieces)}
         self._eos = self._tgt_pieces[EOS_ID]
         self._never = [[self._tgt_pieces[PAD_ID]], [self._tgt_pieces[BOS_ID]]]  # as our searches: never generated
+
+    def for_target(self, lang: str) -> CTranslate2Translator:
+        """This translator decoding into ``lang``: the same CTranslate2 model, sources tagged (``Tokenizer.for_target``:
+        CTranslate2 reads the tag as the piece ``<2xx>`` of its vocabulary); a bilingual model's translator is this
+        one."""
+        if not self.tokenizer.tags:
+            return self
+        view = copy.copy(self)
+        view.tokenizer = self.tokenizer.for_target(lang)
+        return view
 
     def translate(
         self,

@@ -18,7 +18,8 @@ What maps onto what:
   the Q/K/V projections are fused into its one (self) or two (cross) input projections; ReLU or GELU (erf);
   the LayerNorm epsilon is its ``layer_norm_epsilon``.
 - Vocabulary: the SentencePiece pieces; the source gets EOS appended (``add_source_eos``), the decoder starts
-  from BOS, as in ``transformer.decoding``.
+  from BOS, as in ``transformer.decoding``. A multilingual model's target-language tags (``<2de>``) are pieces
+  like the others: the export keeps every direction, chosen by the tag the translator puts first.
 
 Anything outside this is refused with the reason (``unsupported``), and every export is checked numerically
 before it is written: the token log-probabilities of forced translations of random token sequences must match

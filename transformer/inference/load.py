@@ -24,6 +24,9 @@ def load_translator(
 ) -> tuple[Translator, Config]:
     """The translator of one engine and the config whose ``decode`` and ``data`` settings apply.
 
+    A multilingual model's translator translates once a direction is chosen: ``translator_for(translator,
+    config.data, choose_direction(config.data, source_lang, target_lang))``.
+
     Args:
         engine: "torch" (``checkpoints``: one, or several decoding as an ensemble) or "ctranslate2"
             (``model_dir``: a folder written by ``transformer export``).

@@ -15,6 +15,7 @@ from transformer.data.tokenizer import Tokenizer
 from transformer.decoding.ensemble import Ensemble
 from transformer.decoding.search import Hypothesis, SearchModel, decode_batch
 from transformer.errors import CheckpointError
+from transformer.inference.direction import format_directions
 from transformer.inference.translator import encode_sources, nonblank
 from transformer.tokens import BOS_ID, EOS_ID
 
@@ -37,6 +38,13 @@ class TorchTranslator:
         self.tokenizer = tokenizer
         self.device = torch.device(device)
         self.use_cache = use_cache
+
+    def for_target(self, lang: str) -> TorchTranslator:
+        """This translator decoding into ``lang``: the same model, sources tagged (``Tokenizer.for_target``); a
+        bilingual model's translator is this one."""
+        if not self.tokenizer.tags:
+            return self
+        return TorchTranslator(self.model, self.tokenizer.for_target(lang), device=self.device, use_cache=self.use_cache)
 
     @torch.no_grad()
     def translate(
@@ -92,23 +100,30 @@ def load_torch_translator(
 ) -> tuple[TorchTranslator, Config]:
     """A translator of one checkpoint, or of several decoding as an ``Ensemble``, and the first one's config.
 
-    The first checkpoint's vocabulary and config (its decoding and data settings) apply to all.
+    The first checkpoint's vocabulary and config (its decoding and data settings) apply to all. The translator
+    of a multilingual model is that of no direction yet: see ``direction.translator_for``.
 
     Raises:
-        CheckpointError: no checkpoint, an unreadable one, or checkpoints whose vocabularies differ.
+        CheckpointError: no checkpoint, an unreadable one, or checkpoints whose vocabularies or translation
+            directions differ.
     """
     if not checkpoints:
         raise CheckpointError("no checkpoints given")
     model, tokenizer, config = load_for_inference(checkpoints[0], device)
     if len(checkpoints) == 1:
         return TorchTranslator(model, tokenizer, device=device), config
-    models, pieces = [model], tokenizer.pieces()
+    models, pieces, directions = [model], tokenizer.pieces(), config.data.direction_pairs
     for path in checkpoints[1:]:
-        other, other_tokenizer, _ = load_for_inference(path, device)
+        other, other_tokenizer, other_config = load_for_inference(path, device)
         if other_tokenizer.pieces() != pieces:
             raise CheckpointError(
                 f"{path} has another vocabulary than {checkpoints[0]}: an ensemble needs models trained on one "
                 "vocabulary"
+            )
+        if set(other_config.data.direction_pairs) != set(directions):  # the tags are pieces: equal already
+            raise CheckpointError(
+                f"{path} translates {format_directions(other_config.data.direction_pairs)}, {checkpoints[0]} "
+                f"{format_directions(directions)}: an ensemble needs models of the same directions"
             )
         models.append(other)
     try:

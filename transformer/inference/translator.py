@@ -6,7 +6,10 @@ PyTorch model or an ensemble of them (``torch_engine.TorchTranslator``) and a CT
 
 - a blank text is not decoded: it gets an empty n-best list (and an empty translation);
 - a source is its SentencePiece pieces + EOS, cut to ``max_src_tokens`` ids (EOS kept), with one warning;
-- results come back in the order of the input, whatever order the engine decodes in.
+- results come back in the order of the input, whatever order the engine decodes in;
+- a multilingual model's translator decodes one direction (``for_target``): its sources start with the target
+  language's tag. The engines refuse untagged sources of such a model rather than translate them into nothing
+  in particular.
 
 ``translate_texts`` (the best translation of each text, detokenized) and ``forced_log_probs`` (teacher-forced
 log-probabilities of given translations) work with either engine.
@@ -36,6 +39,11 @@ class Translator(Protocol):
 
     tokenizer: Tokenizer
 
+    def for_target(self, lang: str) -> Translator:
+        """This translator decoding into ``lang`` (``Tokenizer.for_target``), the model shared; a bilingual
+        model's translator is the same as this one."""
+        ...
+
     def translate(
         self,
         texts: Sequence[str],
@@ -56,14 +64,33 @@ class Translator(Protocol):
         ...
 
 
+def source_ids(tokenizer: Tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """``tokenizer.encode_src``, refused for a multilingual vocabulary that puts no tag first (decoding that
+    would translate into no language in particular).
+
+    Raises:
+        ValueError: a tagged vocabulary without a target language: use ``tokenizer.for_target(lang)``.
+    """
+    if tokenizer.tags and not tokenizer.source_prefix:
+        raise ValueError(
+            f"a multilingual model (target-language tags {', '.join(tokenizer.tags)}) translates into one language "
+            "at a time: decode with translator.for_target(lang) (Tokenizer.for_target)"
+        )
+    return tokenizer.encode_src(list(texts))
+
+
 def encode_sources(
     tokenizer: Tokenizer, texts: Sequence[str], *, max_src_tokens: int | None, warn: bool = True
 ) -> list[list[int]]:
     """Source ids (pieces + EOS) of each text; one longer than ``max_src_tokens`` is cut, keeping its EOS.
 
-    ``warn=False`` for a second pass over texts that were already decoded (and warned about) once.
+    ``warn=False`` for a second pass over texts that were already decoded (and warned about) once. The ids
+    start with the target-language tag of a multilingual tokenizer, which is kept when a source is cut.
+
+    Raises:
+        ValueError: ``tokenizer`` is a multilingual one without a target language (see ``source_ids``).
     """
-    ids = [pieces + [EOS_ID] for pieces in tokenizer.encode_src(list(texts))]
+    ids = [pieces + [EOS_ID] for pieces in source_ids(tokenizer, texts)]
     if max_src_tokens is None:
         return ids
     too_long = sum(len(x) > max_src_tokens for x in ids)
@@ -111,9 +138,9 @@ def forced_log_probs(translator: Translator, sources: Sequence[str], targets: Se
     Teacher forcing, as in training: no search and no decoding rule, so both engines agree to float precision.
 
     Raises:
-        ValueError: the two lists differ in length.
+        ValueError: the two lists differ in length, or see ``source_ids``.
     """
     if len(sources) != len(targets):
         raise ValueError(f"{len(sources)} sources but {len(targets)} targets")
     tokenizer = translator.tokenizer
-    return translator.forced_log_probs(tokenizer.encode_src(list(sources)), tokenizer.encode_tgt(list(targets)))
+    return translator.forced_log_probs(source_ids(tokenizer, sources), tokenizer.encode_tgt(list(targets)))

@@ -1,13 +1,17 @@
 """The shapes of the three APIs the service speaks: what each request holds and what each answer looks like.
 
 - LibreTranslate (``POST /translate``, ``GET /languages``): ``q`` a string or a list of strings, ``source``
-  (or "auto": the model's source language), ``target``, ``format`` "text", ``alternatives`` (n-best beyond the
-  first; as many as the beam finds, at most ``beam_size - 1``); the answer ``{"translatedText": ...}`` plus
-  ``"alternatives"`` when asked for (a list per text for a list ``q``) and ``"detectedLanguage"`` for "auto",
-  as LibreTranslate answers. Alternatives are distinct texts, without the translation itself.
+  (or "auto": the source of the one direction into ``target``), ``target``, ``format`` "text", ``alternatives``
+  (n-best beyond the first; as many as the beam finds, at most ``beam_size - 1``); the answer
+  ``{"translatedText": ...}`` plus ``"alternatives"`` when asked for (a list per text for a list ``q``) and
+  ``"detectedLanguage"`` for "auto", as LibreTranslate answers. Alternatives are distinct texts, without the
+  translation itself. ``source`` and ``target`` choose one of the model's directions (``choose_direction``, the
+  rule of ``transformer translate``); ``/languages`` lists them, each source with its targets.
 - OpenNMT-py (``POST /translator/translate``): ``[{"src": text, "id": model id}, ...]`` in, ``[[{"src", "tgt",
-  "n_best": 1, "pred_score"}, ...]]`` out (one inner list per n-best rank, as OpenNMT-py's server answers).
-- Ours (``POST /attention``): ``{"q", "alternatives", "layer"}``; see ``attention_answer``.
+  "n_best": 1, "pred_score"}, ...]]`` out (one inner list per n-best rank, as OpenNMT-py's server answers). Its
+  API names no language: a multilingual model translates its first direction there.
+- Ours (``POST /attention``): ``{"q", "alternatives", "layer", "source", "target"}`` (the languages as for
+  LibreTranslate, needed by a multilingual model only); see ``attention_answer``.
 
 A text is translated line by line (each line a sentence, as ``transformer translate`` reads stdin) and the
 lines are joined with "\\n"; only a one-line text has alternatives. A blank text or line stays blank.
@@ -20,9 +24,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from transformer.config import DataConfig
 from transformer.data.tokenizer import Tokenizer
 from transformer.decoding.search import Hypothesis
 from transformer.inference.alignment import SentenceAttention
+from transformer.inference.direction import DirectionError, choose_direction
 from transformer.serving.bodies import bad_request, utf8_text
 
 # English names of common ISO 639-1 codes, for /languages; another code is named by itself.
@@ -43,12 +49,26 @@ def split_lines(text: str) -> list[str]:
     return [line.removesuffix("\r") for line in text.split("\n")]
 
 
-def languages(src_lang: str, tgt_lang: str) -> list[dict[str, Any]]:
-    """LibreTranslate's ``/languages``: every language of the model with the languages it translates into."""
-    listed = [{"code": src_lang, "name": LANGUAGE_NAMES.get(src_lang, src_lang), "targets": [tgt_lang]}]
-    if tgt_lang != src_lang:
-        listed.append({"code": tgt_lang, "name": LANGUAGE_NAMES.get(tgt_lang, tgt_lang), "targets": []})
-    return listed
+def languages(directions: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+    """LibreTranslate's ``/languages``: every language of the model's directions (in their order) with the
+    languages it translates into ([] for a language that is only a target)."""
+    codes = dict.fromkeys(lang for pair in directions for lang in pair)
+    return [
+        {"code": code, "name": LANGUAGE_NAMES.get(code, code), "targets": [t for s, t in directions if s == code]}
+        for code in codes
+    ]
+
+
+def request_direction(data: DataConfig, source: str | None, target: str | None) -> tuple[str, str]:
+    """The direction the fields ``source`` ("auto" or None: not given) and ``target`` choose.
+
+    Raises:
+        RequestError: 400, naming the field and listing the model's directions.
+    """
+    try:
+        return choose_direction(data, None if source == "auto" else source, target, names=("source", "target"))
+    except DirectionError as err:
+        raise bad_request(f"Invalid request: {err}") from None
 
 
 def count(value: Any, field: str, *, default: int = 0) -> int:
@@ -70,9 +90,10 @@ class LibreRequest:
     is_list: bool  # q was a list: the answer has lists
     alternatives: int
     auto: bool  # source "auto"
+    direction: tuple[str, str]  # (source, target), one of the model's
 
 
-def parse_libretranslate(fields: dict[str, Any], src_lang: str, tgt_lang: str) -> LibreRequest:
+def parse_libretranslate(fields: dict[str, Any], data: DataConfig) -> LibreRequest:
     """The request of ``POST /translate`` (its fields from ``bodies.read_fields``).
 
     Raises:
@@ -85,15 +106,12 @@ def parse_libretranslate(fields: dict[str, Any], src_lang: str, tgt_lang: str) -
     is_list = isinstance(q, list)
     texts = [utf8_text(t, f"q[{i}]") for i, t in enumerate(q)] if is_list else [utf8_text(q, "q")]
     source, target = utf8_text(fields["source"], "source"), utf8_text(fields["target"], "target")
-    direction = f"this model translates {src_lang} to {tgt_lang}"
-    if source not in (src_lang, "auto"):
-        raise bad_request(f"Invalid request: source {source!r} is not supported: {direction}")
-    if target != tgt_lang:
-        raise bad_request(f"Invalid request: target {target!r} is not supported: {direction}")
+    direction = request_direction(data, source, target)
     text_format = fields.get("format") or "text"
     if text_format != "text":
         raise bad_request(f"Invalid request: format {text_format!r} is not supported: only 'text'")
-    return LibreRequest(texts, is_list, count(fields.get("alternatives"), "alternatives"), source == "auto")
+    alternatives = count(fields.get("alternatives"), "alternatives")
+    return LibreRequest(texts, is_list, alternatives, source == "auto", direction)
 
 
 def join_best(tokenizer: Tokenizer, lines: TextHypotheses) -> str:
@@ -112,13 +130,11 @@ def alternatives_of(tokenizer: Tokenizer, lines: TextHypotheses, best: str) -> l
     return found
 
 
-def libretranslate_answer(
-    tokenizer: Tokenizer, request: LibreRequest, results: Sequence[TextHypotheses], src_lang: str
-) -> dict[str, Any]:
+def libretranslate_answer(tokenizer: Tokenizer, request: LibreRequest, results: Sequence[TextHypotheses]) -> dict[str, Any]:
     """``{"translatedText", ["alternatives"], ["detectedLanguage"]}`` with a string or a list, as ``q`` was."""
     texts = [join_best(tokenizer, lines) for lines in results]
     alternatives = [alternatives_of(tokenizer, lines, best) for lines, best in zip(results, texts)]
-    detected = {"confidence": 100.0, "language": src_lang}  # "auto": the model reads one language
+    detected = {"confidence": 100.0, "language": request.direction[0]}  # "auto": the direction's one source
     answer: dict[str, Any] = {"translatedText": texts if request.is_list else texts[0]}
     if request.auto:
         answer["detectedLanguage"] = [detected] * len(texts) if request.is_list else detected
@@ -169,13 +185,15 @@ class AttentionRequest:
     q: str
     alternatives: int
     layer: int | None  # 1-based decoder layer; None: the last
+    direction: tuple[str, str]  # (source, target), one of the model's
 
 
-def parse_attention(payload: Any) -> AttentionRequest:
-    """``{"q": one sentence, "alternatives": 0..N, "layer": 1-based decoder layer or null}``.
+def parse_attention(payload: Any, data: DataConfig) -> AttentionRequest:
+    """``{"q": one sentence, "alternatives": 0..N, "layer": 1-based decoder layer or null, "source", "target"}``;
+    the languages may be left out for a bilingual model.
 
     Raises:
-        RequestError: 400, a missing or invalid field.
+        RequestError: 400, a missing or invalid field, or a direction the model does not translate.
     """
     if not isinstance(payload, dict):
         raise bad_request("Invalid request: the body must be a JSON object with q")
@@ -189,21 +207,25 @@ def parse_attention(payload: Any) -> AttentionRequest:
     layer = payload.get("layer")
     if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int)):
         raise bad_request("Invalid request: layer must be a whole number (1 = the first decoder layer)")
-    return AttentionRequest(q.rstrip("\r\n"), count(payload.get("alternatives"), "alternatives"), layer)
+    source, target = (None if payload.get(k) is None else utf8_text(payload[k], k) for k in ("source", "target"))
+    direction = request_direction(data, source, target)
+    return AttentionRequest(q.rstrip("\r\n"), count(payload.get("alternatives"), "alternatives"), layer, direction)
 
 
 def attention_answer(
     tokenizer: Tokenizer, nbest: Sequence[Hypothesis], attention: SentenceAttention, alignment: list[tuple[int, int]]
 ) -> dict[str, Any]:
     """The answer of ``/attention``: the translation, the n-best list (text, score), the pieces of both sides
-    (EOS last), the cross-attention of the best translation (layers x heads x target x source) and its word
-    alignment ([source word, target word] pairs)."""
+    (EOS last; a multilingual model's source starts with the target-language tag, ``source_prefix`` pieces that
+    are no words of the text), the cross-attention of the best translation (layers x heads x target x source)
+    and its word alignment ([source word, target word] pairs, the words of the text)."""
     texts = tokenizer.decode_tgt([h.tokens for h in nbest])
     layers, heads = attention.cross.shape[:2]
     return {
         "translation": texts[0],
         "nbest": [{"text": text, "score": hyp.score} for text, hyp in zip(texts, nbest)],
         "source_tokens": attention.src_pieces,
+        "source_prefix": attention.src_prefix,
         "target_tokens": attention.tgt_pieces,
         "cross": attention.cross.tolist(),
         "alignment": [[i, j] for i, j in alignment],

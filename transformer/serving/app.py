@@ -1,7 +1,8 @@
 """The FastAPI app of ``transformer serve``: its routes, its error answers, and the model loading at start-up.
 
-Routes: ``POST /translate`` and ``GET /languages`` (LibreTranslate's API), ``POST /translator/translate``
-(OpenNMT-py's), ``POST /attention`` (ours, for the web page), ``GET /health`` (200 once the model is loaded,
+Routes: ``POST /translate`` and ``GET /languages`` (LibreTranslate's API; a multilingual model's direction is
+chosen by ``source`` and ``target``), ``POST /translator/translate`` (OpenNMT-py's: the model's first direction),
+``POST /attention`` (ours, for the web page), ``GET /health`` (200 once the model is loaded,
 503 before and while stopping), ``GET /metrics`` (Prometheus), ``GET /`` (the page, ``static/index.html``) and
 ``GET /static/...`` (its files). The shapes are in ``api``; the work is done by ``service.Service``.
 
@@ -25,6 +26,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
+from transformer.config import DataConfig
 from transformer.serving.api import (
     attention_answer,
     languages,
@@ -117,38 +119,38 @@ def add_translation_routes(app: FastAPI, service: Service) -> None:
     """LibreTranslate's /translate and /languages, OpenNMT-py's /translator/translate, and /attention."""
     body_limit = service.settings.body_limit()
 
-    def direction() -> tuple[str, str]:
+    def data() -> DataConfig:
         service.admit()
         assert service.config is not None
-        return service.config.data.src_lang, service.config.data.tgt_lang
+        return service.config.data
 
     @app.post("/translate")
     async def translate(request: Request) -> JSONResponse:
-        src_lang, tgt_lang = direction()
+        model_data = data()
         body = await read_body(request, body_limit)
         fields = read_fields(body, request.headers.get("content-type", ""), request.scope.get("query_string", b""))
-        parsed = parse_libretranslate(fields, src_lang, tgt_lang)
+        parsed = parse_libretranslate(fields, model_data)
         service.check_limits(parsed.texts, "q", is_list=parsed.is_list)
         n_best = min(1 + parsed.alternatives, service.max_n_best())  # as many alternatives as the beam has
-        results = await service.translate(parsed.texts, n_best)
-        return JSONResponse(libretranslate_answer(service.translator.tokenizer, parsed, results, src_lang))
+        results = await service.translate(parsed.texts, n_best, parsed.direction)
+        return JSONResponse(libretranslate_answer(service.translator.tokenizer, parsed, results))
 
     @app.get("/languages")
     async def list_languages() -> JSONResponse:
-        return JSONResponse(languages(*direction()))
+        return JSONResponse(languages(data().direction_pairs))
 
     @app.post("/translator/translate")
     async def opennmt(request: Request) -> JSONResponse:
         service.admit()
         texts = parse_opennmt(read_json(await read_body(request, body_limit)))
         service.check_limits(texts, "src")
-        results = await service.translate(texts, 1)
+        results = await service.translate(texts, 1, service.first_direction())  # the API names no language
         return JSONResponse(opennmt_answer(service.translator.tokenizer, texts, results))
 
     @app.post("/attention")
     async def attention(request: Request) -> JSONResponse:
-        service.admit()
-        parsed = parse_attention(read_json(await read_body(request, body_limit)))
+        model_data = data()
+        parsed = parse_attention(read_json(await read_body(request, body_limit)), model_data)
         nbest, found, alignment = await service.attention(parsed)
         return JSONResponse(attention_answer(service.translator.tokenizer, nbest, found, alignment))
 

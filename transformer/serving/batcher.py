@@ -1,11 +1,13 @@
 """Dynamic batching: sentences of concurrent requests queue up and one worker thread decodes them together.
 
 A request puts its sentences in one FIFO queue and awaits a future; the worker thread takes the oldest
-sentence and the sentences after it that share its n-best setting, up to ``max_sentences`` sentences and
+sentence and the sentences after it that share its setting, up to ``max_sentences`` sentences and
 ``max_tokens`` source tokens, and decodes them in one call. A batch closes when a budget is reached or when
 its oldest sentence has waited ``max_wait_ms``; ``max_sentences=1`` turns batching off. Sentences of another
-n-best setting stay queued for a batch of their own (CTranslate2 searches differently with another number of
-hypotheses), so a sentence's hypotheses depend only on its own text and setting.
+setting stay queued for a batch of their own, so a sentence's hypotheses depend only on its own text and
+setting. The setting is whatever the decoder takes besides the sentences, compared with ``==``: the service's
+is the n-best count (CTranslate2 searches differently with another number of hypotheses) and the target
+language (a batch of a multilingual model is of one direction).
 
 Decoding runs in the worker thread, never on the event loop; results go back to the loop with
 ``call_soon_threadsafe``. A batch that raises fails the requests it holds sentences of, and the worker goes
@@ -20,15 +22,15 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 
 from transformer.decoding.search import Hypothesis
 
 logger = logging.getLogger(__name__)
 
-# decode(sentences, n_best) -> the n-best hypotheses of each sentence, in order
-DecodeFn = Callable[[list[str], int], list[list[Hypothesis]]]
+# decode(sentences, setting) -> the n-best hypotheses of each sentence, in order
+DecodeFn = Callable[[list[str], Hashable], list[list[Hypothesis]]]
 
 
 class QueueFull(Exception):
@@ -98,7 +100,7 @@ class _Sentence:
     index: int
     text: str
     tokens: int
-    n_best: int
+    setting: Hashable
     arrived: float = field(default_factory=time.monotonic)
 
 
@@ -106,7 +108,7 @@ class Batcher:
     """The queue and its worker thread (see the module docstring).
 
     Args:
-        decode: decodes a batch: ``decode(sentences, n_best)`` -> n-best hypotheses per sentence.
+        decode: decodes a batch of one setting: ``decode(sentences, setting)`` -> n-best hypotheses per sentence.
         limits: the batch budgets and the queue bound.
         on_batch: called after each decoded batch with (sentences, tokens, seconds); for metrics.
         on_queue: called with the queue length whenever it changes; for metrics.
@@ -139,8 +141,10 @@ class Batcher:
         """Sentences waiting (not yet taken into a batch)."""
         return len(self._queue)
 
-    async def translate(self, sentences: Sequence[str], tokens: Sequence[int], n_best: int) -> list[list[Hypothesis]]:
-        """The ``n_best`` hypotheses of each sentence, decoded with those of other requests.
+    async def translate(
+        self, sentences: Sequence[str], tokens: Sequence[int], setting: Hashable
+    ) -> list[list[Hypothesis]]:
+        """The hypotheses of each sentence, decoded with those of other requests of the same ``setting``.
 
         Args:
             sentences: non-blank source sentences.
@@ -159,7 +163,7 @@ class Batcher:
                 raise Stopped("the server is stopping")
             if self._queue and len(self._queue) + len(sentences) > self.limits.max_queue:
                 raise QueueFull(f"{len(self._queue)} sentences are waiting (--max-queue {self.limits.max_queue})")
-            self._queue.extend(_Sentence(job, i, s, n, n_best) for i, (s, n) in enumerate(zip(sentences, tokens)))
+            self._queue.extend(_Sentence(job, i, s, n, setting) for i, (s, n) in enumerate(zip(sentences, tokens)))
             self._queue_changed()
             self._changed.notify()
         return await job.future
@@ -202,12 +206,12 @@ class Batcher:
                 self._changed.wait(wait)
 
     def _select(self) -> tuple[list[_Sentence], bool]:
-        """The oldest sentence and the next ones of its n-best setting within the budgets; whether it is full."""
-        n_best = self._queue[0].n_best
+        """The oldest sentence and the next ones of its setting within the budgets; whether it is full."""
+        setting = self._queue[0].setting
         batch: list[_Sentence] = []
         tokens = 0
         for sentence in self._queue:
-            if sentence.n_best != n_best:
+            if sentence.setting != setting:
                 continue
             if len(batch) == self.limits.max_sentences or (batch and tokens + sentence.tokens > self.limits.max_tokens):
                 return batch, True
@@ -228,7 +232,7 @@ class Batcher:
         start = time.perf_counter()
         try:
             with self.lock:
-                nbest = self.decode([s.text for s in batch], batch[0].n_best)
+                nbest = self.decode([s.text for s in batch], batch[0].setting)
             if len(nbest) != len(batch):
                 raise RuntimeError(f"the engine returned {len(nbest)} results for {len(batch)} sentences")
         except Exception as err:  # one bad batch must not stop the service

@@ -1,10 +1,12 @@
 """The model behind the routes: loading it, readiness, request limits, translation through the batcher, attention.
 
 Decoding settings are the model config's ``decode`` section with the command line's overrides, as for
-``transformer translate``; n-best is the only setting a request chooses. A translation is exactly what
-``transformer translate`` prints for the same text and settings: each sentence is decoded by the same
-``Translator.translate`` call with the same settings, and a sentence's hypotheses do not depend on the other
-sentences of its batch (the engines' rule; ``tests/serving`` checks it with concurrent clients).
+``transformer translate``; n-best and the direction are what a request chooses. A translation is exactly what
+``transformer translate`` prints for the same text, direction and settings: each sentence is decoded by the
+same ``Translator.translate`` call with the same settings (the translator of its direction, ``translator_for``),
+and a sentence's hypotheses do not depend on the other sentences of its batch (the engines' rule;
+``tests/serving`` checks it with concurrent clients). A batch holds sentences of one direction and one n-best
+count: the batcher's setting is the pair.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from transformer.inference.alignment import (
     layer_index,
     sentence_alignment,
 )
+from transformer.inference.direction import format_directions, translator_for
 from transformer.inference.torch_engine import TorchTranslator
 from transformer.inference.translator import Translator, encode_sources, nonblank
 from transformer.model.transformer import Transformer
@@ -82,6 +85,7 @@ class Service:
         self.status = "loading"
         self.error: str | None = None
         self.translator: Translator | None = None
+        self.translators: dict[str, Translator] = {}  # the translator of each target language
         self.config: Config | None = None
         self.decode: DecodeConfig | None = None
         self.batcher: Batcher | None = None
@@ -91,6 +95,8 @@ class Service:
     def load(self) -> None:
         """Load the model and start the batcher (blocking: the app runs it in a thread)."""
         translator, config = self._load()
+        pairs = config.data.direction_pairs
+        translators = {tgt: translator_for(translator, config.data, (src, tgt)) for src, tgt in pairs}
         decode = config.decode.updated(
             beam_size=self.settings.beam_size, length_penalty=self.settings.length_penalty,
             batch_size=self.settings.batch_size, n_best=1,
@@ -99,13 +105,13 @@ class Service:
             self._decode_batch, self.settings.limits, on_batch=self.metrics.observe_batch,
             on_queue=self.metrics.queue.set,
         )
-        self.translator, self.config, self.decode, self.batcher = translator, config, decode, batcher
+        self.translator, self.translators, self.config, self.decode = translator, translators, config, decode
+        self.batcher = batcher
         batcher.start()
         if self.status == "loading":
             self.status = "ready"
             self.metrics.ready.set(1)
-        data = config.data
-        logger.info("model loaded: %s -> %s, beam size %d", data.src_lang, data.tgt_lang, decode.beam_size)
+        logger.info("model loaded: %s, beam size %d", format_directions(pairs), decode.beam_size)
 
     async def start(self, on_error: Callable[[BaseException], None] | None = None) -> None:
         """``load`` in a thread; a failure is kept in ``error`` and given to ``on_error`` (the server then stops)."""
@@ -142,10 +148,12 @@ class Service:
 
     # ---- translating ---------------------------------------------------------------------------------------------
 
-    def _decode_batch(self, sentences: list[str], n_best: int) -> list[list[Hypothesis]]:
-        assert self.translator is not None and self.decode is not None
+    def _decode_batch(self, sentences: list[str], setting: tuple[int, str]) -> list[list[Hypothesis]]:
+        """One batch of one (n-best count, target language)."""
+        assert self.decode is not None
+        n_best, target = setting
         cfg = self.decode.updated(n_best=n_best)
-        return self.translator.translate(sentences, cfg, max_src_tokens=self.settings.max_src_tokens)
+        return self.translators[target].translate(sentences, cfg, max_src_tokens=self.settings.max_src_tokens)
 
     def check_limits(self, texts: Sequence[str], field: str, *, is_list: bool = True) -> None:
         """Raises RequestError (413) for more texts than ``batch_limit`` or a text longer than ``char_limit``."""
@@ -166,24 +174,31 @@ class Service:
         assert self.decode is not None
         return self.decode.beam_size
 
-    async def translate(self, texts: Sequence[str], n_best: int) -> list[TextHypotheses]:
-        """For each text, the ``n_best`` hypotheses of each of its lines ([] for a blank line).
+    def first_direction(self) -> tuple[str, str]:
+        """The model's first direction: what a request that names no language is translated in."""
+        assert self.config is not None
+        return self.config.data.direction_pairs[0]
+
+    async def translate(self, texts: Sequence[str], n_best: int, direction: tuple[str, str]) -> list[TextHypotheses]:
+        """For each text, the ``n_best`` hypotheses of each of its lines ([] for a blank line), in ``direction``
+        (one of the model's).
 
         Raises:
             RequestError: 503 (not ready, queue full, stopping), 504 (over ``timeout``), 500 (the batch failed).
         """
         self.admit()
-        assert self.translator is not None and self.batcher is not None
+        assert self.batcher is not None
+        translator = self.translators[direction[1]]
         lines = [split_lines(text) for text in texts]
         flat = [line for text_lines in lines for line in text_lines]
         todo = nonblank(flat)
         sentences = [flat[i] for i in todo]
-        ids = encode_sources(self.translator.tokenizer, sentences, max_src_tokens=self.settings.max_src_tokens,
+        ids = encode_sources(translator.tokenizer, sentences, max_src_tokens=self.settings.max_src_tokens,
                              warn=False) if sentences else []
         retry = {"Retry-After": str(self.settings.retry_after)}
         try:
             found = await asyncio.wait_for(
-                self.batcher.translate(sentences, [len(x) for x in ids], n_best), self.settings.timeout
+                self.batcher.translate(sentences, [len(x) for x in ids], (n_best, direction[1])), self.settings.timeout
             )
         except asyncio.TimeoutError:  # not the builtin one before Python 3.11
             took = f"the translation took longer than {self.settings.timeout:g} s (--timeout)"
@@ -208,15 +223,15 @@ class Service:
     async def attention(
         self, request: AttentionRequest
     ) -> tuple[list[Hypothesis], SentenceAttention, list[tuple[int, int]]]:
-        """The n-best list of one sentence (as ``translate`` decodes it), the attention of the best one and its
-        word alignment in decoder ``request.layer``.
+        """The n-best list of one sentence (as ``translate`` decodes it, in ``request.direction``), the attention of
+        the best one and its word alignment in decoder ``request.layer``.
 
         Raises:
             RequestError: 400 (not the torch engine, an ensemble, too many alternatives, no such layer), and
                 those of ``translate``.
         """
         self.admit()
-        translator = self.translator
+        translator = self.translators[request.direction[1]]
         if not isinstance(translator, TorchTranslator):
             raise bad_request(
                 "attention needs the torch engine: CTranslate2 gives no attention weights "
@@ -234,7 +249,7 @@ class Service:
         except ValueError as err:
             raise bad_request(f"Invalid request: layer: {err}") from None
         self.check_limits([request.q], "q", is_list=False)
-        [[nbest]] = await self.translate([request.q], 1 + request.alternatives)
+        [[nbest]] = await self.translate([request.q], 1 + request.alternatives, request.direction)
 
         def attend() -> SentenceAttention:
             limit = self.settings.max_src_tokens or model.config.max_positions

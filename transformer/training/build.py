@@ -25,10 +25,11 @@ from typing import Any
 
 import torch
 
-from transformer.config import Config
+from transformer.config import Config, DataConfig
 from transformer.data.batching import BatchIterator, ParallelDataset, SubwordSampler
-from transformer.data.corpus import load_split
-from transformer.data.prepare import corpus_fingerprint, find_prepared_pairs, prepare_pairs, tokenizer_for_run
+from transformer.data.corpus import direction_configs, load_split
+from transformer.data.mixing import MixedBatches, direction_seed
+from transformer.data.prepare import corpus_fingerprint, find_prepared_directions, prepare_directions, tokenizer_for_run
 from transformer.data.tokenizer import Tokenizer
 from transformer.errors import DataError, RunDirError, UserError
 from transformer.model.transformer import Transformer, count_parameters
@@ -45,7 +46,9 @@ def build_trainer(config: Config, context: DistributedContext) -> Trainer:
     """Prepare (or reuse) the vocabulary and the encoded training pairs, build the model and the batch iterators.
 
     Seeds ``torch`` and ``random`` with ``train.seed + rank`` first, so that one config gives one model.
-    ``config.model`` is updated in place with the vocabulary sizes, which is what checkpoints record.
+    ``config.model`` is updated in place with the vocabulary sizes, which is what checkpoints record. With several
+    ``data.directions``, each direction gets its own pairs (sources tagged with the target language), batches and
+    validation data, and the trainer mixes their batches (``MixedBatches``).
 
     Raises:
         ConfigError: train.precision is not available on the device (checked first).
@@ -55,7 +58,11 @@ def build_trainer(config: Config, context: DistributedContext) -> Trainer:
     torch.manual_seed(config.train.seed + context.rank)
     random.seed(config.train.seed + context.rank)
     d = config.data
-    valid_src, valid_tgt = load_split(d, "valid")  # small, and read first: a missing file is reported at once
+    directions = direction_configs(d)  # a bilingual run: its own config, its one direction
+    # Small, and read first: a missing file is reported at once.
+    valid_texts = {name: load_split(one, "valid") for name, one in directions}
+    # Subword sampling works per direction as for one: each direction's own text is segmented afresh at each of
+    # its own epochs (``_train_batches``); a tag is an id put before the pieces, so no sampling ever splits it.
     sampling = d.src_subword_sampling > 0 or d.tgt_subword_sampling > 0
     # Rank 0 finds (or makes) the vocabulary and the encoded training pairs in the data cache, and copies the
     # vocabulary into the run folder; the others wait, then map the same files: one copy in the page cache.
@@ -65,47 +72,69 @@ def build_trainer(config: Config, context: DistributedContext) -> Trainer:
         fingerprint = corpus_fingerprint(d)
         tokenizer = tokenizer_for_run(d, tokenizer_dir, fingerprint)
         if not sampling:
-            prepared = prepare_pairs(d, tokenizer, fingerprint)
+            prepared = prepare_directions(d, tokenizer, fingerprint)
     context.barrier()
     if not context.is_main:
         tokenizer = Tokenizer.load(tokenizer_dir)
         if context.is_local_main and not sampling:  # the first process of another machine: its own data cache
-            prepared = prepare_pairs(d, tokenizer)  # (on a cache shared with rank 0, it finds rank 0's files)
+            prepared = prepare_directions(d, tokenizer)  # (on a cache shared with rank 0, it finds rank 0's files)
     context.barrier()
     # The vocabulary decides the embedding sizes; the resolved sizes are what checkpoints record.
     config.model = dataclasses.replace(
         config.model, src_vocab_size=tokenizer.src_vocab_size, tgt_vocab_size=tokenizer.tgt_vocab_size
     )
-    if sampling:  # a fresh segmentation of the raw text every epoch: the sentences stay in memory
-        train_src, train_tgt = load_split(d, "train")
-        train_set = ParallelDataset.from_texts(train_src, train_tgt, tokenizer, d)
-    else:
-        prepared = prepared or find_prepared_pairs(d, tokenizer)
+    if not sampling:
+        prepared = prepared or find_prepared_directions(d, tokenizer)
         if prepared is None:  # a process whose machine's first process prepared nothing: only a bug gets here
             raise DataError(f"rank {context.rank}: no prepared training pairs in the data cache of this machine")
-        train_set = prepared.load()
-    valid_set = ParallelDataset.from_texts(valid_src, valid_tgt, tokenizer, d)
-    resample = None
-    if sampling:
-        resample = SubwordSampler(
-            train_set, tokenizer, d.src_subword_sampling, d.tgt_subword_sampling, seed=config.train.seed,
-            max_src_tokens=d.max_src_tokens, max_tgt_tokens=d.max_tgt_tokens,
-        )
-    train_batches = BatchIterator(
-        train_set,
-        d.max_tokens,
-        shuffle=True,
-        seed=config.train.seed,
-        rank=context.rank,
-        world_size=context.world_size,
-        pad_to_multiple=d.pad_to_multiple,
-        resample=resample,
-    )
-    valid_batches = BatchIterator(valid_set, d.max_tokens, shuffle=False, pad_to_multiple=d.pad_to_multiple)
+    train_batches: dict[str, BatchIterator] = {}
+    validation: dict[str, ValidationData] = {}
+    for index, (name, one) in enumerate(directions):
+        # A bilingual tokenizer is its own view; a multilingual one puts this direction's tag first.
+        view = tokenizer.for_target(one.tgt_lang)
+        # A bilingual run keeps train.seed; directions get seeds of their own (en-de and en-fr share en's text).
+        seed = direction_seed(config.train.seed, index) if d.multilingual else config.train.seed
+        train_set = prepared[name].load() if prepared is not None else None
+        train_batches[name] = _train_batches(config, context, one, view, train_set, seed)
+        valid_set = ParallelDataset.from_texts(*valid_texts[name], view, one)
+        valid_batches = BatchIterator(valid_set, d.max_tokens, shuffle=False, pad_to_multiple=d.pad_to_multiple)
+        validation[name] = ValidationData(valid_batches, *valid_texts[name])
     model = Transformer(config.model)
     logger.info("model: %s parameters", f"{count_parameters(model):,}")
-    validation = ValidationData(valid_batches, valid_src, valid_tgt)
-    return Trainer(config, model, tokenizer, train_batches, validation, context=context)
+    if not d.multilingual:
+        (name,) = train_batches
+        return Trainer(config, model, tokenizer, train_batches[name], validation[name], context=context)
+    mixed = MixedBatches(train_batches, temperature=d.direction_temperature, seed=config.train.seed)
+    logger.info("directions: %s", ", ".join(
+        f"{name} {n:,} pairs ({p:.0%} of the batches)" for (name, n), p in zip(mixed.pairs.items(), mixed.weights)
+    ))
+    return Trainer(config, model, tokenizer, mixed, validation, context=context)
+
+
+def _train_batches(
+    config: Config, context: DistributedContext, data: DataConfig, tokenizer: Tokenizer,
+    prepared: ParallelDataset | None, seed: int,
+) -> BatchIterator:
+    """The training batches of one direction: of its prepared pairs, or, with subword sampling, of its raw text
+    (in memory), segmented afresh every epoch by ``tokenizer`` (which puts a multilingual run's tag first)."""
+    resample = None
+    if prepared is None:
+        train_src, train_tgt = load_split(data, "train")
+        prepared = ParallelDataset.from_texts(train_src, train_tgt, tokenizer, data)
+        resample = SubwordSampler(
+            prepared, tokenizer, data.src_subword_sampling, data.tgt_subword_sampling, seed=seed,
+            max_src_tokens=data.max_src_tokens, max_tgt_tokens=data.max_tgt_tokens,
+        )
+    return BatchIterator(
+        prepared,
+        data.max_tokens,
+        shuffle=True,
+        seed=seed,
+        rank=context.rank,
+        world_size=context.world_size,
+        pad_to_multiple=data.pad_to_multiple,
+        resample=resample,
+    )
 
 
 class StartupInterrupted(KeyboardInterrupt):

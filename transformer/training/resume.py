@@ -18,6 +18,7 @@ import torch
 
 from transformer.checkpoint import load_checkpoint, load_model_state
 from transformer.config import Config, ConfigError
+from transformer.data.mixing import pair_counts
 from transformer.errors import ResumeError
 from transformer.training.checkpointing import complete_cut_off_writes
 from transformer.training.rng import set_rng_states
@@ -59,11 +60,12 @@ def resume_trainer(trainer: Trainer, path: str | Path | None = None) -> None:
     state = load_checkpoint(path, map_location=trainer.device)
     changes = changed_settings(state["config"], trainer.config, where=where)
     check_resume_settings(_world_change_allowed(changes, state, trainer, where=where), where=where)
-    pairs, now = state.get("train_pairs"), len(trainer.train_batches.dataset)
+    pairs, now = state.get("train_pairs"), pair_counts(trainer.train_batches)
     if pairs is not None and pairs != now:
         raise ResumeError(
-            f"cannot resume {path}: the training corpus has {now} pairs after filtering, the checkpoint's had "
-            f"{pairs}, so its data position means nothing now; use the corpus of the run, or start a new run"
+            f"cannot resume {path}: the training corpus has {_count(now)} pairs after filtering, the checkpoint's "
+            f"had {_count(pairs)}, so its data position means nothing now; use the corpus of the run, or start a "
+            "new run"
         )
     load_training_state(trainer, state, where=where)
     apply_lr_schedule(trainer.optimizer, trainer.scheduler, trainer.config.train.lr)
@@ -127,12 +129,18 @@ def data_position(state: dict[str, Any], world_size: int, *, where: str) -> dict
     the division is exact at every update boundary.
 
     Raises:
-        ResumeError: the position cannot be split evenly over ``world_size`` processes.
+        ResumeError: the position cannot be split evenly over ``world_size`` processes, or the run mixes several
+            directions (each rank's draws of a direction depend on the number of processes).
     """
     saved_world = state.get("world_size", 1)  # absent from checkpoints written before it was recorded
     position = dict(state["data"])
     if saved_world == world_size:
         return position
+    if "directions" in position:
+        raise ResumeError(
+            f"{where} was written by {saved_world} process(es) and mixes several data.directions, whose batches "
+            f"depend on the number of processes; resume it with {saved_world} process(es)"
+        )
     used = position["position"] * saved_world
     if used % world_size:
         raise ResumeError(
@@ -221,6 +229,11 @@ def check_resume_settings(changes: list[Change], *, where: str) -> None:
             "(model, vocabulary, batching, seed, optimizer): set them back to the checkpoint's values, or start a "
             "new run with another train.run_dir (or --overwrite)"
         )
+
+
+def _count(pairs: int | dict[str, int]) -> str:
+    """``520``, or ``en-de 520, de-en 520`` for several directions."""
+    return ", ".join(f"{name} {n}" for name, n in pairs.items()) if isinstance(pairs, dict) else str(pairs)
 
 
 def _normal(value: Any) -> Any:

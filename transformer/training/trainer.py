@@ -5,6 +5,10 @@ under autocast, backward, clip, step, schedule, faults); every ``log_every`` upd
 are read back from the device (the loop's one sync besides the update's finiteness check); validation and
 checkpoints come when due (``checkpointing``). SIGINT/SIGTERM finish the current update, save ``last.pt`` and
 stop; ``resume.resume_trainer`` continues a run.
+
+A run of several translation directions trains on ``MixedBatches`` and validates each direction on its own
+(``ValidationData`` per direction, the source tagged with the target language); its validation record holds the
+mean over the directions as ``loss``/``nll``/``ppl``/``bleu`` and each direction's as ``"en-de/loss"`` etc.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from transformer.config import Config
+from transformer.config import Config, parse_direction
 from transformer.data.batching import Batch, BatchIterator
+from transformer.data.mixing import MixedBatches, pair_counts
 from transformer.data.tokenizer import Tokenizer
 from transformer.errors import DivergenceError, write_error
 from transformer.evaluation import evaluate_model
@@ -57,6 +62,9 @@ class ValidationData:
 class Trainer:
     """Trains ``model`` on ``train_batches``; validates, logs and checkpoints into ``config.train.run_dir``.
 
+    ``validation`` is one ``ValidationData``, or one per direction (``{"en-de": ..., "de-en": ...}``) for a
+    multilingual run, whose ``train_batches`` are then ``MixedBatches``.
+
     Raises:
         ConfigError: train.precision is not available on the device.
     """
@@ -66,8 +74,8 @@ class Trainer:
         config: Config,
         model: nn.Module,
         tokenizer: Tokenizer,
-        train_batches: BatchIterator,
-        validation: ValidationData | None = None,
+        train_batches: BatchIterator | MixedBatches,
+        validation: ValidationData | dict[str, ValidationData] | None = None,
         *,
         context: DistributedContext | None = None,
     ) -> None:
@@ -208,7 +216,7 @@ class Trainer:
             "elapsed": self.elapsed,
             "skipped": dict(self.update.skipped),
             "skipped_in_a_row": self.update.skipped_in_a_row,
-            "train_pairs": len(self.train_batches.dataset),  # resume checks that the corpus is the same size
+            "train_pairs": pair_counts(self.train_batches),  # resume checks that the corpus is the same size
             "log_window": self.log_window.state_dict(),  # the loss of the updates since the last log
         }
 
@@ -280,15 +288,28 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, Any]:
-        """Validation loss (per target token) and, when enabled, greedy-decoding BLEU via ``evaluate_model``."""
+        """Validation loss (per target token) and, when enabled, greedy-decoding BLEU via ``evaluate_model``; for
+        several directions, each one's as ``"en-de/loss"`` etc. and their means as ``loss``, ``bleu``, ..."""
         if self.validation is None:
             return {}
-        t = self.config.train
         self.model.eval()
+        if isinstance(self.validation, ValidationData):
+            metrics = self._validate_one(self.validation, self.tokenizer)
+        else:
+            metrics = mean_over_directions({
+                name: self._validate_one(data, self.tokenizer.for_target(parse_direction(name)[1]))
+                for name, data in self.validation.items()
+            })
+        self.model.train()
+        return metrics
+
+    def _validate_one(self, data: ValidationData, tokenizer: Tokenizer) -> dict[str, Any]:
+        """Loss, NLL, perplexity (and BLEU) of one direction; ``tokenizer`` puts its tag first, if it has one."""
+        t = self.config.train
         loss_sum = torch.zeros((), device=self.device)
         nll_sum = torch.zeros((), device=self.device)
         n_tokens = 0
-        for batch in self.validation.batches:
+        for batch in data.batches:
             batch = batch.to(self.device, non_blocking=True)
             loss, nll = self.loss(batch)
             loss_sum += loss
@@ -300,14 +321,12 @@ class Trainer:
         if t.eval_bleu:
             # The very function `transformer evaluate` uses, so validation BLEU equals offline BLEU.
             greedy = replace(self.config.decode, beam_size=1, n_best=1)
-            translator = TorchTranslator(self.model, self.tokenizer, device=self.device)
+            translator = TorchTranslator(self.model, tokenizer, device=self.device)
             with self.autocast:
                 scores, _ = evaluate_model(
-                    translator, self.validation.src_texts, self.validation.ref_texts, greedy,
-                    max_sentences=t.eval_max_sentences,
+                    translator, data.src_texts, data.ref_texts, greedy, max_sentences=t.eval_max_sentences,
                 )
             metrics["bleu"] = scores["bleu"]
-        self.model.train()
         return metrics
 
     def _validate_and_save(self) -> dict[str, Any]:
@@ -317,8 +336,11 @@ class Trainer:
         t = self.config.train
         improved = False
         if metrics:
-            score = metrics["bleu"] if t.best_metric == "bleu" and "bleu" in metrics else -metrics["loss"]
-            finite = math.isfinite(score) and math.isfinite(metrics["loss"])
+            # train.best_direction names the direction whose score picks best.pt; else the mean over them.
+            prefix = f"{t.best_direction}/" if f"{t.best_direction}/loss" in metrics else ""
+            bleu, loss = metrics.get(prefix + "bleu"), metrics[prefix + "loss"]
+            score = bleu if t.best_metric == "bleu" and bleu is not None else -loss
+            finite = math.isfinite(score) and math.isfinite(loss)
             improved = finite and (self.best_score is None or score > self.best_score)
             if improved:
                 self.best_score, self.best_step, self.bad_evals = score, self.step, 0
@@ -364,6 +386,16 @@ class Trainer:
     def _restore_signal_handlers(previous: dict[int, Any]) -> None:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def mean_over_directions(per_direction: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Each metric's mean over the directions (what a multilingual run reports, and picks best.pt by), then
+    every direction's own as ``"en-de/loss"``: keys that ``plot run`` and TensorBoard (``valid/en-de/loss``) use."""
+    names = [key for key in next(iter(per_direction.values())) if all(key in m for m in per_direction.values())]
+    means = {key: sum(m[key] for m in per_direction.values()) / len(per_direction) for key in names}
+    if "nll" in means:  # the perplexity of the mean NLL, as for one direction (not the mean of perplexities)
+        means["ppl"] = math.exp(min(means["nll"], 50.0))
+    return {**means, **{f"{name}/{key}": value for name, m in per_direction.items() for key, value in m.items()}}
 
 
 def open_tensorboard(log_dir: Path) -> Any | None:

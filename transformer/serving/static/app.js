@@ -7,6 +7,11 @@
 // the CTranslate2 engine /attention answers 400 (no attention weights): the page then asks POST /translate
 // (LibreTranslate's API) and shows the translation and alternatives with a note.
 //
+// Directions: GET /languages lists each source language with its targets. A model of several directions gets a
+// selector; every request names the chosen direction (source, target), as `transformer translate` is told it with
+// --source-lang/--target-lang. A multilingual model's source starts with a target-language tag ("<2de>"): the heat
+// map shows it as the model reads it, the word alignment leaves it out (the answer's source_prefix pieces).
+//
 // Heat map: an SVG, one <rect class="cell" data-row=t data-col=s> per (target piece t, source piece s).
 "use strict";
 
@@ -25,6 +30,7 @@ const state = {
   layerRequest: 0,      // counts alignment requests (a new translation also makes older ones late)
   source: "en",
   target: "de",
+  names: {},            // language code -> name, from /languages
 };
 
 const $ = (id) => document.getElementById(id);
@@ -131,6 +137,7 @@ async function start() {
       translate();
     });
   }
+  $("direction-select").addEventListener("change", () => chooseDirection($("direction-select").value));
   $("layer").addEventListener("change", changeLayer);
   $("head").addEventListener("change", () => state.data && drawHeatmap());
   $("show-alignment").addEventListener("change", () =>
@@ -166,20 +173,45 @@ async function connect() {
   }
   try {
     const languages = await requestJSON("GET", "/languages");
-    const from = languages.find((l) => l.targets && l.targets.length) || languages[0];
-    const to = from.targets[0];
-    const name = (code) => (languages.find((l) => l.code === code) || { name: code }).name;
-    state.source = from.code;
-    state.target = to;
-    $("direction").textContent = `· ${from.name} → ${name(to)}`;
-    $("translation").lang = to;
-    $("status").textContent = `model ready · ${from.name} → ${name(to)}`;
+    for (const l of languages) state.names[l.code] = l.name;
+    const directions = languages.flatMap((l) => (l.targets || []).map((t) => `${l.code}-${t}`));
+    const select = $("direction-select");
+    select.replaceChildren(...directions.map((d) => new Option(directionName(d), d)));
+    select.hidden = directions.length < 2;
+    chooseDirection(directions[0]);
+    const shown = directions.length > 1 ? `${directions.length} directions` : directionName(directions[0]);
+    $("status").textContent = `model ready · ${shown}`;
     return true;
   } catch (error) {
     $("status").textContent = "the service does not answer";
     showError(`Could not ask the service for its languages: ${error.message}`);
     return false;
   }
+}
+
+/** "en-de" -> "English → German" (a code without a name is shown as it is). */
+function directionName(direction) {
+  const [from, to] = direction.split("-");
+  return `${state.names[from] || from} → ${state.names[to] || to}`;
+}
+
+/** The direction every request names from now on; a translation of another direction, shown or on its way, is
+ * put away. */
+function chooseDirection(direction) {
+  const [from, to] = direction.split("-");
+  if (from !== state.source || to !== state.target) {
+    state.data = null;
+    state.request += 1; // late answers of the old direction are dropped
+    state.layerRequest += 1;
+    $("result").hidden = true;
+    $("translate-button").disabled = false;
+    $("translate-button").textContent = "Translate";
+  }
+  state.source = from;
+  state.target = to;
+  $("direction-select").value = direction;
+  $("direction").textContent = `· ${directionName(direction)}`;
+  $("translation").lang = to;
 }
 
 // ---- translating --------------------------------------------------------------------------------------------
@@ -195,7 +227,7 @@ async function translate() {
   button.textContent = "Translating…";
   showError("");
   try {
-    const query = { q, alternatives };
+    const query = { q, alternatives, source: state.source, target: state.target };
     let data;
     try {
       data = await requestJSON("POST", "/attention", query);
@@ -372,7 +404,8 @@ function drawHeatmap() {
   }));
 
   // Word alignment: one box per link, around the pieces of the source word (columns) and target word (rows).
-  const srcWords = words(src.slice(0, -1));
+  const prefix = d.source_prefix || 0; // a target-language tag first: no word of the text
+  const srcWords = words(src.slice(prefix, -1)).map((w) => ({ ...w, first: w.first + prefix, last: w.last + prefix }));
   const tgtWords = words(tgt.slice(0, -1));
   d.alignment.forEach(([i, j], k) => {
     const a = srcWords[i];
@@ -418,8 +451,9 @@ function drawHeatmap() {
     `Cross-attention of decoder layer ${layer} of ${d.layers}, ${head}. Row t shows where the decoder looked ` +
     "in the source (columns) while predicting target piece t: a probability distribution over the source " +
     "pieces, so each row sums to 1. Pieces are SentencePiece units; ▁ marks the start of a word and </s> the " +
-    `end of the sentence. Colours run from 0 to ${scale.toFixed(1)} (the bar). Orange boxes: the word alignment of ` +
-    `layer ${state.alignmentLayer}.`;
+    "end of the sentence" + (prefix ? `; ${src[0]}, first, tells the model the target language (the word ` +
+    "alignment leaves it out)" : "") + `. Colours run from 0 to ${scale.toFixed(1)} (the bar). Orange boxes: the ` +
+    `word alignment of layer ${state.alignmentLayer}.`;
 }
 
 // ---- the word alignment -------------------------------------------------------------------------------------
@@ -427,7 +461,7 @@ function drawHeatmap() {
 /** Source words (left) linked to target words (right): each target word to the source word it attends to most. */
 function drawAlignment() {
   const d = state.data;
-  const srcWords = words(d.source_tokens.slice(0, -1));
+  const srcWords = words(d.source_tokens.slice(d.source_prefix || 0, -1));
   const tgtWords = words(d.target_tokens.slice(0, -1));
   const root = $("alignment");
   root.replaceChildren();
@@ -472,7 +506,8 @@ function drawAlignment() {
 
   $("alignment-caption").textContent =
     `Each ${state.target} word is linked to the ${state.source} word it attends to most in decoder layer ` +
-    `${state.alignmentLayer} (mean of the heads; a word's attention is the sum over its pieces, </s> left out).`;
+    `${state.alignmentLayer} (mean of the heads; a word's attention is the sum over its pieces, </s>` +
+    `${d.source_prefix ? " and the target-language tag" : ""} left out).`;
 }
 
 start();

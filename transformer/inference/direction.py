@@ -1,0 +1,82 @@
+"""Which direction a model translates: chosen once from the user's languages, then a translator for it.
+
+A bilingual model translates its one direction, ``data.src_lang`` -> ``data.tgt_lang``; a multilingual one
+(``data.directions``) translates each of its directions, told by a target-language tag put first in every source
+(``Tokenizer.for_target``). ``choose_direction`` turns the languages a user gives (either may be None) into one
+of the model's directions; ``translator_for`` then gives the translator of that direction, the model shared.
+
+The rules, the same for every command and for ``transformer serve``:
+
+- a multilingual model needs the target language; the source is optional when only one direction has that
+  target, and must then be that direction's source if given;
+- a bilingual model needs neither; a language given must be that of its one direction;
+- anything else is one ``DirectionError`` whose message lists the model's directions (``en-de, de-en``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from transformer.config import DataConfig
+from transformer.errors import CheckpointError, UserError
+from transformer.inference.translator import Translator
+
+OPTIONS = ("--source-lang", "--target-lang")  # how the command line names the two languages
+
+
+class DirectionError(UserError, ValueError):
+    """The languages asked for are not a direction of the model; the message lists those it has."""
+
+
+def format_directions(pairs: Sequence[tuple[str, str]]) -> str:
+    """``[("en", "de"), ("de", "en")]`` -> ``"en-de, de-en"``."""
+    return ", ".join(f"{src}-{tgt}" for src, tgt in pairs)
+
+
+def choose_direction(
+    data: DataConfig, source_lang: str | None, target_lang: str | None, *, names: tuple[str, str] = OPTIONS
+) -> tuple[str, str]:
+    """The (source, target) direction of the model that the given languages pick (see the module docstring).
+
+    Args:
+        data: the model's saved data settings (its directions).
+        source_lang, target_lang: what the user asked for; None: not given.
+        names: how the two languages are named in the error (command-line options, or request fields).
+
+    Raises:
+        DirectionError: no direction, or several, fit; the message names the option and lists the directions.
+    """
+    pairs = data.direction_pairs
+    has = f"it translates {format_directions(pairs)}"
+    source_name, target_name = names
+    if target_lang is None and data.multilingual:
+        raise DirectionError(
+            f"this model translates {format_directions(pairs)}: choose one with {target_name} (and {source_name})"
+        )
+    target = pairs[0][1] if target_lang is None else target_lang
+    fitting = [(s, t) for s, t in pairs if t == target and source_lang in (None, s)]
+    if len(fitting) == 1:
+        return fitting[0]
+    if fitting:  # several sources translate into this target: the source must say which direction is meant
+        sources = ", ".join(s for s, _ in fitting)
+        raise DirectionError(f"{target_name} {target!r} is translated from {sources}: add {source_name}; {has}")
+    if all(t != target for _, t in pairs):
+        raise DirectionError(f"{target_name} {target!r} is not a target language of this model: {has}")
+    asked = f"{source_name} {source_lang!r}" + ("" if target_lang is None else f" with {target_name} {target!r}")
+    raise DirectionError(f"{asked} is not a direction of this model: {has}")
+
+
+def translator_for(translator: Translator, data: DataConfig, direction: tuple[str, str]) -> Translator:
+    """The translator of one of the model's directions (the same model, its sources tagged for a multilingual one).
+
+    Raises:
+        CheckpointError: the vocabulary has no tag for a target of a multilingual model (a damaged checkpoint).
+    """
+    if data.multilingual:
+        tags = translator.tokenizer.tags
+        if sorted(tags) != data.target_langs:
+            raise CheckpointError(
+                f"the model translates {format_directions(data.direction_pairs)}, but its vocabulary has "
+                f"target-language tags for {', '.join(tags) or 'none'}: its checkpoint or export is damaged"
+            )
+    return translator.for_target(direction[1])
