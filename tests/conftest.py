@@ -1,5 +1,6 @@
 """Shared fixtures: a seeded tiny model config, a model factory, a token generator and the Multi30k folder; tiny
-models, sources and checkpoint states for decoding tests; a model trained for seconds on data/sample and its export."""
+models, sources and checkpoint states for decoding tests; a model trained for seconds on data/sample and its export;
+a random model of two directions (en-de, de-en) and its export."""
 
 from __future__ import annotations
 
@@ -11,13 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from transformer.config import Config, ModelConfig
+from transformer.checkpoint import save_checkpoint
+from transformer.config import Config, DataConfig, DecodeConfig, ModelConfig
 from transformer.data.tokenizer import Tokenizer
 from transformer.model.transformer import Transformer
 from transformer.tokens import EOS_ID, PAD_ID
 
 VOCAB = 23  # small, and not a multiple of anything in the tiny preset
 PAD = 0
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
 
 
 @pytest.fixture
@@ -164,3 +167,37 @@ def sample_export(sample_checkpoint, tmp_path_factory) -> Path:
     from transformer.inference import export_ctranslate2
 
     return export_ctranslate2(sample_checkpoint, tmp_path_factory.mktemp("sample_ct2") / "ct2")
+
+
+@pytest.fixture(scope="session")
+def multilingual_checkpoint(tmp_path_factory) -> Path:
+    """A tiny random model of two directions, en-de and de-en (one vocabulary with the tags <2de> and <2en>),
+    saved as ``transformer train`` saves it; beam 2, at most 8 tokens; its data settings read data/sample's files.
+
+    The output layer is untied and scaled (as ``tiny_model``), so that outputs vary: the tag changes the
+    translation of about a third of data/sample's test sentences.
+    """
+    folder = tmp_path_factory.mktemp("multilingual")
+    en, de = ((SAMPLE / f"train.{lang}").read_text(encoding="utf-8").splitlines() for lang in ("en", "de"))
+    tokenizer = Tokenizer.train(en, de, folder / "tokenizer", vocab_size=150, tags=["de", "en"])
+    config = Config(
+        model=ModelConfig.preset("tiny", src_vocab_size=tokenizer.src_vocab_size,
+                                 tgt_vocab_size=tokenizer.tgt_vocab_size, share_embeddings=True, tie_output=False),
+        data=DataConfig(directions=["en-de", "de-en"], data_dir=str(SAMPLE), test_split="test", vocab_size=150),
+        decode=DecodeConfig(beam_size=2, max_len_a=0.0, max_len_b=8, batch_size=16),
+    )
+    torch.manual_seed(0)
+    model = Transformer(config.model)
+    torch.nn.init.normal_(model.output.weight, std=0.4)
+    state = {"config": config.to_dict(), "model": model.state_dict(), "tokenizer": tokenizer.to_state(), "step": 0}
+    save_checkpoint(state, folder / "multi.pt")
+    return folder / "multi.pt"
+
+
+@pytest.fixture(scope="session")
+def multilingual_export(multilingual_checkpoint, tmp_path_factory) -> Path:
+    """The float32 CTranslate2 export of ``multilingual_checkpoint`` (skips without ctranslate2)."""
+    pytest.importorskip("ctranslate2")
+    from transformer.inference import export_ctranslate2
+
+    return export_ctranslate2(multilingual_checkpoint, tmp_path_factory.mktemp("multilingual_ct2") / "ct2")

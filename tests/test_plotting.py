@@ -16,6 +16,7 @@ from transformer.checkpoint import load_for_inference, save_checkpoint
 from transformer.cli import main as cli_main
 from transformer.config import Config, ModelConfig
 from transformer.data.tokenizer import Tokenizer
+from transformer.inference import load_translator, translator_for
 from transformer.inference.alignment import pair_attention, translate_with_attention
 from transformer.model.transformer import Transformer
 from transformer.plotting import attention_figure, attention_figure_size, read_metrics
@@ -125,6 +126,26 @@ def test_attention_mistakes_are_one_error_line(checkpoint, tmp_path, capsys):
     assert_one_error_line(*run_command(capsys, "attention", "--checkpoint", ckpt, "--target", TARGET, SOURCE,
                                        "-o", str(blocker / "x.png"))[::2], "cannot write the picture")
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_attention_of_a_multilingual_model_is_that_of_the_chosen_direction_its_source_tagged(
+    multilingual_checkpoint, tmp_path, capsys
+):
+    ckpt, text = str(multilingual_checkpoint), "Ein Hund rennt am Strand."
+    out = tmp_path / "de-en.png"
+    code, stdout, _ = run_command(capsys, "attention", "--checkpoint", ckpt, "--target-lang", "en", "--beam-size", "1",
+                                  text, "-o", str(out), "--dpi", "40")
+    assert code == 0
+    translator, config = load_translator("torch", checkpoints=[multilingual_checkpoint])
+    tagged = translator_for(translator, config.data, ("de", "en"))
+    greedy = config.decode.updated(beam_size=1)
+    translation, attention = translate_with_attention(tagged.model, tagged.tokenizer, [text], greedy, device="cpu")[0]
+    assert attention.src_pieces[0] == "<2en>"  # the model reads the target's tag first, as `translate` gives it
+    assert stdout.splitlines() == [translation, f"wrote {out} ({' x '.join(map(str, png_size(out)))} pixels)"]
+    assert png_size(out) == expected_size(attention.cross, 40)
+    code, stdout, err = run_command(capsys, "attention", "--checkpoint", ckpt, text, "-o", str(tmp_path / "no.png"))
+    assert_one_error_line(code, err, "--target-lang", "en-de, de-en")
+    assert stdout == "" and not (tmp_path / "no.png").exists()
 
 
 # ---- positions ----------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""transformer benchmark: tiny end-to-end runs of compare and ablate, the stock baseline, the FLOP count, the
-shared timing and batches."""
+"""transformer benchmark: tiny end-to-end runs of compare and ablate (slow: CI runs them), decode of a multilingual
+checkpoint, the stock baseline, the FLOP count, the shared timing and batches."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ from transformer.data.tokenizer import Tokenizer
 from transformer.decoding.search import decode_batch
 from transformer.model.transformer import Transformer
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: the stock tests took 8 s on 2 busy cores, 0.6 s on 1
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -38,6 +40,7 @@ def benchmark(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
+@pytest.mark.slow  # 10-17 s: training, two memory subprocesses and three decoders
 def test_tiny_compare_writes_every_figure_and_passes_its_checks(tmp_path):
     out = tmp_path / "bench.json"
     result = benchmark("compare", "--presets", "tiny", "--steps", "2", "--warmup", "1", "--repeats", "1",
@@ -86,6 +89,7 @@ def test_stock_baseline_with_our_weights_computes_the_same_function(norm_first):
 
 
 
+@pytest.mark.slow  # 10-17 s: a memory subprocess per variant
 def test_tiny_ablation_times_and_measures_every_variant(tmp_path):
     out = tmp_path / "ablation.json"
     result = benchmark("ablate", "--preset", "tiny", "--steps", "1", "--rounds", "2", "--warmup", "0",
@@ -120,6 +124,17 @@ def test_flop_count_is_the_dense_formula_and_equal_for_the_stock_model():
     assert counted == pytest.approx(expected, rel=0.05)
     assert training_flops(stock, batch) == pytest.approx(counted, rel=0.01)
     assert all(p.grad is None for p in ours.parameters())  # the count leaves no gradients behind
+
+
+def test_decode_of_a_multilingual_checkpoint_measures_its_first_direction_and_says_so(multilingual_checkpoint):
+    command = [sys.executable, "-m", "transformer", "benchmark", "decode", "--checkpoint", str(multilingual_checkpoint),
+               "--data-dir", "data/sample", "--split", "test", "--max-sentences", "4", "--beam-size", "2",
+               "--threads", "1"]
+    result = subprocess.run(command, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "4 sentences of test (en-de, the first direction of en-de, de-en)" in result.stdout.splitlines()[0]
+    assert "beam2: cached and uncached outputs identical" in result.stdout
 
 
 def test_benchmark_command_lists_its_modes_and_parses_each():

@@ -1,4 +1,5 @@
-"""transformer benchmark serve: a tiny run through the real command (servers in subprocesses, real HTTP clients)."""
+"""transformer benchmark serve: a tiny run through the real command (servers in subprocesses, real HTTP clients);
+slow (CI runs it)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ pytest.importorskip("fastapi")
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # 10-17 s: three servers and an offline process, each importing torch
 def test_tiny_serve_benchmark_reports_every_figure_and_no_mismatch(tmp_path, sample_checkpoint):
     out = tmp_path / "serve.json"
     command = [sys.executable, "-m", "transformer", "benchmark", "serve", "--checkpoint", str(sample_checkpoint),

@@ -1,5 +1,5 @@
-"""Fixtures of the service tests: the sample model loaded once, a two-direction model, a real uvicorn server on a
-free loopback port, and a scripted translator that fails, stalls or waits on demand."""
+"""Fixtures of the service tests: the sample model and the two-direction model (tests/conftest.py's) loaded once, a
+real uvicorn server on a free loopback port, and a scripted translator that fails, stalls or waits on demand."""
 
 from __future__ import annotations
 
@@ -16,14 +16,10 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
-import torch  # noqa: E402
 import uvicorn  # noqa: E402
 
-from transformer.checkpoint import save_checkpoint  # noqa: E402
-from transformer.config import Config, DataConfig, DecodeConfig, ModelConfig  # noqa: E402
-from transformer.data.tokenizer import Tokenizer  # noqa: E402
+from transformer.config import Config, DecodeConfig  # noqa: E402
 from transformer.inference import Translator, load_translator  # noqa: E402
-from transformer.model.transformer import Transformer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,29 +28,6 @@ ROOT = Path(__file__).resolve().parents[2]
 def sample_model(sample_checkpoint) -> tuple[Translator, Config]:
     """The torch translator of ``sample_checkpoint`` and its config (shared: loading is the slow part)."""
     return load_translator("torch", checkpoints=[sample_checkpoint])
-
-
-@pytest.fixture(scope="session")
-def multilingual_checkpoint(tmp_path_factory) -> Path:
-    """A tiny random model of two directions, en-de and de-en (one vocabulary with the tags <2de> and <2en>),
-    saved as ``transformer train`` saves it; beam 2, at most 8 tokens. The tag changes about a third of the
-    translations of data/sample's test sentences."""
-    folder = tmp_path_factory.mktemp("multilingual")
-    sample = ROOT / "data" / "sample"
-    en, de = ((sample / f"train.{lang}").read_text(encoding="utf-8").splitlines() for lang in ("en", "de"))
-    tokenizer = Tokenizer.train(en, de, folder / "tokenizer", vocab_size=150, tags=["de", "en"])
-    config = Config(
-        model=ModelConfig.preset("tiny", src_vocab_size=tokenizer.src_vocab_size,
-                                 tgt_vocab_size=tokenizer.tgt_vocab_size, share_embeddings=True, tie_output=False),
-        data=DataConfig(directions=["en-de", "de-en"], data_dir=str(sample), test_split="test", vocab_size=150),
-        decode=DecodeConfig(beam_size=2, max_len_a=0.0, max_len_b=8, batch_size=16),
-    )
-    torch.manual_seed(0)
-    model = Transformer(config.model)
-    torch.nn.init.normal_(model.output.weight, std=0.4)  # untied and scaled: outputs that vary
-    state = {"config": config.to_dict(), "model": model.state_dict(), "tokenizer": tokenizer.to_state(), "step": 0}
-    save_checkpoint(state, folder / "multi.pt")
-    return folder / "multi.pt"
 
 
 @pytest.fixture(scope="session")

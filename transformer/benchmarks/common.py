@@ -1,4 +1,5 @@
-"""What the benchmark modes share: the machine they ran on, timing, the untrained model, argument checks."""
+"""What the benchmark modes share: the machine they ran on, timing, the untrained model, argument checks, the
+direction measured."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from transformer.config import ModelConfig
+from transformer.config import DataConfig, ModelConfig
 from transformer.data.tokenizer import Tokenizer
+from transformer.inference.direction import format_directions
 from transformer.model.transformer import Transformer
 
 T = TypeVar("T")
@@ -43,6 +45,17 @@ def below_minimum(values: dict[str, int], least: int) -> str | None:
         if value < least:
             return f"{name} must be at least {least}, got {value}"
     return None
+
+
+def measured_direction(data: DataConfig) -> tuple[tuple[str, str], str]:
+    """The (source, target) direction a benchmark measures, and what its header adds to name it.
+
+    A bilingual model: its one direction, nothing added. A multilingual model: its first direction
+    (``data.directions[0]``), its sources led by that target's tag; the header adds
+    ", the first direction of en-de, de-en".
+    """
+    pairs = data.direction_pairs
+    return pairs[0], f", the first direction of {format_directions(pairs)}" if data.multilingual else ""
 
 
 def model_config(preset: str, tokenizer: Tokenizer) -> ModelConfig:

@@ -24,7 +24,8 @@ One process measures both implementations on the same batches (the stock baselin
    counted by ``FlopCounterMode`` over our model's forward and backward pass, credited to both (``flops.py``).
 4. Decoding of ``test_2016_flickr``: sentences/s and tokens/s, greedy and beam ``--beam-size``, for our cached
    search, our uncached path and the stock uncached decoders, whose outputs are compared; without
-   ``--checkpoint`` an UNTRAINED "small" model, whose outputs run to the maximum length (``compare_decode.py``).
+   ``--checkpoint`` an UNTRAINED "small" model, whose outputs run to the maximum length; a multilingual
+   checkpoint decodes in its first direction (``compare_decode.py``).
 
 Exit status: 0 when every check passes, 1 when one fails (non-finite loss, cached != uncached), 2 for
 unusable arguments or data. ``--json PATH`` writes every figure with the machine, versions and settings.
@@ -80,7 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave the default)")
     add_corpus_arguments(parser)
-    parser.add_argument("--checkpoint", type=Path, help="decode this trained model (else an untrained small one)")
+    parser.add_argument("--checkpoint", type=Path, help="decode this trained model (a multilingual one: its first "
+                        "direction); else an untrained small one")
     parser.add_argument("--decode-preset", default="small", help="size of the untrained model (no --checkpoint)")
     parser.add_argument("--beam-size", type=int, default=5)
     parser.add_argument("--decode-batch-size", type=int, default=128, help="sentences per decoding batch")

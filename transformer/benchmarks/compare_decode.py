@@ -5,8 +5,9 @@ sentences/s and generated tokens/s (EOS included), greedy and beam ``--beam-size
 ``--decode-batch-size`` sorted by length, for our cached search (``decode_batch``), our uncached path, and the
 stock uncached decoders (``stock.py``). Our cached and uncached outputs must be identical. Without
 ``--checkpoint`` the model is an UNTRAINED "small" one with a vocabulary trained on the training split: its
-outputs run to the maximum length (a worst case). The stock model gets our model's weights, so the agreement of
-their outputs is reported too.
+outputs run to the maximum length (a worst case). A multilingual checkpoint decodes in its first direction, its
+sources led by that target's tag (said in the report). The stock model gets our model's weights, so the agreement
+of their outputs is reported too.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 import torch
 
-from transformer.benchmarks.common import timed, untrained_model
+from transformer.benchmarks.common import measured_direction, timed, untrained_model
 from transformer.benchmarks.stock import StockTransformer, stock_beam_search, stock_greedy
 from transformer.checkpoint import load_for_inference
 from transformer.config import DataConfig, DecodeConfig
@@ -55,7 +56,9 @@ def decoding_model(
     """
     if checkpoint is not None:
         model, tokenizer, config = load_for_inference(checkpoint, device)
-        return model, tokenizer, config.decode, f"the trained checkpoint {checkpoint}"
+        (src_lang, tgt_lang), measured = measured_direction(config.data)
+        what = f"the trained checkpoint {checkpoint} ({src_lang}-{tgt_lang}{measured})"
+        return model, tokenizer.for_target(tgt_lang), config.decode, what
     if tokenizer is None:
         raise ValueError("an untrained model needs a tokenizer")
     what = f"an UNTRAINED {preset} model (outputs run to the maximum length: a worst case; speed only)"

@@ -6,7 +6,8 @@
 Prints sentences/s and generated tokens/s (EOS included) per setting, and checks that cached and uncached
 decoding give identical outputs (exit status 1 if they do not). Runs on ``--threads`` CPU threads (default
 2) or on the GPU with ``--device cuda``. Without a checkpoint the model is untrained, so its outputs
-usually run to the maximum length: the numbers measure speed per generated token, not a real workload.
+usually run to the maximum length: the numbers measure speed per generated token, not a real workload. A
+multilingual checkpoint is measured in its first direction (said in the header).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from transformer.benchmarks.common import timed, untrained_model
+from transformer.benchmarks.common import measured_direction, timed, untrained_model
 from transformer.checkpoint import load_for_inference
 from transformer.config import ConfigError, DataConfig, DecodeConfig
 from transformer.data.corpus import DataError, load_split
@@ -32,7 +33,10 @@ from transformer.model.transformer import Transformer, count_parameters
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", type=Path, help="trained checkpoint; none: an untrained small model")
+    parser.add_argument(
+        "--checkpoint", type=Path,
+        help="trained checkpoint (a multilingual one: its first direction); none: an untrained small model",
+    )
     parser.add_argument("--data-dir", default="", help="Multi30k folder (default: $MULTI30K_DIR, else data/multi30k)")
     parser.add_argument("--split", default="test_2016_flickr")
     parser.add_argument("--src-lang", help="default: the checkpoint's (en without a checkpoint)")
@@ -60,9 +64,12 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     try:
         device = torch.device(args.device)
+        measured = ""
         if args.checkpoint is not None:
             model, tokenizer, config = load_for_inference(args.checkpoint, device)
-            data_cfg, base = config.data, config.decode
+            direction, measured = measured_direction(config.data)
+            tokenizer = tokenizer.for_target(direction[1])  # a multilingual model's sources: the target's tag first
+            data_cfg, base = config.data.for_direction(*direction), config.decode
         else:
             data_cfg = DataConfig()
         data_cfg = data_cfg.updated(
@@ -86,8 +93,8 @@ def run(args: argparse.Namespace) -> int:
 
     what = f"checkpoint {args.checkpoint}" if args.checkpoint else "UNTRAINED small model (speed only, outputs are noise)"
     print(f"{what}: {count_parameters(model):,} parameters; {len(src)} sentences of {args.split} "
-          f"({data_cfg.src_lang}-{data_cfg.tgt_lang}); device {device}, {torch.get_num_threads()} threads; "
-          f"max length {base.max_len_a} * src_len + {base.max_len_b}, length penalty {base.length_penalty}")
+          f"({data_cfg.src_lang}-{data_cfg.tgt_lang}{measured}); device {device}, {torch.get_num_threads()} "
+          f"threads; max length {base.max_len_a} * src_len + {base.max_len_b}, length penalty {base.length_penalty}")
     timed_decode(model, tokenizer, src[:16], settings[0][1], device, use_cache=True)  # warm-up
     results, identical = [], True
     for name, cfg in settings:

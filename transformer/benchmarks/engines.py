@@ -8,7 +8,8 @@ Multi30k test_2016_flickr) greedily and with beam ``--beam-size``, each at its b
 our decoder on 1 to ``threads`` PyTorch threads; CTranslate2 with every split of the threads into ``inter_threads``
 translators of ``intra_threads`` threads each (1x2 and 2x1 for 2); the fastest setting is reported.
 Both engines get the same decoding settings (the checkpoint's, ``--length-penalty`` and ``--batch-size`` on
-top) and batches of ``--batch-size`` sentences sorted by length.
+top) and batches of ``--batch-size`` sentences sorted by length. A multilingual checkpoint is measured in its
+first direction (said in the header).
 
 Each row: sentences/s and target tokens/s (generated tokens, EOS included, as ``benchmark decode``) from the
 median of ``--repeats`` timed runs after a warm-up, sacreBLEU (cased, 13a, as ``evaluate``), how many outputs
@@ -36,13 +37,13 @@ from typing import Any
 
 import torch
 
-from transformer.benchmarks.common import below_minimum
+from transformer.benchmarks.common import below_minimum, measured_direction
 from transformer.config import ConfigError, DecodeConfig
 from transformer.data.corpus import load_split
 from transformer.data.tokenizer import Tokenizer
 from transformer.decoding.search import Hypothesis
 from transformer.evaluation import corpus_scores
-from transformer.inference import export_ctranslate2, load_translator
+from transformer.inference import export_ctranslate2, load_translator, translator_for
 from transformer.inference.translator import best_tokens
 
 ROLES = ("train", "valid", "test")
@@ -51,7 +52,8 @@ MAX_INT8_BLEU_LOSS = 0.3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, type=Path, help="a trained checkpoint")
+    parser.add_argument("--checkpoint", required=True, type=Path,
+                        help="a trained checkpoint (a multilingual one: its first direction)")
     parser.add_argument("--split", default="test", help="train, valid, test, or a split name (default: test)")
     parser.add_argument("--data-dir", help="corpus folder (default: the checkpoint's data.data_dir)")
     parser.add_argument("--max-sentences", type=int, default=0, help="first N sentences only (0 = all)")
@@ -107,12 +109,14 @@ def run(args: argparse.Namespace) -> int:
     if problem is not None:
         raise ConfigError(problem)
     translator, config = load_translator("torch", checkpoints=[args.checkpoint], device="cpu")
+    direction, measured = measured_direction(config.data)
+    translator = translator_for(translator, config.data, direction)
     tokenizer = translator.tokenizer
     changes = {"data_dir": args.data_dir} if args.data_dir else {}
     role = args.split
     if role not in ROLES:  # a split name of the corpus, read in the test role
         changes["test_split"], role = args.split, "test"
-    data_cfg = dataclasses.replace(config.data, **changes)
+    data_cfg = dataclasses.replace(config.data.for_direction(*direction), **changes)
     src, refs = load_split(data_cfg, role)
     if args.max_sentences:
         src, refs = src[: args.max_sentences], refs[: args.max_sentences]
@@ -123,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
         searches.append((f"beam{args.beam_size}", base.updated(beam_size=args.beam_size)))
     split_name = {"train": data_cfg.train_split, "valid": data_cfg.valid_split, "test": data_cfg.test_split}[role]
     print(
-        f"{args.checkpoint}: {len(src)} sentences of {split_name} ({data_cfg.src_lang}-{data_cfg.tgt_lang}); "
+        f"{args.checkpoint}: {len(src)} sentences of {split_name} "
+        f"({data_cfg.src_lang}-{data_cfg.tgt_lang}{measured}); "
         f"{args.threads} threads of {os.cpu_count()} cores; length penalty {base.length_penalty}, batches of "
         f"{base.batch_size}, max length {base.max_len_a} * src_len + {base.max_len_b}; median of {args.repeats} runs"
     )
@@ -145,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
                 tried = []
                 for inter, intra in thread_splits(args.threads):
                     ct2, _ = load_translator("ctranslate2", model_dir=folder, inter_threads=inter, intra_threads=intra)
+                    ct2 = translator_for(ct2, config.data, direction)
                     decode = functools.partial(ct2.translate, src, cfg)
                     tried.append(measure("ctranslate2", weights, search, f"{inter}x{intra}", decode, args.repeats,
                                          tokenizer, refs))

@@ -15,6 +15,9 @@ test_2016_flickr; ``--sentences N``: the first N) are translated three ways:
   with one keep-alive connection); each client sends the next sentence as soon as its previous answer came;
 - by the same service with batching off (``--max-batch-sentences 1``), at the same client counts.
 
+A multilingual model is measured in its first direction: offline, and in the ``source`` and ``target`` of every
+request (the header says so).
+
 Each load row: sentences/s (answers over wall time), client-side p50/p95/p99 latency, the mean batch size
 (``transformer_serve_batch_sentences`` sum/count of /metrics over the load), errors (an answer other than 200,
 or none), mismatches (an answer other than the offline translation of its sentence) and, to see where the time
@@ -63,11 +66,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from transformer.benchmarks.common import below_minimum, json_settings, machine_info
-from transformer.config import Config, ConfigError, DecodeConfig
+from transformer.benchmarks.common import below_minimum, json_settings, machine_info, measured_direction
+from transformer.config import ConfigError, DataConfig, DecodeConfig
 from transformer.data.corpus import load_split
 from transformer.errors import require_extra
-from transformer.inference import Translator, load_translator, translate_texts
+from transformer.inference import Translator, load_translator, translate_texts, translator_for
 
 ROLES = ("train", "valid", "test")
 TARGET_CLIENTS = 32
@@ -82,7 +85,8 @@ SOAK_WARMUP_S = 20.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", type=Path, help="a trained checkpoint: measure our engine")
+    parser.add_argument("--checkpoint", type=Path,
+                        help="a trained checkpoint: measure our engine (a multilingual one: its first direction)")
     parser.add_argument("--model", type=Path, metavar="DIR", help="a `transformer export` folder: measure CTranslate2")
     parser.add_argument("--split", default="test", help="train, valid, test, or a split name (default: test)")
     parser.add_argument("--data-dir", help="corpus folder (default: the model's data.data_dir)")
@@ -158,8 +162,8 @@ def run(args: argparse.Namespace) -> int:
                                  (args.split, args.data_dir, args.sentences)).result()
         if sentences is None:
             sentences, split_name, langs = found.sentences, found.split_name, found.langs
-            print(f"{len(sentences)} sentences of {split_name} ({langs[0]}-{langs[1]}); server threads "
-                  f"{args.threads} of {os.cpu_count()} cores; load average {load_text()}", flush=True)
+            print(f"{len(sentences)} sentences of {split_name} ({langs[0]}-{langs[1]}{found.measured}); server "
+                  f"threads {args.threads} of {os.cpu_count()} cores; load average {load_text()}", flush=True)
         for beam in args.beam_sizes:
             expected[engine.name, beam], row = found.results[beam]
             rows.append({"engine": engine.name, "search": search_name(beam), "threads": engine.threads, **row})
@@ -230,13 +234,14 @@ def report(rows: list[dict[str, Any]], targets: dict[str, bool], soak: dict[str,
     return bool(bad) or (soak is not None and not soak["passed"])
 
 
-def read_sentences(config: Config, split: str, data_dir: str | None, limit: int) -> tuple[list[str], str]:
-    """The source side of ``split`` (a role or a split name), the first ``limit`` (0: all), and the split's name."""
+def read_sentences(data: DataConfig, split: str, data_dir: str | None, limit: int) -> tuple[list[str], str]:
+    """The source side of ``split`` (a role or a split name) of the corpus of ``data`` (one direction), the first
+    ``limit`` (0: all), and the split's name."""
     changes = {"data_dir": data_dir} if data_dir else {}
     role = split
     if role not in ROLES:  # a split name of the corpus, read in the test role
         changes["test_split"], role = split, "test"
-    data = config.data.updated(**changes)
+    data = data.updated(**changes)
     src, _ = load_split(data, role)
     src = [s for s in src if s.strip()]  # a blank line is not a request
     name = {"train": data.train_split, "valid": data.valid_split, "test": data.test_split}[role]
@@ -249,7 +254,8 @@ class OfflineResult:
 
     sentences: list[str]
     split_name: str
-    langs: tuple[str, str]
+    langs: tuple[str, str]  # the direction measured
+    measured: str  # what the header adds to name it (``measured_direction``)
     results: dict[int, tuple[list[str], dict[str, Any]]]  # beam size -> (translations, row)
 
 
@@ -262,13 +268,15 @@ def offline_engine(
     intra-op threads run several times slower in it (two OpenMP runtimes)."""
     torch.set_num_threads(threads)
     translator, config = load_translator(engine.name, device="cpu", **engine.load_args)
+    direction, measured = measured_direction(config.data)
+    translator = translator_for(translator, config.data, direction)
     split_name = ""
     if sentences is None:
-        sentences, split_name = read_sentences(config, *corpus)
+        sentences, split_name = read_sentences(config.data.for_direction(*direction), *corpus)
     results = {}
     for beam in beams:
         results[beam] = offline(translator, sentences, config.decode.updated(beam_size=beam, n_best=1, **changes))
-    return OfflineResult(sentences, split_name, (config.data.src_lang, config.data.tgt_lang), results)
+    return OfflineResult(sentences, split_name, direction, measured, results)
 
 
 def search_name(beam: int) -> str:

@@ -1,9 +1,10 @@
 """Draw a model's attention, the positional encoding, or the training curves of runs as PNG pictures.
 
 ``plot attention`` translates one sentence (or forces ``--target``) and draws the attention of every layer
-and head and their mean; ``plot positions`` draws the sinusoidal encoding (or a checkpoint's learned one);
-``plot run`` draws the loss, BLEU and learning-rate curves of one or more run folders (a multilingual run's
-validation curves: each direction's and their mean). Needs matplotlib
+and head and their mean (a multilingual model's in the direction ``--target-lang`` chooses, its source led by
+the target-language tag the model reads); ``plot positions`` draws the sinusoidal encoding (or a checkpoint's
+learned one); ``plot run`` draws the loss, BLEU and learning-rate curves of one or more run folders (a
+multilingual run's validation curves: each direction's and their mean). Needs matplotlib
 (``pip install -e ".[plot]"``).
 """
 
@@ -15,9 +16,11 @@ from pathlib import Path
 import torch
 
 from transformer.checkpoint import load_for_inference
+from transformer.cli.options import add_direction_arguments, direction_translator
 from transformer.config import ConfigError
 from transformer.device import resolve_device
 from transformer.errors import DataError
+from transformer.inference import TorchTranslator
 from transformer.inference.alignment import layer_index, pair_attention, translate_with_attention
 from transformer.plotting import DPI, attention_figure, positions_figure, read_metrics, run_figure, save_png
 
@@ -26,6 +29,7 @@ examples:
   transformer plot attention --checkpoint runs/sample/checkpoints/best.pt "A dog is running on the beach."
   transformer plot attention --checkpoint best.pt --kind self-decoder --layer 2 "A dog runs." -o dec.png
   transformer plot attention --checkpoint best.pt --target "Ein Hund läuft." "A dog runs."   # a given translation
+  transformer plot attention --checkpoint best.pt --target-lang en "Ein Hund läuft."   # a multilingual model
   transformer plot positions --d-model 128 --length 60 -o positions.png
   transformer plot run runs/multi30k_en_de runs/multi30k_de_en -o curves.png       # two runs overlaid
   transformer plot run runs/sample_multilingual -o curves.png         # a validation curve per direction, and the mean
@@ -62,6 +66,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     attention.add_argument("--layer", type=int, help="only this layer (1 = first, -1 = last); default: every layer")
     attention.add_argument("--target", help="draw the attention of this translation instead of the model's own")
     attention.add_argument("--beam-size", type=int, help="1 = greedy (default: the checkpoint's decode.beam_size)")
+    add_direction_arguments(attention)
     attention.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, auto, ...")
     _output_options(attention, "attention.png")
     attention.set_defaults(run=run_attention)
@@ -112,6 +117,9 @@ def run_attention(args: argparse.Namespace) -> int:
         raise ConfigError("the sentence to plot is empty; give a source sentence")
     device = resolve_device(args.device)
     model, tokenizer, config = load_for_inference(args.checkpoint, device)
+    # The direction's tokenizer: a multilingual model's puts the target-language tag first in the source.
+    translator = TorchTranslator(model, tokenizer, device=device)
+    tokenizer = direction_translator(translator, config.data, args.source_lang, args.target_lang).tokenizer
     if args.target is not None:
         translation, attention = args.target, pair_attention(model, tokenizer, [args.text], [args.target], device=device)[0]
     else:
