@@ -82,6 +82,35 @@ def test_languages_that_are_no_direction_are_one_error_listing_the_directions(da
     assert "\n" not in message and all(w in message for w in words), message
 
 
+@pytest.mark.parametrize("data, source, target, direction", [
+    (THREE, "fr", "en", ("fr", "en")),  # fr only ever translated into de
+    (TWO, "de", "de", ("de", "de")),
+    (TWO, "en", "de", ("en", "de")),  # a trained direction stays itself
+])  # fmt: skip
+def test_zero_shot_takes_any_language_of_the_model_into_any_of_its_targets(data, source, target, direction):
+    assert choose_direction(data, source, target, zero_shot=True) == direction
+
+
+@pytest.mark.parametrize("data, source, target, words", [
+    (ONE, "en", "de", "zero-shot needs a multilingual model (data.directions), and this one is bilingual"),
+    (TWO, None, "de", "zero-shot needs both --source-lang and --target-lang: it translates en-de, de-en"),
+    (TWO, "fr", "de", "--source-lang 'fr' is none of this model's languages (de, en): it translates en-de, de-en"),
+    (THREE, "en", "fr", "--target-lang 'fr' is not a target language of this model"),
+])  # fmt: skip
+def test_zero_shot_refuses_what_the_model_cannot_tag_in_one_line(data, source, target, words):
+    with pytest.raises(DirectionError) as caught:
+        choose_direction(data, source, target, zero_shot=True)
+    assert "\n" not in str(caught.value) and words in str(caught.value), caught.value
+
+
+def test_an_untrained_direction_points_to_zero_shot_on_the_command_line_only():
+    with pytest.raises(DirectionError, match="; --zero-shot translates it untrained$"):
+        choose_direction(THREE, "fr", "en")
+    with pytest.raises(DirectionError) as caught:
+        choose_direction(THREE, "fr", "en", names=("source", "target"))
+    assert "zero-shot" not in str(caught.value)
+
+
 def test_the_error_names_the_fields_it_is_given():
     with pytest.raises(DirectionError, match="^target 'fr' is not a target language"):
         choose_direction(TWO, None, "fr", names=("source", "target"))
@@ -230,6 +259,26 @@ def test_translate_takes_the_target_language_and_prints_each_directions_translat
 def test_translate_without_a_direction_of_the_model_is_one_error_line(multilingual_checkpoint, capsys, args, words):
     code, out, err = run(capsys, "translate", "--checkpoint", str(multilingual_checkpoint), *args, "A dog.")
     assert code == 2 and out == "" and words in error_line(err)
+
+
+TWO_WAYS = (("de", "de"), ("de", "en"))
+
+
+def test_zero_shot_tags_the_source_for_an_untrained_target(multilingual_checkpoint, multilingual, capsys):
+    translator, config = multilingual
+    texts = ["Zwei Frauen sitzen auf einer Bank.", "Ein Hund rennt."]
+    ckpt = ["--checkpoint", str(multilingual_checkpoint)]
+    code, out, _ = run(capsys, "translate", *ckpt, "--source-lang", "de", "--target-lang", "de", "--zero-shot", *texts)
+    de_de = translate_texts(translator_for(translator, config.data, ("de", "de")), texts, config.decode)
+    assert code == 0 and out.splitlines() == de_de
+    sources = lines("test.de")  # the tag, not the source language, chooses the output
+    tagged = [translate_texts(translator_for(translator, config.data, d), sources, config.decode) for d in TWO_WAYS]
+    assert tagged[0] != tagged[1]
+    # a corpus needs two languages: evaluate reads the untrained direction's files, and de-de has none
+    code, _, err = run(capsys, "evaluate", *ckpt, "--source-lang", "de", "--target-lang", "de", "--zero-shot")
+    assert code == 2 and error_line(err) == "error: data.src_lang and data.tgt_lang are both 'de'"
+    code, _, err = run(capsys, "translate", *ckpt, "--target-lang", "de", "--zero-shot", "A dog.")
+    assert code == 2 and "zero-shot needs both --source-lang and --target-lang" in error_line(err)
 
 
 def test_a_bilingual_checkpoint_needs_no_language_and_refuses_another(tokenizer, make_state, tmp_path, capsys):

@@ -75,7 +75,9 @@ def run(args: argparse.Namespace) -> int:
         args.engine, checkpoints=args.checkpoint or (), model_dir=args.model, device=resolve_device(args.device),
         inter_threads=args.inter_threads, intra_threads=args.intra_threads,
     )
-    translator, direction_data = direction_and_corpus(translator, config.data, args.source_lang, args.target_lang)
+    translator, direction_data = direction_and_corpus(
+        translator, config.data, args.source_lang, args.target_lang, zero_shot=args.zero_shot
+    )
     decode = config.decode.updated(
         beam_size=args.beam_size, length_penalty=args.length_penalty, batch_size=args.batch_size, n_best=1
     )

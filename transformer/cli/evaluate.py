@@ -3,7 +3,8 @@
 ``--split`` is a role (train, valid, test) or a split name of the corpus (evaluated in the test role).
 The data settings (source, languages, folder) come from the (first) checkpoint; the options override them. A
 multilingual checkpoint is evaluated on one direction, ``--target-lang`` (and ``--source-lang``), whose corpus
-files are read; for a bilingual one these options name the corpus files, as ``--src-lang``/``--tgt-lang`` did.
+files are read (``--zero-shot``: a direction it never trained, de-fr from de-en and en-fr); for a bilingual one
+these options name the corpus files, as ``--src-lang``/``--tgt-lang`` did.
 ``--checkpoint`` may be repeated: the checkpoints decode as an ensemble (their probabilities averaged) and
 must share one vocabulary. Decoding uses ``transformer.evaluation.evaluate_model``, the function the
 trainer's validation BLEU uses, so the two numbers agree. Prints BLEU, chrF and their signatures; a progress
@@ -44,6 +45,7 @@ examples:
   transformer evaluate --checkpoint a/avg10.pt --checkpoint b/avg10.pt --split valid   # an ensemble
   transformer evaluate --engine ctranslate2 --model ct2 --split test        # a `transformer export` folder
   transformer evaluate --checkpoint multi.pt --source-lang de --target-lang en   # one direction of several
+  transformer evaluate --checkpoint multi.pt --source-lang de --target-lang fr --zero-shot   # never trained
   transformer evaluate --hypotheses hyp.de --references ref.de                  # score a file
   transformer evaluate --hypotheses hyp.de --references ref.de --target-lang de --tokenize moses  # papers' BLEU
 """
@@ -140,7 +142,9 @@ def run(args: argparse.Namespace) -> int:
         args.engine, checkpoints=args.checkpoint or (), model_dir=args.model, device=resolve_device(args.device),
         inter_threads=args.inter_threads, intra_threads=args.intra_threads,
     )
-    translator, direction_data = direction_and_corpus(translator, config.data, args.source_lang, args.target_lang)
+    translator, direction_data = direction_and_corpus(
+        translator, config.data, args.source_lang, args.target_lang, zero_shot=args.zero_shot
+    )
     cfg = config.decode.updated(
         beam_size=args.beam_size, length_penalty=args.length_penalty, batch_size=args.batch_size, n_best=1
     )

@@ -54,10 +54,20 @@ def add_direction_arguments(parser: argparse.ArgumentParser, *, corpus: bool = F
         "--target-lang", "--tgt-lang", dest="target_lang", metavar="LANG",
         help="the language to translate into: a multilingual model needs it" + files.format("tgt_lang"),
     )
+    parser.add_argument(
+        "--zero-shot", action="store_true",
+        help="a multilingual model: translate --source-lang into --target-lang though it never trained that "
+             "direction (both languages among its own)",
+    )
 
 
 def direction_and_corpus(
-    translator: Translator, data: DataConfig, source_lang: str | None, target_lang: str | None
+    translator: Translator,
+    data: DataConfig,
+    source_lang: str | None,
+    target_lang: str | None,
+    *,
+    zero_shot: bool = False,
 ) -> tuple[Translator, DataConfig]:
     """The translator of the direction the languages choose, and the data settings of that direction's corpus.
 
@@ -68,18 +78,23 @@ def direction_and_corpus(
     Raises:
         DirectionError: a multilingual model and languages that are none of its directions.
     """
-    if not data.multilingual:
+    if not data.multilingual and not zero_shot:
         return translator, data.for_direction(source_lang or data.src_lang, target_lang or data.tgt_lang)
-    direction = choose_direction(data, source_lang, target_lang)
+    direction = choose_direction(data, source_lang, target_lang, zero_shot=zero_shot)
     return translator_for(translator, data, direction), data.for_direction(*direction)
 
 
 def direction_translator(
-    translator: Translator, data: DataConfig, source_lang: str | None, target_lang: str | None
+    translator: Translator,
+    data: DataConfig,
+    source_lang: str | None,
+    target_lang: str | None,
+    *,
+    zero_shot: bool = False,
 ) -> Translator:
     """The translator of the direction ``--source-lang``/``--target-lang`` choose (``choose_direction``).
 
     Raises:
         DirectionError: languages that are none of the model's directions (a bilingual model's included).
     """
-    return translator_for(translator, data, choose_direction(data, source_lang, target_lang))
+    return translator_for(translator, data, choose_direction(data, source_lang, target_lang, zero_shot=zero_shot))

@@ -119,7 +119,9 @@ def run_attention(args: argparse.Namespace) -> int:
     model, tokenizer, config = load_for_inference(args.checkpoint, device)
     # The direction's tokenizer: a multilingual model's puts the target-language tag first in the source.
     translator = TorchTranslator(model, tokenizer, device=device)
-    tokenizer = direction_translator(translator, config.data, args.source_lang, args.target_lang).tokenizer
+    tokenizer = direction_translator(
+        translator, config.data, args.source_lang, args.target_lang, zero_shot=args.zero_shot
+    ).tokenizer
     if args.target is not None:
         translation, attention = args.target, pair_attention(model, tokenizer, [args.text], [args.target], device=device)[0]
     else:

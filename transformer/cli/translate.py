@@ -8,8 +8,9 @@ empty line gives an empty line). With ``--n-best N > 1``, N lines per input,
 must share one vocabulary. Decoding settings default to those saved in the (first) checkpoint. Mistakes
 (a bad checkpoint, a bad option) end with one line on stderr and exit status 2. ``--alignment`` appends
 ``<TAB>`` and the source-target word alignment (``i-j`` pairs, 0-based) to each output line. A multilingual
-model translates into ``--target-lang`` (``--source-lang`` picks among directions into the same language); a
-bilingual model needs neither, and refuses a language it does not translate.
+model translates into ``--target-lang`` (``--source-lang`` picks among directions into the same language;
+with ``--zero-shot``, a direction it never trained); a bilingual model needs neither, and refuses a language it
+does not translate.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ examples:
   transformer translate --engine ctranslate2 --model ct2 < input.en          # a `transformer export` folder
   transformer translate --checkpoint best.pt --alignment "Two dogs play."     # translation<TAB>0-0 1-1 ...
   transformer translate --checkpoint multi.pt --target-lang en "Ein Hund rennt."   # a multilingual model
+  transformer translate --checkpoint multi.pt --source-lang de --target-lang fr --zero-shot "Ein Hund rennt."
 """
 
 
@@ -163,7 +165,9 @@ def run(args: argparse.Namespace) -> int:
         args.engine, checkpoints=args.checkpoint or (), model_dir=args.model, device=resolve_device(args.device),
         inter_threads=args.inter_threads, intra_threads=args.intra_threads,
     )
-    translator = direction_translator(translator, config.data, args.source_lang, args.target_lang)
+    translator = direction_translator(
+        translator, config.data, args.source_lang, args.target_lang, zero_shot=args.zero_shot
+    )
     cfg = config.decode.updated(
         beam_size=args.beam_size, length_penalty=args.length_penalty, batch_size=args.batch_size,
         n_best=1 if args.n_best is None else args.n_best,

@@ -11,6 +11,11 @@ The rules, the same for every command and for ``transformer serve``:
   target, and must then be that direction's source if given;
 - a bilingual model needs neither; a language given must be that of its one direction;
 - anything else is one ``DirectionError`` whose message lists the model's directions (``en-de, de-en``).
+
+``zero_shot`` asks a multilingual model for a direction it was never trained on (Johnson et al., 2017): both
+languages must be given, the source one of the model's languages and the target one of its targets; the source
+is then tagged for that target like any other (de-fr from a model of de-en and en-fr). Only the commands offer it
+(``--zero-shot``); ``transformer serve`` keeps to the trained directions.
 """
 
 from __future__ import annotations
@@ -34,7 +39,12 @@ def format_directions(pairs: Sequence[tuple[str, str]]) -> str:
 
 
 def choose_direction(
-    data: DataConfig, source_lang: str | None, target_lang: str | None, *, names: tuple[str, str] = OPTIONS
+    data: DataConfig,
+    source_lang: str | None,
+    target_lang: str | None,
+    *,
+    names: tuple[str, str] = OPTIONS,
+    zero_shot: bool = False,
 ) -> tuple[str, str]:
     """The (source, target) direction of the model that the given languages pick (see the module docstring).
 
@@ -42,6 +52,7 @@ def choose_direction(
         data: the model's saved data settings (its directions).
         source_lang, target_lang: what the user asked for; None: not given.
         names: how the two languages are named in the error (command-line options, or request fields).
+        zero_shot: also accept an untrained direction of a multilingual model (see the module docstring).
 
     Raises:
         DirectionError: no direction, or several, fit; the message names the option and lists the directions.
@@ -49,6 +60,8 @@ def choose_direction(
     pairs = data.direction_pairs
     has = f"it translates {format_directions(pairs)}"
     source_name, target_name = names
+    if zero_shot:
+        return _zero_shot_direction(data, source_lang, target_lang, names)
     if target_lang is None and data.multilingual:
         raise DirectionError(
             f"this model translates {format_directions(pairs)}: choose one with {target_name} (and {source_name})"
@@ -63,7 +76,28 @@ def choose_direction(
     if all(t != target for _, t in pairs):
         raise DirectionError(f"{target_name} {target!r} is not a target language of this model: {has}")
     asked = f"{source_name} {source_lang!r}" + ("" if target_lang is None else f" with {target_name} {target!r}")
-    raise DirectionError(f"{asked} is not a direction of this model: {has}")
+    hint = "; --zero-shot translates it untrained" if data.multilingual and names == OPTIONS else ""
+    raise DirectionError(f"{asked} is not a direction of this model: {has}{hint}")
+
+
+def _zero_shot_direction(
+    data: DataConfig, source_lang: str | None, target_lang: str | None, names: tuple[str, str]
+) -> tuple[str, str]:
+    """``choose_direction`` with ``zero_shot``: any source of the model's languages into any of its targets."""
+    has = f"it translates {format_directions(data.direction_pairs)}"
+    source_name, target_name = names
+    if not data.multilingual:
+        raise DirectionError(f"zero-shot needs a multilingual model (data.directions), and this one is bilingual: {has}")
+    if source_lang is None or target_lang is None:
+        raise DirectionError(f"zero-shot needs both {source_name} and {target_name}: {has}")
+    languages = sorted({lang for pair in data.direction_pairs for lang in pair})
+    if source_lang not in languages:
+        raise DirectionError(
+            f"{source_name} {source_lang!r} is none of this model's languages ({', '.join(languages)}): {has}"
+        )
+    if target_lang not in data.target_langs:
+        raise DirectionError(f"{target_name} {target_lang!r} is not a target language of this model: {has}")
+    return source_lang, target_lang
 
 
 def translator_for(translator: Translator, data: DataConfig, direction: tuple[str, str]) -> Translator:
