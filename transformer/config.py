@@ -144,7 +144,8 @@ class DataConfig(Section):
     directions: list[str] = field(default_factory=list)
     # Batches of one direction each; the direction of each batch is drawn with probability proportional to
     # (its training pairs) ** (1 / direction_temperature): 1 is proportional to the sizes, higher flattens
-    # towards uniform (Arivazhagan et al., 2019).
+    # towards uniform (Arivazhagan et al., 2019). train.grad_accum_steps > 1 mixes directions in an update,
+    # which a model of many directions needs (configs/multi30k_multilingual.yaml).
     direction_temperature: float = 1.0
     # Split names of the corpus, mapped from the roles train/valid/test.
     train_split: str = "train"
