@@ -57,11 +57,11 @@ def choose_direction(
     Raises:
         DirectionError: no direction, or several, fit; the message names the option and lists the directions.
     """
+    if zero_shot:
+        return _zero_shot_direction(data, source_lang, target_lang, names)
     pairs = data.direction_pairs
     has = f"it translates {format_directions(pairs)}"
     source_name, target_name = names
-    if zero_shot:
-        return _zero_shot_direction(data, source_lang, target_lang, names)
     if target_lang is None and data.multilingual:
         raise DirectionError(
             f"this model translates {format_directions(pairs)}: choose one with {target_name} (and {source_name})"
