@@ -263,10 +263,28 @@ def test_average_checkpoints_and_download_report_progress(work, tmp_path, monkey
     assert len(load_split(DataConfig(data_dir=str(tmp_path / "out")), "valid")[0]) == 8
 
 
+def test_ctrl_c_while_the_parser_builds_lets_the_imports_finish_then_exits_130(monkeypatch, capsys):
+    # A KeyboardInterrupt inside PyTorch's imports can leave a module half-imported or make `python -m` end by
+    # SIGINT (status -2, not 130): main holds the Ctrl-C until the imports are done.
+    finished = []
+
+    def build_parser_interrupted_halfway():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # a Python-level handler runs at the next bytecode: any KeyboardInterrupt comes here
+        finished.append(True)
+        return build_parser()
+
+    handler = signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr("transformer.cli.build_parser", build_parser_interrupted_halfway)
+    assert cli_main(["train", "--help"]) == 130
+    assert finished == [True]
+    assert capsys.readouterr().err == "interrupted\n"
+    assert signal.getsignal(signal.SIGINT) is handler
+
+
 @pytest.mark.parametrize("delay", [0.15, 0.3, 0.8])
 def test_ctrl_c_while_pytorch_loads_is_one_line_and_exit_130(tmp_path, delay):
-    # The first second or so of any command imports NumPy and PyTorch; Ctrl-C there is caught like anywhere else
-    # (torch's C extension swallows an interrupted NumPy import: main imports NumPy first).
+    # The first second or so of any command imports NumPy and PyTorch; Ctrl-C there is answered like anywhere else.
     process = subprocess.Popen(
         [sys.executable, "-m", "transformer", "train", "--config", str(ROOT / "configs" / "sample.yaml"),
          "--run-dir", str(tmp_path / "run"), f"data.data_dir={ROOT / 'data' / 'sample'}", "train.threads=1"],

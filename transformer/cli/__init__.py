@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from types import ModuleType
@@ -22,7 +23,7 @@ def subcommands() -> tuple[ModuleType, ...]:
     """The command modules, in the order of ``--help``.
 
     Imported when the parser is built, not when this package is: they import PyTorch, which takes seconds, and a
-    Ctrl-C in those seconds is then caught by ``main`` like any other (one line, exit 130, no traceback).
+    Ctrl-C in those seconds is then answered by ``main`` like any other (one line, exit 130, no traceback).
     """
     from transformer.cli import (
         average,
@@ -72,14 +73,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        # NumPy before PyTorch: torch's C extension imports NumPy itself and swallows whatever that import raises,
-        # a Ctrl-C included, which left NumPy half-imported (AttributeErrors much later) and the Ctrl-C unseen.
-        import numpy  # noqa: F401
+def _build_parser_deferring_ctrl_c() -> argparse.ArgumentParser | None:
+    """``build_parser`` with a Ctrl-C held until PyTorch has loaded; None when one came meanwhile.
 
+    A KeyboardInterrupt raised inside the imports of NumPy and PyTorch is not safe to catch: torch's C extension
+    swallows one from its NumPy import (NumPy is then left half-imported), and one that leaves an ``exec`` of
+    source text (dataclasses make their methods so) marks the Ctrl-C "unhandled", after which ``python -m
+    transformer`` ends by SIGINT (status -2, not 130) whatever ``main`` returned. So the signal is only recorded
+    here and answered once the imports are done (they take a second or two).
+    """
+    received: list[int] = []
+    try:
+        previous = signal.getsignal(signal.SIGINT)
+        if previous is signal.SIG_IGN or previous is None:  # ignored (a background job) or not Python's to set
+            return build_parser()
+        signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    except ValueError:  # not in the main thread, where signals cannot be handled: leave them alone
+        return build_parser()
+    try:
         parser = build_parser()
-    except KeyboardInterrupt:  # while PyTorch loads
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return None if received else parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser_deferring_ctrl_c()
+    if parser is None:
         print("interrupted", file=sys.stderr)
         return 130
     args, extra = parser.parse_known_args(argv)
